@@ -1,0 +1,38 @@
+# `make workbook` regenerates every study; `make test` runs the checks. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARCH := $(shell uname -m)
+# torch and torchvision must come as a matching pair.
+ifeq ($(ARCH),aarch64)
+TORCH ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+endif
+
+.PHONY: setup workbook smoke test lint bench
+
+setup: $(VENV)/.ready
+
+$(VENV)/.ready: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(TORCH)
+	$(PY) -m pip install -e ".[workbook,dev]"
+	touch $@
+
+workbook: setup
+	$(VENV)/bin/naclip workbook run
+
+smoke: setup
+	$(VENV)/bin/naclip workbook run --profile smoke
+
+lint: setup
+	$(PY) -m ruff check naclip tests benchmarks
+
+test: lint
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/pamr_speed.py
+	$(PY) benchmarks/sliding_window.py
+	$(PY) benchmarks/naclip_overhead.py

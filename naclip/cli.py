@@ -1,0 +1,35 @@
+"""The `naclip` command: `segment`, `eval`, `data` and `workbook` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from naclip import segment_cli
+
+# Each subcommand module exposes `register(subparsers)`, which adds its parser and sets `func`.
+SUBCOMMANDS = [segment_cli]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="naclip", description="Training-free open-vocabulary semantic segmentation (NACLIP)."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for module in SUBCOMMANDS:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        print(f"naclip {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
