@@ -1,0 +1,114 @@
+"""Attention variants for the last ViT block, and NACLIP's Gaussian neighbourhood bias.
+
+A variant maps the per-head queries and keys, both (B, heads, tokens, head_dim), to attention
+weights (B, heads, tokens, tokens). Adding one is one decorated function::
+
+    @register_attention("kq")
+    def key_query(q, k, omega):
+        return (k @ q.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1)
+
+Token 0 is [CLS]; the patch tokens follow in row-major order. `omega` is the Gaussian bias
+(tokens, tokens), passed only to variants registered with ``neighbourhood=True``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+AttentionFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
+
+
+@dataclass(frozen=True)
+class AttentionVariant:
+    name: str
+    fn: AttentionFn
+    neighbourhood: bool  # needs the Gaussian bias (and so sigma > 0)
+
+
+ATTENTIONS: dict[str, AttentionVariant] = {}
+
+
+def register_attention(name: str, neighbourhood: bool = False) -> Callable[[AttentionFn], AttentionFn]:
+    """Register `fn(q, k, omega) -> weights` under `name`."""
+
+    def decorate(fn: AttentionFn) -> AttentionFn:
+        ATTENTIONS[name] = AttentionVariant(name, fn, neighbourhood)
+        return fn
+
+    return decorate
+
+
+def get_attention(name: str) -> AttentionVariant:
+    if name not in ATTENTIONS:
+        raise ValueError(f"unknown attention variant {name!r}; expected one of {sorted(ATTENTIONS)}")
+    return ATTENTIONS[name]
+
+
+@functools.lru_cache(maxsize=64)
+def gaussian_bias(
+    height: int, width: int, sigma: float, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """omega[i, j] = exp(-|p_i - p_j|^2 / (2 sigma^2)) over an h x w patch grid, with a zero [CLS] row/column.
+
+    Returns (1 + h*w, 1 + h*w). Cached per (grid, sigma, device, dtype): treat it as read-only.
+    """
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0 for the Gaussian neighbourhood bias, got {sigma}")
+    rows = torch.arange(height, dtype=torch.float64).repeat_interleave(width)
+    cols = torch.arange(width, dtype=torch.float64).repeat(height)
+    squared = (rows[:, None] - rows[None, :]) ** 2 + (cols[:, None] - cols[None, :]) ** 2
+    omega = torch.zeros(height * width + 1, height * width + 1, dtype=torch.float64)
+    omega[1:, 1:] = torch.exp(-squared / (2 * sigma**2))
+    return omega.to(device=device, dtype=dtype)
+
+
+def _similarity(a: Tensor, b: Tensor) -> Tensor:
+    """Scaled dot products a b^T / sqrt(d)."""
+    return (a * a.shape[-1] ** -0.5) @ b.transpose(-2, -1)
+
+
+@register_attention("vanilla")
+def vanilla(q: Tensor, k: Tensor, omega: Tensor | None) -> Tensor:
+    """CLIP as trained: softmax(q k^T / sqrt(d))."""
+    return _similarity(q, k).softmax(-1)
+
+
+@register_attention("kk")
+def key_key(q: Tensor, k: Tensor, omega: Tensor | None) -> Tensor:
+    """softmax(k k^T / sqrt(d))."""
+    return _similarity(k, k).softmax(-1)
+
+
+@register_attention("qq")
+def query_query(q: Tensor, k: Tensor, omega: Tensor | None) -> Tensor:
+    """ClearCLIP's softmax(q q^T / sqrt(d))."""
+    return _similarity(q, q).softmax(-1)
+
+
+@register_attention("csa")
+def correlative(q: Tensor, k: Tensor, omega: Tensor | None) -> Tensor:
+    """SCLIP's correlative self-attention: softmax(q q^T / sqrt(d)) + softmax(k k^T / sqrt(d))."""
+    return _similarity(q, q).softmax(-1) + _similarity(k, k).softmax(-1)
+
+
+@register_attention("nonly", neighbourhood=True)
+def neighbourhood_only(q: Tensor, k: Tensor, omega: Tensor | None) -> Tensor:
+    """softmax(omega * s): the neighbourhood alone, scaled like real logits.
+
+    s is the mean over heads and token pairs of |q_i| |k_j| / sqrt(d), per image.
+    """
+    scale = q.norm(dim=-1).mean(-1) * k.norm(dim=-1).mean(-1)  # (B, heads)
+    scale = scale.mean(-1) * q.shape[-1] ** -0.5  # (B,)
+    weights = (omega * scale[:, None, None, None]).softmax(-1)
+    return weights.expand(q.shape[0], q.shape[1], -1, -1)
+
+
+@register_attention("naclip", neighbourhood=True)
+def naclip(q: Tensor, k: Tensor, omega: Tensor | None) -> Tensor:
+    """NACLIP: softmax(k k^T / sqrt(d) + omega)."""
+    return (_similarity(k, k) + omega).softmax(-1)

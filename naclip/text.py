@@ -1,0 +1,124 @@
+"""The text classifier: class lines with synonyms, prompt templates, cached query embeddings."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+from torch import Tensor
+from tqdm.auto import tqdm
+
+Template = Callable[[str], str]
+TEMPLATES: tuple[Template, ...] = tuple(OPENAI_IMAGENET_TEMPLATES)  # the 80 published with CLIP
+PROMPTS_PER_BATCH = 640
+
+
+@dataclass(frozen=True)
+class ClassSet:
+    """Class lines parsed into queries: each query (a synonym) belongs to one class."""
+
+    lines: tuple[str, ...]
+    queries: tuple[str, ...]
+    query_class: tuple[int, ...]  # class index of each query
+
+    @property
+    def names(self) -> list[str]:
+        """The first synonym of each class: its display name."""
+        first = {}
+        for query, index in zip(self.queries, self.query_class):
+            first.setdefault(index, query)
+        return [first[i] for i in range(len(self.lines))]
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+
+def parse_classes(lines: Sequence[str], source: str = "class list") -> ClassSet:
+    """One class per line, synonyms separated by commas ("person, person in shirt")."""
+    queries, query_class = [], []
+    for index, line in enumerate(lines):
+        names = [name.strip() for name in line.split(",")]
+        if not all(names):
+            raise ValueError(f"{source}: class {index + 1} ({line!r}) has an empty name; expected 'name[, synonym...]'")
+        queries += names
+        query_class += [index] * len(names)
+    if not lines:
+        raise ValueError(f"{source}: no classes; expected one class name per line")
+    return ClassSet(tuple(line.strip() for line in lines), tuple(queries), tuple(query_class))
+
+
+def read_class_file(path: str | os.PathLike) -> ClassSet:
+    """A class file: one class per line; trailing blank lines are ignored, blank lines inside are an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"class file {str(path)!r} does not exist")
+    lines = path.read_text(encoding="utf-8").rstrip("\n").split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            raise ValueError(f"{path}:{number}: blank line; expected one class name per line")
+    return parse_classes(lines, source=str(path))
+
+
+def encode_queries(
+    clip: torch.nn.Module, tokenizer: Callable, queries: Sequence[str], templates: Sequence[Template] = TEMPLATES
+) -> Tensor:
+    """(Q, D) query embeddings: each template embedded and L2-normalised, averaged, normalised again."""
+    device = next(clip.parameters()).device
+    prompts = [template(query) for query in queries for template in templates]
+    chunks = []
+    progress = tqdm(total=len(prompts), desc="text", unit="prompt", disable=len(prompts) <= PROMPTS_PER_BATCH, leave=False)
+    with torch.no_grad():
+        for start in range(0, len(prompts), PROMPTS_PER_BATCH):
+            batch = prompts[start : start + PROMPTS_PER_BATCH]
+            chunks.append(F.normalize(clip.encode_text(tokenizer(batch).to(device)).float(), dim=-1))
+            progress.update(len(batch))
+    progress.close()
+    embeddings = torch.cat(chunks).reshape(len(queries), len(templates), -1).mean(1)
+    return F.normalize(embeddings, dim=-1)
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class QueryCache:
+    """Query embeddings kept in memory and, for pretrained weights, on disk.
+
+    One file per (model, weights, templates) holds {query: embedding}; adding a class only
+    embeds the new names.
+    """
+
+    def __init__(self, weights_key: str | None, templates: Sequence[Template] = TEMPLATES, directory: Path | None = None):
+        self.templates = tuple(templates)
+        template_text = "\n".join(template("{}") for template in self.templates)
+        self.path = None
+        if weights_key is not None:
+            digest = hashlib.sha256(f"{weights_key}\n{template_text}".encode()).hexdigest()[:20]
+            self.path = Path(directory or default_cache_dir()) / "text" / f"{digest}.pt"
+        self.memory: dict[str, Tensor] = {}
+        if self.path is not None and self.path.is_file():
+            self.memory.update(torch.load(self.path, map_location="cpu", weights_only=True))
+
+    def embed(self, clip: torch.nn.Module, tokenizer: Callable, queries: Sequence[str]) -> Tensor:
+        missing = list(dict.fromkeys(q for q in queries if q not in self.memory))
+        if missing:
+            self.memory.update(zip(missing, encode_queries(clip, tokenizer, missing, self.templates).cpu()))
+            if self.path is not None:
+                _atomic_save(self.memory, self.path)
+        return torch.stack([self.memory[q] for q in queries])
+
+
+def default_cache_dir() -> Path:
+    """NACLIP_CACHE, else $XDG_CACHE_HOME/naclip, else ~/.cache/naclip."""
+    if os.environ.get("NACLIP_CACHE"):
+        return Path(os.environ["NACLIP_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "naclip"
