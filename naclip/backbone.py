@@ -37,8 +37,10 @@ def vit_models() -> list[str]:
 
 def _is_plain_vit(config: dict | None) -> bool:
     vision = (config or {}).get("vision_cfg", {})
-    return isinstance(vision.get("layers"), int) and "timm_model_name" not in vision and not vision.get(
-        "attentional_pool", False
+    return (
+        isinstance(vision.get("layers"), int)
+        and "timm_model_name" not in vision
+        and not vision.get("attentional_pool", False)
     )
 
 
@@ -133,4 +135,3 @@ def load_clip(
     if not isinstance(clip.visual, VisionTransformer):
         raise ValueError(f"model {model!r} has a {type(clip.visual).__name__} image tower; expected a ViT")
     return clip.eval(), open_clip.get_tokenizer(model)
-

@@ -172,9 +172,7 @@ class Segmenter:
         """Segment a `prepare`d image (3, h, w); `size` is the original (H, W) to predict at."""
         return self.predict_variants(tensor, size, [{}])[0]
 
-    def predict_variants(
-        self, tensor: Tensor, size: tuple[int, int], variants: Sequence[Mapping]
-    ) -> list[Prediction]:
+    def predict_variants(self, tensor: Tensor, size: tuple[int, int], variants: Sequence[Mapping]) -> list[Prediction]:
         """One prediction per variant (overrides of METHOD_KEYS); the trunk runs once for all."""
         self._classes()
         methods = [self._method(variant) for variant in variants]
@@ -183,10 +181,12 @@ class Segmenter:
             boxes = window_boxes(*image.shape[-2:], self.slide_crop, self.slide_stride)
         else:
             boxes = [(0, image.shape[-2], 0, image.shape[-1])]
-        tokens = torch.cat([
-            self.encoder.trunk(crop_windows(image, boxes[start : start + self.window_batch]))
-            for start in range(0, len(boxes), self.window_batch)
-        ])
+        tokens = torch.cat(
+            [
+                self.encoder.trunk(crop_windows(image, boxes[start : start + self.window_batch]))
+                for start in range(0, len(boxes), self.window_batch)
+            ]
+        )
         y1, y2, x1, x2 = boxes[0]
         window = (y2 - y1, x2 - x1)
         results = []
@@ -236,7 +236,10 @@ class Segmenter:
 
     # -- inspection ---------------------------------------------------------------------------
     def patch_attention(
-        self, image: str | os.PathLike | Image.Image | np.ndarray, attention: str | None = None, sigma: float | None = None
+        self,
+        image: str | os.PathLike | Image.Image | np.ndarray,
+        attention: str | None = None,
+        sigma: float | None = None,
     ) -> np.ndarray:
         """Head-averaged last-block attention between patches of the whole prepared image.
 

@@ -72,7 +72,9 @@ def encode_queries(
     device = next(clip.parameters()).device
     prompts = [template(query) for query in queries for template in templates]
     chunks = []
-    progress = tqdm(total=len(prompts), desc="text", unit="prompt", disable=len(prompts) <= PROMPTS_PER_BATCH, leave=False)
+    progress = tqdm(
+        total=len(prompts), desc="text", unit="prompt", disable=len(prompts) <= PROMPTS_PER_BATCH, leave=False
+    )
     with torch.no_grad():
         for start in range(0, len(prompts), PROMPTS_PER_BATCH):
             batch = prompts[start : start + PROMPTS_PER_BATCH]
@@ -97,7 +99,9 @@ class QueryCache:
     embeds the new names.
     """
 
-    def __init__(self, weights_key: str | None, templates: Sequence[Template] = TEMPLATES, directory: Path | None = None):
+    def __init__(
+        self, weights_key: str | None, templates: Sequence[Template] = TEMPLATES, directory: Path | None = None
+    ):
         self.templates = tuple(templates)
         template_text = "\n".join(template("{}") for template in self.templates)
         self.path = None
