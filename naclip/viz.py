@@ -1,0 +1,77 @@
+"""Palettes, colourised label maps and overlays with a legend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+IGNORE_COLOUR = (255, 255, 255)
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """(num_classes, 3) uint8 colours, distinct for up to 255 classes.
+
+    PASCAL VOC's bit-interleaved palette without its black first entry, so that class 0 shows
+    on an overlay too.
+    """
+    colours = np.zeros((max(num_classes, 1), 3), dtype=np.uint8)
+    for index in range(len(colours)):
+        value, shift = index + 1, 7
+        while value:
+            for channel in range(3):
+                colours[index, channel] |= ((value >> channel) & 1) << shift
+            value >>= 3
+            shift -= 1
+    return colours[:num_classes]
+
+
+def label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
+    """A palette ('P' mode) PNG-ready image of a label map; 255 stays the void index (white)."""
+    if labels.size and (labels.min() < 0 or (labels.max() >= num_classes and labels.max() != 255)):
+        raise ValueError(f"labels must lie in [0, {num_classes}) or be 255, got [{labels.min()}, {labels.max()}]")
+    image = Image.fromarray(labels.astype(np.uint8), mode="P")
+    colours = np.zeros((256, 3), dtype=np.uint8)
+    colours[:num_classes] = palette(num_classes)[:256]
+    colours[255] = IGNORE_COLOUR
+    image.putpalette(colours.flatten().tolist())
+    return image
+
+
+def colorize(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(H, W, 3) uint8 colours of a label map (255 = void, white)."""
+    colours = np.vstack([palette(num_classes), np.tile(IGNORE_COLOUR, (256 - num_classes, 1))]).astype(np.uint8)
+    return colours[np.clip(labels, 0, 255)]
+
+
+def overlay(
+    image: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    alpha: float = 0.5,
+    legend: bool = True,
+) -> Image.Image:
+    """The image blended with its colourised labels, with a legend of the classes present (by area)."""
+    if image.shape[:2] != labels.shape:
+        raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * colorize(labels, len(class_names))
+    canvas = Image.fromarray(blended.round().astype(np.uint8))
+    if not legend:
+        return canvas
+    present, counts = np.unique(labels[labels < len(class_names)], return_counts=True)
+    order = present[np.argsort(-counts)]
+    font = ImageFont.load_default()
+    row = 16
+    width = 24 + max((int(ImageDraw.Draw(canvas).textlength(class_names[i], font=font)) for i in order), default=0)
+    panel = Image.new("RGB", (width + 16, max(canvas.height, row * len(order) + 8)), "white")
+    draw = ImageDraw.Draw(panel)
+    colours = palette(len(class_names))
+    for slot, index in enumerate(order):
+        top = 4 + slot * row
+        draw.rectangle([6, top + 2, 18, top + 13], fill=tuple(int(c) for c in colours[index]), outline="black")
+        draw.text((24, top + 1), class_names[index], fill="black", font=font)
+    out = Image.new("RGB", (canvas.width + panel.width, panel.height), "white")
+    out.paste(canvas, (0, 0))
+    out.paste(panel, (canvas.width, 0))
+    return out
