@@ -1,0 +1,131 @@
+"""A segmentation dataset: image/mask pairs, a class file, and the label conventions to score them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from naclip.text import read_class_file
+
+IGNORE_INDEX = 255
+
+
+class BadSample(ValueError):
+    """A sample that cannot be scored; the message names the file and what was expected."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image and its ground-truth mask; `name` (a relative path without suffix) names outputs."""
+
+    name: str
+    image: Path
+    mask: Path
+
+
+def read_class_names(class_file: str | Path) -> list[str]:
+    """The display name (first synonym) of each class of a class file, parsed as the Segmenter does."""
+    return read_class_file(class_file).names
+
+
+def read_mask(
+    path: Path, num_classes: int, *, reduce_zero_label: bool = False, ignore_index: int = IGNORE_INDEX
+) -> np.ndarray:
+    """Read a label PNG as an (H, W) int64 array in the dataset's label space, checking its values.
+
+    With `reduce_zero_label` (mmsegmentation's convention) 0 becomes ignored and k becomes k - 1.
+    Raises BadSample for a missing or unreadable file, a multi-channel image, or a label value that is
+    neither a class index (0..num_classes-1) nor `ignore_index`.
+    """
+    if not path.is_file():
+        raise BadSample(f"{path}: ground-truth mask not found")
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L", "I", "I;16"):
+                raise BadSample(
+                    f"{path}: mask has mode {image.mode}; expected a single-channel label PNG "
+                    "(palette or greyscale, one class index per pixel)"
+                )
+            mask = np.asarray(image).astype(np.int64)
+    except BadSample:
+        raise
+    except Exception as error:  # PIL raises many types for damaged files
+        raise BadSample(f"{path}: cannot read mask ({error})") from error
+    if reduce_zero_label:
+        mask = np.where(mask == 0, ignore_index, mask - 1)
+        mask[mask == ignore_index - 1] = ignore_index
+    bad = (mask != ignore_index) & ((mask < 0) | (mask >= num_classes))
+    if bad.any():
+        values = sorted(int(v) for v in np.unique(mask[bad]))[:10]
+        if reduce_zero_label:
+            values, expected = [v + 1 for v in values], f"1..{num_classes} (0 is ignored, reduce_zero_label)"
+        else:
+            expected = f"0..{num_classes - 1}"
+        raise BadSample(
+            f"{path}: label values {values} are outside the {num_classes} classes; "
+            f"expected {expected} or {ignore_index} (ignored)"
+        )
+    return mask
+
+
+@dataclass
+class SegDataset:
+    """Image/mask pairs with their class file and scoring conventions.
+
+    `options` holds the benchmark's protocol preset as Segmenter options (short_side, slide_crop,
+    slide_stride, prob_threshold); the evaluation runner uses them unless overridden.
+    """
+
+    name: str
+    items: list[Item]
+    class_file: Path
+    reduce_zero_label: bool = False
+    ignore_index: int = IGNORE_INDEX
+    options: dict[str, Any] = field(default_factory=dict)
+    root: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.items:
+            raise ValueError(f"{self.name}: the split is empty (no images found under {self.root})")
+        self.class_names = read_class_names(self.class_file)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Item:
+        return self.items[index]
+
+    def __iter__(self) -> Iterator[Item]:
+        return iter(self.items)
+
+    def read_mask(self, index: int) -> np.ndarray:
+        """The ground truth of item `index` in the label space of the classes (see `read_mask`)."""
+        item = self.items[index]
+        if not item.mask.is_file():
+            raise BadSample(f"{item.image}: image has no ground-truth mask; expected {item.mask}")
+        return read_mask(
+            item.mask,
+            self.num_classes,
+            reduce_zero_label=self.reduce_zero_label,
+            ignore_index=self.ignore_index,
+        )
+
+    def limited(self, limit: int | None) -> SegDataset:
+        """The first `limit` items (all when None), same conventions."""
+        if limit is None or limit >= len(self.items):
+            return self
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        return SegDataset(
+            self.name, self.items[:limit], self.class_file, self.reduce_zero_label, self.ignore_index,
+            dict(self.options), self.root,
+        )

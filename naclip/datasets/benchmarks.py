@@ -1,0 +1,124 @@
+"""The eight benchmarks of the protocol, their presets, the embedded samples, and where data lives."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from naclip.datasets import layouts
+from naclip.datasets.base import SegDataset
+from naclip.datasets.layouts import Layout
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+CLASSES_DIR = RESOURCES / "classes"
+SAMPLES_DIR = RESOURCES / "samples"
+DATA_ENV = "NACLIP_DATA"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A benchmark: its layout, default sub-folder of the data root, class file and protocol settings."""
+
+    key: str
+    title: str
+    layout: Layout
+    folder: str
+    class_file: str
+    short_side: int = 336
+    slide_crop: int = 224
+    slide_stride: int = 112
+    prob_threshold: float = 0.0
+    reduce_zero_label: bool = False
+    sample: bool = False
+
+    @property
+    def class_path(self) -> Path:
+        return CLASSES_DIR / self.class_file
+
+    def options(self) -> dict[str, Any]:
+        """The protocol's Segmenter options for this benchmark."""
+        return {
+            "short_side": self.short_side,
+            "slide_crop": self.slide_crop,
+            "slide_stride": self.slide_stride,
+            "prob_threshold": self.prob_threshold,
+        }
+
+
+def _whole(**kw: Any) -> dict[str, Any]:
+    return {"slide_crop": 0, **kw}
+
+
+_VOC, _CTX, _COCO = "VOCdevkit/VOC2012", "VOCdevkit/VOC2010", "coco_stuff164k"
+PRESETS: dict[str, Preset] = {
+    p.key: p
+    for p in [
+        Preset("voc21", "PASCAL VOC 2012 val", layouts.VOC, _VOC, "voc21.txt", **_whole(prob_threshold=0.1)),
+        Preset("voc20", "PASCAL VOC 2012 val", layouts.VOC, _VOC, "voc20.txt", **_whole(reduce_zero_label=True)),
+        Preset("context60", "PASCAL Context val", layouts.CONTEXT, _CTX, "context60.txt", prob_threshold=0.1),
+        Preset("context59", "PASCAL Context val", layouts.CONTEXT, _CTX, "context59.txt", reduce_zero_label=True),
+        Preset("coco_object", "COCO-Object val2017", layouts.COCO_OBJECT, _COCO, "coco_object.txt",
+               prob_threshold=0.1),
+        Preset("coco_stuff", "COCO-Stuff 164k val2017", layouts.COCO_STUFF, _COCO, "coco_stuff.txt"),
+        Preset("cityscapes", "Cityscapes val", layouts.CITYSCAPES, "cityscapes", "city_scapes.txt", short_side=560),
+        Preset("ade20k", "ADE20K val", layouts.ADE20K, "ade/ADEChallengeData2016", "ade20k.txt",
+               reduce_zero_label=True),
+        Preset("voc21-sample", "14 PASCAL VOC 2012 images (embedded)", layouts.VOC, "voc", "voc21.txt",
+               sample=True, **_whole(prob_threshold=0.1)),
+        Preset("voc20-sample", "14 PASCAL VOC 2012 images (embedded)", layouts.VOC, "voc", "voc20.txt",
+               sample=True, **_whole(reduce_zero_label=True)),
+        Preset("ade20k-sample", "3 ADE20K val images (embedded)", layouts.ADE20K, "ade", "ade20k.txt",
+               sample=True, reduce_zero_label=True),
+    ]
+}
+# Accepted spellings besides the keys.
+ALIASES = {"coco_stuff164k": "coco_stuff", "city_scapes": "cityscapes", "coco-object": "coco_object",
+           "coco-stuff": "coco_stuff", "ade": "ade20k"}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset of a benchmark key (or alias); ValueError listing the keys otherwise."""
+    key = ALIASES.get(name, name)
+    if key not in PRESETS:
+        raise ValueError(f"unknown benchmark {name!r}; choose one of {', '.join(PRESETS)} (or 'folder')")
+    return PRESETS[key]
+
+
+def resolve_root(preset: Preset, data_root: str | Path | None = None) -> Path:
+    """The folder holding the benchmark's layout: `<data_root>/<preset.folder>` or `data_root` itself.
+
+    `data_root` defaults to the NACLIP_DATA environment variable; embedded samples need neither.
+    """
+    if preset.sample:
+        return SAMPLES_DIR / preset.folder
+    if data_root is None:
+        data_root = os.environ.get(DATA_ENV)
+        if not data_root:
+            raise ValueError(
+                f"{preset.key}: no data root; pass --data-root DIR or set {DATA_ENV}=DIR, where DIR holds "
+                f"{preset.folder}/ laid out as:\n{preset.layout.describe()}"
+            )
+    base = Path(data_root).expanduser()
+    for candidate in (base / preset.folder, base):
+        if (candidate / preset.layout.image_dir).is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"{preset.key}: {preset.title} not found: missing {base / preset.folder / preset.layout.image_dir}. "
+        f"Expected under {base / preset.folder} (or directly under {base}):\n{preset.layout.describe()}"
+    )
+
+
+def open_benchmark(name: str, data_root: str | Path | None = None) -> SegDataset:
+    """The evaluation split of a benchmark, with its preset; see `resolve_root` for `data_root`."""
+    preset = get_preset(name)
+    root = resolve_root(preset, data_root)
+    return SegDataset(
+        name=preset.key,
+        items=preset.layout.list_items(root),
+        class_file=preset.class_path,
+        reduce_zero_label=preset.reduce_zero_label,
+        options=preset.options(),
+        root=root,
+    )

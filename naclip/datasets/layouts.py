@@ -1,0 +1,71 @@
+"""Where images and masks live on disk: the mmsegmentation layouts and their listing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from naclip.datasets.base import Item
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Image and mask folders (relative to a root), file-name suffixes, and an optional split list.
+
+    Without a split file the images are every file under `image_dir` (recursively) ending in
+    `image_suffix`; an image `A/b<image_suffix>` has the mask `A/b<mask_suffix>` under `mask_dir`.
+    With a split file (one name a line) the images are exactly `<name><image_suffix>`.
+    """
+
+    image_dir: str
+    mask_dir: str
+    image_suffix: str = ".jpg"
+    mask_suffix: str = ".png"
+    split_file: str | None = None
+
+    def describe(self) -> str:
+        """The expected tree, for error messages and docs."""
+        lines = [
+            f"{self.image_dir}/**/*{self.image_suffix}",
+            f"{self.mask_dir}/**/*{self.mask_suffix}",
+        ]
+        if self.split_file:
+            lines = [f"{self.image_dir}/NAME{self.image_suffix}", f"{self.mask_dir}/NAME{self.mask_suffix}",
+                     f"{self.split_file} (one NAME a line)"]
+        return "\n".join(f"  {line}" for line in lines)
+
+    def list_items(self, root: Path) -> list[Item]:
+        """The image/mask pairs under `root`; raises FileNotFoundError naming a missing folder or split."""
+        image_dir, mask_dir = root / self.image_dir, root / self.mask_dir
+        for folder in (image_dir, mask_dir):
+            if not folder.is_dir():
+                raise FileNotFoundError(f"missing folder {folder}; expected under {root}:\n{self.describe()}")
+        if self.split_file:
+            split = root / self.split_file
+            if not split.is_file():
+                raise FileNotFoundError(f"missing split file {split}; expected under {root}:\n{self.describe()}")
+            names = [line.strip() for line in split.read_text().splitlines() if line.strip()]
+            if not names:
+                raise ValueError(f"split file {split} lists no images")
+        else:
+            names = sorted(
+                str(path.relative_to(image_dir))[: -len(self.image_suffix)]
+                for path in image_dir.rglob(f"*{self.image_suffix}")
+                if path.is_file()
+            )
+            if not names:
+                raise ValueError(f"no images matching *{self.image_suffix} under {image_dir}: the split is empty")
+        return [
+            Item(name, image_dir / f"{name}{self.image_suffix}", mask_dir / f"{name}{self.mask_suffix}")
+            for name in names
+        ]
+
+
+VOC = Layout("JPEGImages", "SegmentationClass", split_file="ImageSets/Segmentation/val.txt")
+CONTEXT = Layout("JPEGImages", "SegmentationClassContext", split_file="ImageSets/SegmentationContext/val.txt")
+COCO_OBJECT = Layout("images/val2017", "annotations/val2017", mask_suffix="_instanceTrainIds.png")
+COCO_STUFF = Layout("images/val2017", "annotations/val2017", mask_suffix="_labelTrainIds.png")
+CITYSCAPES = Layout("leftImg8bit/val", "gtFine/val", "_leftImg8bit.png", "_gtFine_labelTrainIds.png")
+ADE20K = Layout("images/validation", "annotations/validation")
