@@ -7,9 +7,10 @@ import sys
 from collections.abc import Sequence
 
 from naclip import segment_cli
+from naclip.workbook import cli as workbook_cli
 
 # Each subcommand module exposes `register(subparsers)`, which adds its parser and sets `func`.
-SUBCOMMANDS = [segment_cli]
+SUBCOMMANDS = [segment_cli, workbook_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:

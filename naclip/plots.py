@@ -1,0 +1,226 @@
+"""Every figure the workbook studies draw: labelled axes, legends, published numbers where a study has them.
+
+Functions take tidy pandas tables (or arrays for images) and return a matplotlib Figure; saving is the
+caller's job (`naclip.workbook.outputs.RunOutputs.figure`). `mark_random` watermarks a figure whose model
+had random weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
+
+RANDOM_MARK = "RANDOM WEIGHTS — not a result"
+PUBLISHED_STYLE = dict(marker="D", color="black", markersize=6, linestyle="none", zorder=5)
+
+
+def mark_random(fig: Figure) -> None:
+    """Watermark `fig` across its middle and prefix its title, so it cannot pass for a result."""
+    fig.text(
+        0.5, 0.5, RANDOM_MARK, fontsize=28, color="red", alpha=0.25, rotation=20,
+        ha="center", va="center", weight="bold", zorder=100,
+    )
+    title = fig._suptitle.get_text() if fig._suptitle is not None else ""
+    fig.suptitle(f"[{RANDOM_MARK}] {title}".strip(), color="red", weight="bold")
+
+
+def _panels(count: int, width: float = 5.0, height: float = 3.8, columns: int = 4) -> tuple[Figure, list]:
+    columns = min(columns, count)
+    rows = -(-count // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:count])
+
+
+def metric_bars(
+    data: pd.DataFrame,
+    x: str,
+    hue: str,
+    y: str = "mIoU",
+    col: str | None = None,
+    published: pd.DataFrame | None = None,
+    title: str = "",
+    xlabel: str | None = None,
+    ylabel: str = "mIoU (%)",
+) -> Figure:
+    """Grouped bars of `y` by `x` and `hue` (one panel per `col` value), published values as black diamonds.
+
+    `published` has the same `x`, `hue` (and `col`) columns and `y`; its values sit on the matching bars.
+    """
+    with sns.axes_style("whitegrid"):
+        panels = list(data[col].unique()) if col else [None]
+        fig, axes = _panels(len(panels), width=max(5.0, 0.9 * data[x].nunique() + 2.5))
+        hues = list(data[hue].unique())
+        colours = dict(zip(hues, sns.color_palette("tab10", len(hues)), strict=True))
+        width = 0.8 / len(hues)
+        for ax, panel in zip(axes, panels, strict=True):
+            part = data if panel is None else data[data[col] == panel]
+            ref = published if published is None or panel is None else published[published[col] == panel]
+            xs = list(part[x].unique())
+            for j, level in enumerate(hues):
+                offset = (j - (len(hues) - 1) / 2) * width
+                rows = part[part[hue] == level].set_index(x)[y]
+                pos = [i + offset for i, v in enumerate(xs) if v in rows.index]
+                values = [rows[v] for v in xs if v in rows.index]
+                ax.bar(pos, values, width=width * 0.95, color=colours[level], label=str(level))
+                if ref is not None and len(ref):
+                    marks = ref[ref[hue] == level].set_index(x)[y]
+                    pos = [i + offset for i, v in enumerate(xs) if v in marks.index]
+                    ax.plot(pos, [marks[v] for v in xs if v in marks.index], **PUBLISHED_STYLE)
+            ax.set_xticks(range(len(xs)), [str(v) for v in xs], rotation=30 if len(xs) > 4 else 0, ha="right"
+                          if len(xs) > 4 else "center")
+            ax.set_xlabel(xlabel or x)
+            ax.set_ylabel(ylabel)
+            if panel is not None:
+                ax.set_title(f"{col} = {panel}")
+        handles = [Patch(color=colours[h], label=str(h)) for h in hues]
+        if published is not None and len(published):
+            handles.append(plt.Line2D([], [], label="published", **PUBLISHED_STYLE))
+        fig.legend(handles=handles, title=hue, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        fig.suptitle(title)
+        fig.tight_layout()
+    return fig
+
+
+def sweep_lines(
+    data: pd.DataFrame,
+    x: str,
+    hue: str,
+    y: str = "mIoU",
+    style: str | None = None,
+    default: float | None = None,
+    published: pd.DataFrame | None = None,
+    title: str = "",
+    xlabel: str | None = None,
+    ylabel: str = "mIoU (%)",
+) -> Figure:
+    """`y` against a swept parameter `x`, a line per `hue` (dash `style`); the default value as a dotted line.
+
+    `published` (columns `hue`, `x`, `y`, and `style` if given) is drawn as black diamonds.
+    """
+    with sns.axes_style("whitegrid"):
+        fig, ax = plt.subplots(figsize=(7.5, 4.5))
+        sns.lineplot(data=data, x=x, y=y, hue=hue, style=style, markers=True, dashes=True, ax=ax)
+        if default is not None:
+            ax.axvline(default, color="grey", linestyle=":", label=f"default {x} = {default:g}")
+        if published is not None and len(published):
+            ax.plot(published[x], published[y], label="published", **PUBLISHED_STYLE)
+        ax.set_xlabel(xlabel or x)
+        ax.set_ylabel(ylabel)
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        fig.suptitle(title)
+        fig.tight_layout()
+    return fig
+
+
+def image_grid(
+    rows: Sequence[Sequence[np.ndarray]],
+    column_titles: Sequence[str],
+    row_titles: Sequence[str] = (),
+    legend: Mapping[str, Sequence[float]] | None = None,
+    title: str = "",
+    cell: float = 2.6,
+) -> Figure:
+    """A grid of RGB images (rows x columns) with column and row titles and an optional colour legend."""
+    count = len(column_titles)
+    fig, axes = plt.subplots(len(rows), count, figsize=(cell * count, cell * len(rows)), squeeze=False)
+    for r, images in enumerate(rows):
+        for c, image in enumerate(images):
+            ax = axes[r, c]
+            ax.imshow(image)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(column_titles[c], fontsize=10)
+        if r < len(row_titles):
+            axes[r, 0].set_ylabel(row_titles[r], fontsize=9)
+    if legend:
+        handles = [Patch(color=np.asarray(colour) / 255 if max(colour) > 1 else colour, label=name)
+                   for name, colour in legend.items()]
+        fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), frameon=False,
+                   bbox_to_anchor=(0.5, -0.02), fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06 if legend else 0, 1, 1))
+    return fig
+
+
+def attention_maps(
+    image: np.ndarray,
+    patches: Sequence[tuple[int, int]],
+    maps: Mapping[str, np.ndarray],
+    grid: tuple[int, int],
+    title: str = "",
+) -> Figure:
+    """For each chosen patch (row, col) of `grid`: the image with the patch boxed, then each method's map.
+
+    `maps[method]` is (len(patches), h, w) attention weights; they are drawn over the image, stretched to it.
+    """
+    methods = list(maps)
+    fig, axes = plt.subplots(len(patches), 1 + len(methods), figsize=(2.8 * (1 + len(methods)), 2.8 * len(patches)),
+                             squeeze=False)
+    height, width = image.shape[:2]
+    cell_h, cell_w = height / grid[0], width / grid[1]
+    for r, (pr, pc) in enumerate(patches):
+        axes[r, 0].imshow(image)
+        axes[r, 0].add_patch(Rectangle((pc * cell_w, pr * cell_h), cell_w, cell_h, fill=False, color="red", lw=2))
+        axes[r, 0].set_ylabel(f"patch ({pr}, {pc})")
+        for c, method in enumerate(methods, 1):
+            axes[r, c].imshow(image)
+            shown = axes[r, c].imshow(maps[method][r], cmap="jet", alpha=0.55, extent=(0, width, height, 0),
+                                      interpolation="nearest")
+            axes[r, c].add_patch(Rectangle((pc * cell_w, pr * cell_h), cell_w, cell_h, fill=False, color="white",
+                                           lw=1.5))
+            fig.colorbar(shown, ax=axes[r, c], fraction=0.046, pad=0.02, label="attention")
+        for c, name in enumerate(["image (query patch boxed)", *methods]):
+            axes[0, c].set_title(name, fontsize=10)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def kernel_panels(biases: Mapping[float, np.ndarray], patch: tuple[int, int], title: str = "") -> Figure:
+    """The Gaussian bias of one patch over the grid for several sigmas, plus its profile along the patch's row."""
+    sigmas = list(biases)
+    fig, axes = plt.subplots(1, len(sigmas) + 1, figsize=(3.0 * len(sigmas) + 5.5, 3.6), layout="constrained",
+                             gridspec_kw={"width_ratios": [1] * len(sigmas) + [1.8]})
+    for ax, sigma in zip(axes, sigmas, strict=False):
+        shown = ax.imshow(biases[sigma], cmap="viridis", vmin=0, vmax=1)
+        ax.plot(patch[1], patch[0], marker="x", color="red")
+        ax.set_title(f"sigma = {sigma:g}")
+        ax.set_xlabel("patch column")
+    axes[0].set_ylabel("patch row")
+    fig.colorbar(shown, ax=list(axes[:-1]), location="right", shrink=0.8, label="bias omega")
+    profile = axes[-1]
+    for sigma in sigmas:
+        profile.plot(biases[sigma][patch[0]], marker=".", label=f"sigma = {sigma:g}")
+    profile.axvline(patch[1], color="grey", linestyle=":", label="query patch")
+    profile.set_xlabel("patch column (along the query patch's row)")
+    profile.set_ylabel("bias omega")
+    profile.set_title("profile")
+    profile.legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    profile.grid(alpha=0.4)
+    fig.suptitle(title)
+    return fig
+
+
+def probability_maps(probs: np.ndarray, names: Sequence[str], title: str = "", columns: int = 4) -> Figure:
+    """One heat map per class of its per-pixel probability (C, H, W), on a shared 0..1 scale."""
+    fig, axes = _panels(len(names), width=3.2, height=2.8, columns=columns)
+    for ax, name, prob in zip(axes, names, probs, strict=True):
+        shown = ax.imshow(prob, cmap="magma", vmin=0, vmax=1)
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(shown, ax=axes, fraction=0.02, pad=0.02, label="probability")
+    fig.suptitle(title)
+    return fig

@@ -1,0 +1,200 @@
+"""Execute study runs with papermill: skip completed runs, keep going past failures, record provenance.
+
+A run folder ``results/<study>/<run>/`` holds the executed notebook, the tables and figures the notebook
+wrote, and, written last and atomically, ``run.json``: the completion marker with the configuration and
+provenance. A run counts as complete only when ``run.json`` exists and its key (a digest of notebook name
+and parameters) matches, so an interrupted run, or one whose parameters changed, is redone, and nothing
+else is. A failed run leaves ``failed.json`` with the error instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from naclip.workbook.outputs import write_json
+from naclip.workbook.params import Run
+
+MARKER = "run.json"
+FAILED = "failed.json"
+KERNEL_NAME = "naclip-workbook"
+
+Executor = Callable[[Path, Path, dict[str, Any], Path], None]
+
+
+@dataclass
+class Report:
+    """What one invocation of the runner did."""
+
+    executed: list[Run] = field(default_factory=list)
+    skipped: list[Run] = field(default_factory=list)
+    failed: list[tuple[Run, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def run_dir(results: Path, run: Run) -> Path:
+    """Where a run's outputs go."""
+    return results / run.study.name / run.name
+
+
+def is_complete(folder: Path, run: Run) -> bool:
+    """True when `folder` holds a finished run with the same notebook and parameters."""
+    marker = folder / MARKER
+    if not marker.is_file():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("key") == run.key
+    except json.JSONDecodeError:
+        return False
+
+
+@contextmanager
+def notebook_kernel() -> Iterator[str]:
+    """A Jupyter kernel spec that runs this very interpreter, visible for the duration of the block.
+
+    Named kernels (``python3``) may point at another environment on a user's machine; this one cannot.
+    """
+    with tempfile.TemporaryDirectory(prefix="naclip-kernel-") as tmp:
+        spec_dir = Path(tmp, "kernels", KERNEL_NAME)
+        spec_dir.mkdir(parents=True)
+        spec = {
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "naclip workbook",
+            "language": "python",
+        }
+        (spec_dir / "kernel.json").write_text(json.dumps(spec))
+        previous = os.environ.get("JUPYTER_PATH")
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (tmp, previous) if p)
+        try:
+            yield KERNEL_NAME
+        finally:
+            if previous is None:
+                os.environ.pop("JUPYTER_PATH", None)
+            else:
+                os.environ["JUPYTER_PATH"] = previous
+
+
+def papermill_executor(kernel_name: str) -> Executor:
+    """An executor running a notebook with papermill on `kernel_name`."""
+
+    def execute(notebook: Path, output: Path, parameters: dict[str, Any], cwd: Path) -> None:
+        import papermill
+
+        papermill.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=parameters,
+            kernel_name=kernel_name,
+            cwd=str(cwd),
+            progress_bar=False,
+            log_output=False,
+        )
+
+    return execute
+
+
+def _git_commit(root: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(root: Path) -> dict[str, Any]:
+    """Code and environment versions that produced a run."""
+    packages = ("naclip", "torch", "open_clip_torch", "numpy", "pandas", "papermill")
+    return {
+        "git_commit": _git_commit(root),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {name: _version(name) for name in packages},
+        "command": " ".join(["naclip", *sys.argv[1:]]) if sys.argv else None,
+    }
+
+
+def _error_text(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text if len(text) < 4000 else text[-4000:]
+
+
+def execute_runs(
+    runs: Sequence[Run],
+    results: Path,
+    notebooks: Path,
+    execute: Executor,
+    *,
+    force: bool = False,
+    profile: str = "paper",
+    note: str | None = None,
+    log: Callable[[str], None] = print,
+) -> Report:
+    """Execute every run not already complete (all of them with `force`); failures are recorded, not raised."""
+    report = Report()
+    env = provenance(notebooks.parent)
+    for number, run in enumerate(runs, 1):
+        folder = run_dir(results, run)
+        label = f"[{number}/{len(runs)}] {run.study.name}/{run.name}"
+        if not force and is_complete(folder, run):
+            report.skipped.append(run)
+            log(f"{label}: complete, skipped")
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        record = {
+            "study": run.study.name,
+            "title": run.study.title,
+            "run": run.name,
+            "notebook": run.study.notebook,
+            "parameters": run.parameters,
+            "key": run.key,
+            "random_weights": run.random_weights,
+            "profile": profile,
+            "note": note,
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "provenance": env,
+        }
+        parameters = {**run.parameters, "out_dir": str(folder.resolve()), "random_weights": run.random_weights}
+        log(f"{label}: running {run.study.notebook}")
+        start = time.perf_counter()
+        try:
+            execute(notebooks / run.study.notebook, folder / run.study.notebook, parameters, notebooks)
+        except Exception as error:  # noqa: BLE001 - any notebook error is reported, and the others still run
+            record["error"] = _error_text(error)
+            record["traceback"] = traceback.format_exc(limit=5)
+            write_json(folder / FAILED, record)
+            report.failed.append((run, record["error"]))
+            log(f"{label}: FAILED after {time.perf_counter() - start:.1f}s")
+            continue
+        record["seconds"] = round(time.perf_counter() - start, 2)
+        write_json(folder / MARKER, record)
+        report.executed.append(run)
+        log(f"{label}: done in {record['seconds']:.1f}s")
+    return report
