@@ -7,10 +7,12 @@ import sys
 from collections.abc import Sequence
 
 from naclip import segment_cli
+from naclip.datasets import cli as data_cli
+from naclip.evaluation import cli as eval_cli
 from naclip.workbook import cli as workbook_cli
 
 # Each subcommand module exposes `register(subparsers)`, which adds its parser and sets `func`.
-SUBCOMMANDS = [segment_cli, workbook_cli]
+SUBCOMMANDS = [segment_cli, eval_cli, data_cli, workbook_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -129,3 +129,33 @@ class SegDataset:
             self.name, self.items[:limit], self.class_file, self.reduce_zero_label, self.ignore_index,
             dict(self.options), self.root,
         )
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image file from its header; BadSample when missing or unreadable."""
+    if not path.is_file():
+        raise BadSample(f"{path}: image not found")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception as error:
+        raise BadSample(f"{path}: cannot read image ({error})") from error
+    return height, width
+
+
+def check_sample(dataset: SegDataset, index: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The validated ground truth of item `index`; `size` is the image's (H, W) when already known.
+
+    Raises BadSample naming the file for a missing or unreadable image or mask, label values outside
+    the classes, or a mask whose size differs from its image.
+    """
+    item = dataset.items[index]
+    if size is None:
+        size = image_size(item.image)
+    mask = dataset.read_mask(index)
+    if mask.shape != tuple(size):
+        raise BadSample(
+            f"{item.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {item.image} is "
+            f"{size[1]}x{size[0]}; expected the same size"
+        )
+    return mask

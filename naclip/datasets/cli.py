@@ -1,0 +1,70 @@
+"""`naclip data`: list the benchmarks, check a dataset on disk, prepare COCO-Object."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from naclip.datasets import coco_object
+from naclip.datasets.base import BadSample, check_sample
+from naclip.datasets.benchmarks import DATA_ENV, PRESETS, open_benchmark
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="benchmarks: list, check, prepare COCO-Object")
+    commands = parser.add_subparsers(dest="data_command", required=True)
+
+    listing = commands.add_parser("list", help="the benchmarks, their presets and expected sub-folders")
+    listing.set_defaults(func=run_list)
+
+    check = commands.add_parser("check", help="read every image header and mask of a benchmark, report problems")
+    check.add_argument("benchmark", help=f"one of {', '.join(PRESETS)}")
+    check.add_argument("--data-root", type=Path, help=f"folder holding the datasets (default: ${DATA_ENV})")
+    check.set_defaults(func=run_check)
+
+    coco = commands.add_parser(
+        "coco-object",
+        help="make COCO-Object masks from COCO-Stuff 164k annotations",
+        description="Reads SRC/annotations/<split>/*.png (raw COCO-Stuff), writes "
+        "DST/annotations/<split>/*_instanceTrainIds.png, then reads every written mask back to verify it.",
+    )
+    coco.add_argument("src", type=Path, help="COCO-Stuff 164k root (images/, annotations/)")
+    coco.add_argument("dst", type=Path, help="output root (may be SRC)")
+    coco.add_argument("--split", action="append", help="split folder(s) to convert (default: val2017)")
+    coco.add_argument("--workers", type=int, default=0, help="conversion processes (default: 0, in-process)")
+    coco.set_defaults(func=run_coco_object)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    print(f"{'benchmark':<14} {'classes':<16} {'short':>5} {'windows':>8} {'prob_thd':>8} {'0->ignore':>9}  folder")
+    for preset in PRESETS.values():
+        windows = f"{preset.slide_crop}/{preset.slide_stride}" if preset.slide_crop else "whole"
+        folder = "(embedded)" if preset.sample else f"$NACLIP_DATA/{preset.folder}"
+        print(
+            f"{preset.key:<14} {preset.class_file:<16} {preset.short_side:>5} {windows:>8} "
+            f"{preset.prob_threshold:>8} {str(preset.reduce_zero_label):>9}  {folder}"
+        )
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    dataset = open_benchmark(args.benchmark, args.data_root)
+    problems = []
+    for index in tqdm(range(len(dataset)), desc=f"check {dataset.name}", unit="image"):
+        try:
+            check_sample(dataset, index)
+        except BadSample as error:
+            problems.append(str(error))
+    for problem in problems:
+        print(problem)
+    print(f"{dataset.name}: {len(dataset)} images under {dataset.root}, {len(problems)} with problems")
+    return 1 if problems else 0
+
+
+def run_coco_object(args: argparse.Namespace) -> int:
+    counts = coco_object.convert(args.src, args.dst, args.split or ["val2017"], workers=args.workers)
+    for split, count in counts.items():
+        print(f"{split}: wrote and verified {count} masks in {args.dst / 'annotations' / split}")
+    return 0

@@ -1,0 +1,119 @@
+"""`naclip eval --benchmark voc21 [--data-root D] [--limit N] [--out DIR] [method flags]`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from naclip.datasets import DATA_ENV, PRESETS, folder_dataset
+from naclip.evaluation.runner import PER_CLASS_CSV, PROVENANCE_JSON, SUMMARY_CSV, evaluate
+from naclip.options import add_method_arguments, method_kwargs
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="mIoU on the benchmarks (or your own folder of images and masks)",
+        description="Evaluate on benchmarks. Method flags default to each benchmark's preset (naclip data list), "
+        "then to the library's defaults. Writes OUT/summary.csv (one row per benchmark and variant), "
+        "OUT/per_class.csv and OUT/provenance.json; an interrupted run resumes when rerun with the same OUT. "
+        "Under `torchrun --nproc-per-node N -m naclip eval ...` the images are shared between processes.",
+    )
+    parser.add_argument(
+        "--benchmark", nargs="+", required=True, metavar="NAME", help=f"{', '.join(PRESETS)}, or folder"
+    )
+    parser.add_argument("--data-root", type=Path, help=f"folder holding the datasets (default: ${DATA_ENV})")
+    parser.add_argument("--limit", type=int, help="only the first N images of each benchmark")
+    parser.add_argument("--out", type=Path, help="results folder (default: results/<benchmarks>)")
+    parser.add_argument("--save-predictions", type=Path, metavar="DIR", help="write each label map as DIR/<image>.png")
+    parser.add_argument("--skip-bad", action="store_true", help="skip (and report) unreadable or inconsistent images")
+    parser.add_argument("--fresh", action="store_true", help="ignore saved partial results, start over")
+    parser.add_argument("--workers", type=int, help="image decoding processes (default: up to 4)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="a method variant sharing the trunk pass, e.g. --variant sigma=3 --variant attention=kk (repeatable)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    folder = parser.add_argument_group("folder benchmark (--benchmark folder)")
+    folder.add_argument("--images", type=Path, help="images folder")
+    folder.add_argument("--masks", type=Path, help="masks folder (same relative names, .png)")
+    folder.add_argument("--classes", type=Path, help="class file: one class a line, synonyms separated by commas")
+    folder.add_argument("--image-suffix", help="image file suffix (default: the most common one)")
+    folder.add_argument("--mask-suffix", default=".png", help="mask file suffix (default: .png)")
+    folder.add_argument("--split", type=Path, help="file listing the image names to use (default: all)")
+    folder.add_argument("--ignore-index", type=int, default=255, help="mask value of unlabelled pixels")
+    folder.add_argument("--reduce-zero-label", action="store_true", help="0 is unlabelled, k is class k-1")
+
+    before = len(parser._actions)
+    add_method_arguments(parser)
+    # Method flags left out must not override the presets: only flags given on the command line count.
+    for action in parser._actions[before:]:
+        action.default = argparse.SUPPRESS
+    parser.set_defaults(func=run)
+
+
+def parse_variant(text: str) -> dict[str, Any]:
+    """'sigma=3,attention=kk' -> {'sigma': 3, 'attention': 'kk'} (values read as YAML scalars)."""
+    variant = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--variant {text!r}: expected KEY=VALUE[,KEY=VALUE], e.g. sigma=3,attention=kk")
+        variant[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return variant
+
+
+def _benchmarks(args: argparse.Namespace) -> list:
+    specs = []
+    for name in args.benchmark:
+        if name != "folder":
+            specs.append(name)
+            continue
+        if not (args.images and args.masks and args.classes):
+            raise ValueError("--benchmark folder needs --images DIR --masks DIR --classes FILE")
+        specs.append(
+            folder_dataset(
+                args.images,
+                args.masks,
+                args.classes,
+                image_suffix=args.image_suffix,
+                mask_suffix=args.mask_suffix,
+                split=args.split,
+                ignore_index=args.ignore_index,
+                reduce_zero_label=args.reduce_zero_label,
+            )
+        )
+    return specs
+
+
+def run(args: argparse.Namespace) -> int:
+    out = args.out or Path("results") / "+".join(args.benchmark)
+    frame = evaluate(
+        _benchmarks(args),
+        [parse_variant(text) for text in args.variant] if args.variant else None,
+        data_root=args.data_root,
+        limit=args.limit,
+        out=out,
+        save_predictions=args.save_predictions,
+        skip_bad=args.skip_bad,
+        resume=not args.fresh,
+        workers=args.workers,
+        progress=not args.no_progress,
+        **method_kwargs(args),
+    )
+    provenance = frame.attrs["provenance"]
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    columns = ["benchmark", "variant", "mIoU", "aAcc", "mAcc", "n_images", "n_skipped", "images_per_s"]
+    print(frame[columns].to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+    print(f"wrote {out / SUMMARY_CSV}, {out / PER_CLASS_CSV}, {out / PROVENANCE_JSON}")
+    if provenance["random_weights"]:
+        print("note: RANDOM weights were used (--pretrained none); these numbers are meaningless.")
+    return 0
