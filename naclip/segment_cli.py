@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="segment your images with your own class names",
         description="Segment images with free-text classes. Writes <stem>_labels.png (palette PNG of class "
         "indices), <stem>_overlay.png (image, colours and a legend) and, with --save-probs, <stem>_probs.npy "
-        "(float16, classes x H x W).",
+        "(float32, classes x H x W).",
     )
     parser.add_argument("images", nargs="+", type=Path, help="image files")
     classes = parser.add_mutually_exclusive_group(required=True)
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         label_image(result.labels, len(names)).save(f"{stem}_labels.png")
         overlay(image, result.labels, names, alpha=args.alpha).save(f"{stem}_overlay.png")
         if args.save_probs:
-            np.save(f"{stem}_probs.npy", result.probs.astype(np.float16))
+            np.save(f"{stem}_probs.npy", result.probs)
         shares = np.bincount(result.labels.ravel(), minlength=len(names)) / result.labels.size
         found = ", ".join(f"{names[i]} {shares[i]:.0%}" for i in np.argsort(-shares) if shares[i] >= 0.01)
         print(f"{path}: {found}")

@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny random open_clip ViT and the real sample images."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+SAMPLES = Path(__file__).resolve().parents[1] / "naclip" / "resources" / "samples"
+VOC_IMAGE = SAMPLES / "voc" / "JPEGImages" / "sample_0000.jpg"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Text-embedding caches go to a temporary folder, never the user's."""
+    monkeypatch.setenv("NACLIP_CACHE", str(tmp_path_factory.getbasetemp() / "naclip-cache"))
+
+
+def make_segmenter(seed: int = 0, **kwargs):
+    """A Segmenter on the tiny random ViT (3 blocks, width 64), CPU, float32."""
+    from naclip import Segmenter
+
+    torch.manual_seed(seed)
+    options = dict(model="naclip-tiny", pretrained=None, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Segmenter(**{**options, **kwargs})
+
+
+@pytest.fixture
+def tiny():
+    return make_segmenter

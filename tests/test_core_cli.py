@@ -1,0 +1,84 @@
+"""`naclip segment` end to end on a real sample image, and the text-embedding cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from naclip.cli import main
+from naclip.text import TEMPLATES, QueryCache, encode_queries
+from tests.conftest import VOC_IMAGE, make_segmenter
+
+
+def test_segment_writes_labels_overlay_and_probabilities(tmp_path, capsys):
+    code = main(
+        [
+            "segment",
+            str(VOC_IMAGE),
+            "--classes",
+            "sky; person, people; grass, lawn",
+            "--model",
+            "naclip-tiny",
+            "--pretrained",
+            "none",
+            "--device",
+            "cpu",
+            "--pamr-steps",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--save-probs",
+        ]
+    )
+    assert code == 0
+    labels = Image.open(tmp_path / "sample_0000_labels.png")
+    assert labels.mode == "P" and labels.size == (513, 513)
+    assert np.asarray(labels).max() < 3
+    overlay = Image.open(tmp_path / "sample_0000_overlay.png")
+    assert overlay.height == 513 and overlay.width > 513  # the legend sits to the right
+    probs = np.load(tmp_path / "sample_0000_probs.npy")
+    assert probs.shape == (3, 513, 513)
+    np.testing.assert_array_equal(probs.argmax(0), np.asarray(labels))
+    out = capsys.readouterr().out
+    assert "sample_0000.jpg:" in out and "RANDOM weights" in out
+
+
+def test_segment_reports_bad_input(tmp_path, capsys):
+    assert main(["segment", str(tmp_path / "none.jpg"), "--classes", "cat", "--out", str(tmp_path)]) == 2
+    assert "none.jpg' does not exist" in capsys.readouterr().err
+    assert main(["segment", str(VOC_IMAGE), "--classes", " ; ", "--model", "naclip-tiny", "--pretrained", "none"]) == 2
+    assert "holds no class" in capsys.readouterr().err
+
+
+def test_query_cache_embeds_only_new_names_and_persists(tmp_path, monkeypatch):
+    seg = make_segmenter()
+    calls = []
+
+    def counting(clip, tokenizer, queries, templates=TEMPLATES):
+        calls.append(list(queries))
+        return encode_queries(clip, tokenizer, queries, templates)
+
+    monkeypatch.setattr("naclip.text.encode_queries", counting)
+    cache = QueryCache("naclip-tiny|test-weights", directory=tmp_path)
+    first = cache.embed(seg.clip, seg.tokenizer, ["cat", "dog"])
+    second = cache.embed(seg.clip, seg.tokenizer, ["dog", "bird", "cat"])
+    assert calls == [["cat", "dog"], ["bird"]]
+    torch.testing.assert_close(second[0], first[1])
+    assert torch.allclose(first.norm(dim=-1), torch.ones(2))
+    reloaded = QueryCache("naclip-tiny|test-weights", directory=tmp_path)
+    torch.testing.assert_close(reloaded.embed(seg.clip, seg.tokenizer, ["bird"]), second[1:2])
+    assert len(calls) == 2
+    assert QueryCache(None, directory=tmp_path).path is None  # random weights are never cached on disk
+
+
+def test_query_embedding_is_the_normalised_template_mean():
+    seg = make_segmenter()
+    templates = TEMPLATES[:3]
+    ours = encode_queries(seg.clip, seg.tokenizer, ["red car"], templates)[0]
+    with torch.no_grad():
+        each = seg.clip.encode_text(seg.tokenizer([t("red car") for t in templates]))
+    each = each / each.norm(dim=-1, keepdim=True)
+    mean = each.mean(0)
+    torch.testing.assert_close(ours, mean / mean.norm())
+    assert len(TEMPLATES) == 80 and TEMPLATES[0]("cat") == "a bad photo of a cat."
