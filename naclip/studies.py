@@ -33,3 +33,96 @@ def kernel_table(grid: tuple[int, int], patch: tuple[int, int], sigmas: Sequence
         for sigma in sigmas
     ]
     return pd.concat(frames, ignore_index=True)
+
+
+# The methods the paper compares, as settings of the last block (SPEC section 1).
+METHODS: dict[str, dict[str, str]] = {
+    "CLIP": {"attention": "vanilla", "arch": "vanilla"},
+    "SCLIP": {"attention": "csa", "arch": "vanilla"},
+    "ClearCLIP": {"attention": "qq", "arch": "reduced"},
+    "NACLIP": {"attention": "naclip", "arch": "reduced"},
+}
+
+
+def method_variants(methods: Sequence[str], pamr_steps: int = 0) -> list[dict]:
+    """Segmenter variants (overrides) for named methods of `METHODS`, each with `pamr_steps`."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; expected some of {list(METHODS)}")
+    return [{**METHODS[m], "pamr_steps": int(pamr_steps)} for m in methods]
+
+
+def qualitative_rows(
+    segmenter, dataset, indices: Sequence[int], methods: Sequence[str]
+) -> tuple[list[list[np.ndarray]], dict[str, np.ndarray]]:
+    """Per image: the RGB image, its colourised ground truth, then each method's colourised prediction.
+
+    Also returns the legend: the colour of every class shown in a ground truth or a prediction.
+    `segmenter` has the dataset's classes set; the trunk runs once per image for all methods.
+    """
+    from naclip.preprocess import load_image
+    from naclip.viz import colorize
+
+    rows, shown = [], []
+    variants = method_variants(methods, segmenter.method["pamr_steps"])
+    for index in indices:
+        image = load_image(dataset[index].image)
+        predictions = segmenter.predict_variants(segmenter.prepare(image), image.shape[:2], variants)
+        labels = [dataset.read_mask(index), *(p.labels for p in predictions)]
+        shown += labels
+        rows.append([image, *(colorize(lab, dataset.num_classes) for lab in labels)])
+    return rows, legend(shown, dataset.class_names)
+
+
+def legend(label_maps: Sequence[np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The palette colour of every class that appears in any of `label_maps` (void 255 left out), by index."""
+    from naclip.viz import palette
+
+    present = sorted({int(c) for labels in label_maps for c in np.unique(labels) if c < len(names)})
+    colours = palette(len(names))
+    return {names[c]: colours[c] for c in present}
+
+
+def patch_attention_maps(
+    segmenter, image: np.ndarray, points: Sequence[tuple[float, float]], methods: Sequence[str]
+) -> tuple[dict[str, np.ndarray], list[tuple[int, int]], tuple[int, int]]:
+    """Last-block attention of the patches under `points` over the patch grid, per method.
+
+    `points` are (y, x) fractions of the image height and width, so they mean the same place on any
+    backbone's grid. Returns ({method: (len(points), h, w)} head-averaged weights, the patches (row, col),
+    the grid (h, w)).
+    """
+    if any(not (0 <= y <= 1 and 0 <= x <= 1) for y, x in points):
+        raise ValueError(f"points must be (y, x) fractions in [0, 1], got {list(points)}")
+    maps, patches, grid = {}, [], (0, 0)
+    for method in methods:
+        weights = segmenter.patch_attention(image, attention=METHODS[method]["attention"])
+        grid = tuple(weights.shape[1:])
+        patches = [(min(int(y * grid[0]), grid[0] - 1), min(int(x * grid[1]), grid[1] - 1)) for y, x in points]
+        maps[method] = np.stack([weights[row * grid[1] + col] for row, col in patches])
+    return maps, patches, grid
+
+
+def attention_table(
+    maps: dict[str, np.ndarray], patches: Sequence[tuple[int, int]], grid: tuple[int, int]
+) -> pd.DataFrame:
+    """Tidy attention weights: one row per (method, query patch, key patch)."""
+    rows, cols = (a.ravel() for a in np.indices(grid))
+    frames = [
+        pd.DataFrame({"method": method, "query_row": qr, "query_col": qc, "row": rows, "col": cols,
+                      "weight": weights[n].ravel()})
+        for method, weights in maps.items()
+        for n, (qr, qc) in enumerate(patches)
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def class_summary(probs: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> pd.DataFrame:
+    """Per class: the share of pixels labelled with it and its mean and max probability, largest area first."""
+    counts = np.bincount(labels.ravel(), minlength=len(names))[: len(names)]
+    return pd.DataFrame({
+        "class": list(names),
+        "pixel_share": counts / labels.size,
+        "mean_probability": probs.reshape(len(names), -1).mean(1),
+        "max_probability": probs.reshape(len(names), -1).max(1),
+    }).sort_values(["pixel_share", "mean_probability"], ascending=False, ignore_index=True)

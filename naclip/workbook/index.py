@@ -114,7 +114,8 @@ def write_index(results: Path, banner: str | None = None) -> Path:
         "|---|---|---|---|---|",
     ]
     for r in records:
-        weights = "RANDOM" if r.get("random_weights") else "pretrained" if "pretrained" in r.get("parameters", {}) else ""
+        has_model = "pretrained" in r.get("parameters", {})
+        weights = "RANDOM" if r.get("random_weights") else "pretrained" if has_model else ""
         seconds = f"{r['seconds']:.1f}" if "seconds" in r else ""
         link = f"[{r['run']}](#{_anchor(r)})"
         lines.append(f"| {r.get('title', r['study'])} | {link} | {r['status']} | {weights} | {seconds} |")

@@ -51,11 +51,10 @@ class Run:
     name: str
     parameters: dict[str, Any]
 
-    @property
-    def key(self) -> str:
-        """A digest of what the run computes: a changed notebook or parameter makes a completed run stale."""
-        payload = json.dumps([self.study.notebook, self.parameters], sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    def key(self, notebook: Path) -> str:
+        """A digest of the notebook's text and the parameters: when either changes, a completed run is stale."""
+        payload = json.dumps(self.parameters, sort_keys=True, default=str).encode() + notebook.read_bytes()
+        return hashlib.sha256(payload).hexdigest()[:16]
 
     @property
     def random_weights(self) -> bool:

@@ -54,13 +54,13 @@ def run_dir(results: Path, run: Run) -> Path:
     return results / run.study.name / run.name
 
 
-def is_complete(folder: Path, run: Run) -> bool:
-    """True when `folder` holds a finished run with the same notebook and parameters."""
+def is_complete(folder: Path, key: str) -> bool:
+    """True when `folder` holds a finished run whose key (notebook and parameters) is `key`."""
     marker = folder / MARKER
     if not marker.is_file():
         return False
     try:
-        return json.loads(marker.read_text()).get("key") == run.key
+        return json.loads(marker.read_text()).get("key") == key
     except json.JSONDecodeError:
         return False
 
@@ -162,7 +162,13 @@ def execute_runs(
     for number, run in enumerate(runs, 1):
         folder = run_dir(results, run)
         label = f"[{number}/{len(runs)}] {run.study.name}/{run.name}"
-        if not force and is_complete(folder, run):
+        notebook = notebooks / run.study.notebook
+        if not notebook.is_file():
+            report.failed.append((run, f"notebook {notebook} does not exist"))
+            log(f"{label}: FAILED, no notebook {notebook}")
+            continue
+        key = run.key(notebook)
+        if not force and is_complete(folder, key):
             report.skipped.append(run)
             log(f"{label}: complete, skipped")
             continue
@@ -174,7 +180,7 @@ def execute_runs(
             "run": run.name,
             "notebook": run.study.notebook,
             "parameters": run.parameters,
-            "key": run.key,
+            "key": key,
             "random_weights": run.random_weights,
             "profile": profile,
             "note": note,
@@ -185,7 +191,7 @@ def execute_runs(
         log(f"{label}: running {run.study.notebook}")
         start = time.perf_counter()
         try:
-            execute(notebooks / run.study.notebook, folder / run.study.notebook, parameters, notebooks)
+            execute(notebook, folder / notebook.name, parameters, notebooks)
         except Exception as error:  # noqa: BLE001 - any notebook error is reported, and the others still run
             record["error"] = _error_text(error)
             record["traceback"] = traceback.format_exc(limit=5)
