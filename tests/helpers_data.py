@@ -61,6 +61,7 @@ def build_benchmark(root: Path, key: str, count: int = 2) -> dict[str, np.ndarra
 
 def build_folder(root: Path, count: int = 4, size: tuple[int, int] = (24, 32), classes: int = 3) -> Path:
     """A `folder` dataset: root/images/*.png, root/masks/*.png, root/classes.txt; returns root."""
+    root.mkdir(parents=True, exist_ok=True)
     (root / "classes.txt").write_text("".join(f"thing{i}, item{i}\n" for i in range(classes)))
     for i in range(count):
         write_image(root / "images" / f"im{i}.png", size, seed=i)

@@ -31,7 +31,10 @@ def test_every_benchmark_reads_its_layout_with_the_protocol_preset(tmp_path, key
     assert dataset.num_classes == classes
     assert dataset.reduce_zero_label is reduce_zero
     assert dataset.options == {
-        "short_side": short_side, "slide_crop": crop, "slide_stride": 112, "prob_threshold": threshold
+        "short_side": short_side,
+        "slide_crop": crop,
+        "slide_stride": 112,
+        "prob_threshold": threshold,
     }
     assert [item.name for item in dataset] == sorted(stored)
     for index, item in enumerate(dataset):
@@ -43,8 +46,9 @@ def test_every_benchmark_reads_its_layout_with_the_protocol_preset(tmp_path, key
 
 def test_reduce_zero_label_maps_zero_to_ignore_and_shifts_classes(tmp_path):
     build_benchmark(tmp_path, "voc21")
-    write_mask(tmp_path / "VOCdevkit/VOC2012/SegmentationClass/img_000.png",
-               np.array([[0, 1, 20, 255]] * 6).repeat(2, axis=1))
+    write_mask(
+        tmp_path / "VOCdevkit/VOC2012/SegmentationClass/img_000.png", np.array([[0, 1, 20, 255]] * 6).repeat(2, axis=1)
+    )
     voc21, voc20 = open_benchmark("voc21", tmp_path), open_benchmark("voc20", tmp_path)
     np.testing.assert_array_equal(voc21.read_mask(0)[0], [0, 0, 1, 1, 20, 20, 255, 255])
     np.testing.assert_array_equal(voc20.read_mask(0)[0], [255, 255, 0, 0, 19, 19, 255, 255])
@@ -151,8 +155,9 @@ def test_folder_dataset_detects_suffix_honours_split_ignore_and_reduce_zero(tmp_
     assert [item.name for item in only] == ["im2"]
     write_mask(root / "masks/im0.png", np.array([[0, 1, 3, 7]]))
     write_image(root / "images/im0.png", (1, 4))
-    custom = folder_dataset(root / "images", root / "masks", root / "classes.txt", ignore_index=7,
-                            reduce_zero_label=True)
+    custom = folder_dataset(
+        root / "images", root / "masks", root / "classes.txt", ignore_index=7, reduce_zero_label=True
+    )
     np.testing.assert_array_equal(check_sample(custom, 0), [[7, 0, 2, 7]])
     with pytest.raises(FileNotFoundError, match="images folder not found"):
         folder_dataset(root / "nope", root / "masks", root / "classes.txt")

@@ -70,8 +70,7 @@ def test_data_cli_coco_object_list_and_check(tmp_path, capsys):
 
     assert main(["data", "list"]) == 0
     listing = capsys.readouterr().out
-    for key in ["voc21", "voc20", "context60", "context59", "coco_object", "coco_stuff", "cityscapes", "ade20k",
-                "voc21-sample", "ade20k-sample"]:
+    for key in "voc21 voc20 context60 context59 coco_object coco_stuff cityscapes ade20k voc21-sample".split():
         assert f"\n{key} " in listing
 
     build_benchmark(tmp_path / "data", "ade20k", count=3)

@@ -14,9 +14,7 @@ def test_hand_computed_case_with_ignore_pixels_and_an_absent_class():
     gt = np.array([[0, 0, 1, 1], [0, 255, 1, 2]])
     pred = np.array([[0, 1, 1, 1], [0, 0, 2, 2]])  # the pixel under 255 is not counted
     matrix = confusion(pred, gt, num_classes=4)
-    np.testing.assert_array_equal(
-        matrix, [[2, 1, 0, 0], [0, 2, 1, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
-    )
+    np.testing.assert_array_equal(matrix, [[2, 1, 0, 0], [0, 2, 1, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
     result = scores(matrix)
     # class 0: TP 2, FP 0, FN 1 -> 2/3; class 1: TP 2, FP 1, FN 1 -> 2/4; class 2: TP 1, FP 1, FN 0 -> 1/2
     np.testing.assert_allclose(result.iou[:3], [2 / 3, 1 / 2, 1 / 2])

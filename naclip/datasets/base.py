@@ -126,8 +126,13 @@ class SegDataset:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         return SegDataset(
-            self.name, self.items[:limit], self.class_file, self.reduce_zero_label, self.ignore_index,
-            dict(self.options), self.root,
+            self.name,
+            self.items[:limit],
+            self.class_file,
+            self.reduce_zero_label,
+            self.ignore_index,
+            dict(self.options),
+            self.root,
         )
 
 

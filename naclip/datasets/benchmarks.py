@@ -52,6 +52,8 @@ def _whole(**kw: Any) -> dict[str, Any]:
 
 
 _VOC, _CTX, _COCO = "VOCdevkit/VOC2012", "VOCdevkit/VOC2010", "coco_stuff164k"
+_ADE = "ade/ADEChallengeData2016"
+_VOC_SAMPLE, _ADE_SAMPLE = "14 PASCAL VOC 2012 images (embedded)", "3 ADE20K val images (embedded)"
 PRESETS: dict[str, Preset] = {
     p.key: p
     for p in [
@@ -59,23 +61,25 @@ PRESETS: dict[str, Preset] = {
         Preset("voc20", "PASCAL VOC 2012 val", layouts.VOC, _VOC, "voc20.txt", **_whole(reduce_zero_label=True)),
         Preset("context60", "PASCAL Context val", layouts.CONTEXT, _CTX, "context60.txt", prob_threshold=0.1),
         Preset("context59", "PASCAL Context val", layouts.CONTEXT, _CTX, "context59.txt", reduce_zero_label=True),
-        Preset("coco_object", "COCO-Object val2017", layouts.COCO_OBJECT, _COCO, "coco_object.txt",
-               prob_threshold=0.1),
+        Preset("coco_object", "COCO-Object val2017", layouts.COCO_OBJECT, _COCO, "coco_object.txt", prob_threshold=0.1),
         Preset("coco_stuff", "COCO-Stuff 164k val2017", layouts.COCO_STUFF, _COCO, "coco_stuff.txt"),
         Preset("cityscapes", "Cityscapes val", layouts.CITYSCAPES, "cityscapes", "city_scapes.txt", short_side=560),
-        Preset("ade20k", "ADE20K val", layouts.ADE20K, "ade/ADEChallengeData2016", "ade20k.txt",
-               reduce_zero_label=True),
-        Preset("voc21-sample", "14 PASCAL VOC 2012 images (embedded)", layouts.VOC, "voc", "voc21.txt",
-               sample=True, **_whole(prob_threshold=0.1)),
-        Preset("voc20-sample", "14 PASCAL VOC 2012 images (embedded)", layouts.VOC, "voc", "voc20.txt",
-               sample=True, **_whole(reduce_zero_label=True)),
-        Preset("ade20k-sample", "3 ADE20K val images (embedded)", layouts.ADE20K, "ade", "ade20k.txt",
-               sample=True, reduce_zero_label=True),
+        Preset("ade20k", "ADE20K val", layouts.ADE20K, _ADE, "ade20k.txt", reduce_zero_label=True),
+        Preset("voc21-sample", _VOC_SAMPLE, layouts.VOC, "voc", "voc21.txt", sample=True, **_whole(prob_threshold=0.1)),
+        Preset(
+            "voc20-sample", _VOC_SAMPLE, layouts.VOC, "voc", "voc20.txt", sample=True, **_whole(reduce_zero_label=True)
+        ),
+        Preset("ade20k-sample", _ADE_SAMPLE, layouts.ADE20K, "ade", "ade20k.txt", sample=True, reduce_zero_label=True),
     ]
 }
 # Accepted spellings besides the keys.
-ALIASES = {"coco_stuff164k": "coco_stuff", "city_scapes": "cityscapes", "coco-object": "coco_object",
-           "coco-stuff": "coco_stuff", "ade": "ade20k"}
+ALIASES = {
+    "coco_stuff164k": "coco_stuff",
+    "city_scapes": "cityscapes",
+    "coco-object": "coco_object",
+    "coco-stuff": "coco_stuff",
+    "ade": "ade20k",
+}
 
 
 def get_preset(name: str) -> Preset:

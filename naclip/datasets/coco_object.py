@@ -41,9 +41,7 @@ def convert_mask(raw: np.ndarray, source: str | Path = "mask") -> np.ndarray:
     mapped = TABLE[raw]
     if (mapped == INVALID).any():
         bad = sorted(int(v) for v in np.unique(raw[mapped == INVALID]))[:10]
-        raise ValueError(
-            f"{source}: values {bad} are not COCO-Stuff labels; expected 0..181 (category id - 1) or 255"
-        )
+        raise ValueError(f"{source}: values {bad} are not COCO-Stuff labels; expected 0..181 (category id - 1) or 255")
     return mapped.astype(np.uint8)
 
 

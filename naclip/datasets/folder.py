@@ -45,15 +45,20 @@ def folder_dataset(
     if not images.is_dir():
         raise FileNotFoundError(f"{name}: images folder not found: {images}")
     suffix = image_suffix or _common_suffix(images)
-    layout = Layout(str(images), str(masks), suffix, mask_suffix,
-                    str(Path(split).expanduser().resolve()) if split else None)
+    layout = Layout(
+        str(images), str(masks), suffix, mask_suffix, str(Path(split).expanduser().resolve()) if split else None
+    )
     return SegDataset(
         name=name,
         items=layout.list_items(images.parent),
         class_file=Path(classes),
         reduce_zero_label=reduce_zero_label,
         ignore_index=ignore_index,
-        options={"short_side": short_side, "slide_crop": slide_crop, "slide_stride": slide_stride,
-                 "prob_threshold": prob_threshold},
+        options={
+            "short_side": short_side,
+            "slide_crop": slide_crop,
+            "slide_stride": slide_stride,
+            "prob_threshold": prob_threshold,
+        },
         root=images,
     )

@@ -32,8 +32,11 @@ class Layout:
             f"{self.mask_dir}/**/*{self.mask_suffix}",
         ]
         if self.split_file:
-            lines = [f"{self.image_dir}/NAME{self.image_suffix}", f"{self.mask_dir}/NAME{self.mask_suffix}",
-                     f"{self.split_file} (one NAME a line)"]
+            lines = [
+                f"{self.image_dir}/NAME{self.image_suffix}",
+                f"{self.mask_dir}/NAME{self.mask_suffix}",
+                f"{self.split_file} (one NAME a line)",
+            ]
         return "\n".join(f"  {line}" for line in lines)
 
     def list_items(self, root: Path) -> list[Item]:

@@ -1,0 +1,47 @@
+"""`torchrun --nproc-per-node 2 -m naclip eval` on CPU (gloo) gives exactly the single-process result."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from naclip.evaluation import evaluate
+from tests.helpers_data import build_folder
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_two_processes_equal_one(tmp_path):
+    data = build_folder(tmp_path / "data", count=5)
+    options = dict(model="naclip-tiny", pretrained=None, device="cpu", pamr_steps=0, short_side=64, slide_crop=0)
+    flags = (
+        "--model naclip-tiny --pretrained none --device cpu --pamr-steps 0 --short-side 64 --slide-crop 0 "
+        "--no-progress --workers 0 --variant sigma=5 --variant prob_threshold=0.6"
+    ).split()
+    folder = ["--benchmark", "folder", "--images", data / "images", "--masks", data / "masks"]
+    folder += ["--classes", data / "classes.txt", "--out", tmp_path / "two", "--save-predictions", tmp_path / "pred"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command = [*launcher, "-m", "naclip", "eval", *map(str, folder), *flags]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    from naclip.datasets import folder_dataset
+
+    dataset = folder_dataset(data / "images", data / "masks", data / "classes.txt")
+    one = evaluate(dataset, [{"sigma": 5}, {"prob_threshold": 0.6}], progress=False, workers=0, **options)
+    two = pd.read_csv(tmp_path / "two" / "summary.csv")
+    assert list(two.world_size) == [2, 2] and list(two.n_images) == [5, 5]
+    for column in ["mIoU", "aAcc", "mAcc"]:
+        assert two[column].tolist() == pytest.approx(one[column].tolist(), rel=1e-12, abs=0)
+    per_class = pd.read_csv(tmp_path / "two" / "per_class.csv")
+    for column in ["gt_pixels", "pred_pixels"]:
+        assert per_class[column].tolist() == one.attrs["per_class"][column].tolist()
+    for variant in ["sigma=5", "prob_threshold=0.6"]:
+        assert len(list((tmp_path / "pred" / variant).glob("*.png"))) == 5  # each rank wrote its share
