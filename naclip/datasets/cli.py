@@ -1,4 +1,4 @@
-"""`naclip data`: list the benchmarks, check a dataset on disk, prepare COCO-Object."""
+"""`naclip data`: list the benchmarks, check a dataset on disk, prepare COCO-Object and COCO-Stuff masks."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from naclip.datasets import coco_object
+from naclip.datasets import coco
 from naclip.datasets.base import BadSample, check_sample
 from naclip.datasets.benchmarks import DATA_ENV, PRESETS, open_benchmark
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="benchmarks: list, check, prepare COCO-Object")
+    parser = subparsers.add_parser("data", help="benchmarks: list, check, prepare COCO-Object / COCO-Stuff")
     commands = parser.add_subparsers(dest="data_command", required=True)
 
     listing = commands.add_parser("list", help="the benchmarks, their presets and expected sub-folders")
@@ -24,17 +24,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--data-root", type=Path, help=f"folder holding the datasets (default: ${DATA_ENV})")
     check.set_defaults(func=run_check)
 
-    coco = commands.add_parser(
-        "coco-object",
-        help="make COCO-Object masks from COCO-Stuff 164k annotations",
-        description="Reads SRC/annotations/<split>/*.png (raw COCO-Stuff), writes "
-        "DST/annotations/<split>/*_instanceTrainIds.png, then reads every written mask back to verify it.",
-    )
-    coco.add_argument("src", type=Path, help="COCO-Stuff 164k root (images/, annotations/)")
-    coco.add_argument("dst", type=Path, help="output root (may be SRC)")
-    coco.add_argument("--split", action="append", help="split folder(s) to convert (default: val2017)")
-    coco.add_argument("--workers", type=int, default=0, help="conversion processes (default: 0, in-process)")
-    coco.set_defaults(func=run_coco_object)
+    for target, suffix, what in [
+        ("coco_object", "_instanceTrainIds.png", "COCO-Object masks (80 things + background)"),
+        ("coco_stuff", "_labelTrainIds.png", "COCO-Stuff 171-class masks"),
+    ]:
+        prepare = commands.add_parser(
+            target.replace("_", "-"),
+            help=f"make {what} from the raw COCO-Stuff 164k annotations",
+            description=f"Reads SRC/annotations/<split>/*.png (raw COCO-Stuff), writes "
+            f"DST/annotations/<split>/*{suffix}, then reads every written mask back to verify it.",
+        )
+        prepare.add_argument("src", type=Path, help="COCO-Stuff 164k root (images/, annotations/)")
+        prepare.add_argument("dst", type=Path, help="output root (may be SRC)")
+        prepare.add_argument("--split", action="append", help="split folder(s) to convert (default: val2017)")
+        prepare.add_argument("--workers", type=int, default=0, help="conversion processes (default: in-process)")
+        prepare.set_defaults(func=run_coco, target=target)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -63,8 +67,8 @@ def run_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def run_coco_object(args: argparse.Namespace) -> int:
-    counts = coco_object.convert(args.src, args.dst, args.split or ["val2017"], workers=args.workers)
+def run_coco(args: argparse.Namespace) -> int:
+    counts = coco.convert(args.src, args.dst, args.split or ["val2017"], args.target, workers=args.workers)
     for split, count in counts.items():
         print(f"{split}: wrote and verified {count} masks in {args.dst / 'annotations' / split}")
     return 0

@@ -1,4 +1,4 @@
-"""COCO-Object preparation: the id mapping, the conversion with its check, `naclip data`."""
+"""COCO-Object / COCO-Stuff preparation: the id mappings, the conversion with its check, `naclip data`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from PIL import Image
 
 from naclip.cli import main
 from naclip.datasets import open_benchmark
-from naclip.datasets.coco_object import INVALID, TABLE, convert, convert_mask
+from naclip.datasets.coco import INVALID, TARGETS, convert, convert_mask
 from tests.helpers_data import build_benchmark, write_image, write_mask
+
+TABLE = TARGETS["coco_object"][0]
 
 
 def test_mapping_keeps_80_things_in_order_folds_stuff_and_keeps_255():
@@ -22,6 +24,14 @@ def test_mapping_keeps_80_things_in_order_folds_stuff_and_keeps_255():
     assert TABLE[255] == 255
     # ids no annotation uses (category 12 "street sign", 91) and values past the stuff range are undefined
     assert TABLE[11] == INVALID and TABLE[90] == INVALID and TABLE[182] == INVALID
+
+
+def test_coco_stuff_numbers_the_171_used_ids_in_order():
+    table = TARGETS["coco_stuff"][0]
+    used = [v for v in range(255) if table[v] != INVALID]
+    assert len(used) == 171 and [int(table[v]) for v in used] == list(range(171))
+    assert (table[0], table[10], table[12], table[91], table[181], table[255]) == (0, 10, 11, 80, 170, 255)
+    assert table[11] == INVALID
 
 
 def test_convert_mask_rejects_values_that_are_not_coco_stuff_labels():
@@ -56,6 +66,9 @@ def test_convert_in_place_with_workers_and_errors(tmp_path):
     _coco_stuff(tmp_path)
     assert convert(tmp_path, tmp_path, workers=2, progress=False) == {"val2017": 2}
     assert len(open_benchmark("coco_object", tmp_path)) == 2
+    assert convert(tmp_path, tmp_path, target="coco_stuff", progress=False) == {"val2017": 2}
+    stuff = open_benchmark("coco_stuff", tmp_path)
+    np.testing.assert_array_equal(stuff.read_mask(0), [[0, 1, 80, 170], [255, 79, 51, 109]])
     with pytest.raises(FileNotFoundError, match=r"missing .*annotations/train2017.*COCO-Stuff 164k layout"):
         convert(tmp_path, tmp_path, splits=["train2017"], progress=False)
     write_mask(tmp_path / "annotations/val2017/000000000139.png", np.full((2, 4), 25))

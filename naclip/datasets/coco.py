@@ -1,8 +1,10 @@
-"""COCO-Object masks from COCO-Stuff 164k annotations (`naclip data coco-object SRC DST`).
+"""COCO-Object and COCO-Stuff label masks from the raw COCO-Stuff 164k annotations.
 
 A raw COCO-Stuff annotation PNG holds COCO category id - 1 per pixel: 0..90 are things (80 used
-ids), 91..181 stuff, 255 unlabelled. COCO-Object keeps the 80 things as 1..80 in id order, folds
-every stuff class into 0 (background) and keeps 255.
+ids), 91..181 stuff, 255 unlabelled. COCO-Object (`naclip data coco-object SRC DST`) keeps the 80
+things as 1..80 in id order, folds every stuff class into 0 (background) and keeps 255. COCO-Stuff
+(`naclip data coco-stuff SRC DST`, what mmsegmentation's converter writes) numbers the 171 used ids
+0..170 in id order and keeps 255.
 """
 
 from __future__ import annotations
@@ -18,27 +20,32 @@ from tqdm.auto import tqdm
 
 # COCO category ids 1..90 that no annotation uses; the other 80 are the thing classes.
 UNUSED_THING_IDS = frozenset({12, 26, 29, 30, 45, 66, 68, 69, 71, 83})
-RAW_STUFF = range(91, 182)
-OUTPUT_SUFFIX = "_instanceTrainIds.png"
+RAW_THINGS = [cat_id - 1 for cat_id in range(1, 91) if cat_id not in UNUSED_THING_IDS]
+RAW_STUFF = list(range(91, 182))
 INVALID = -1
 
 
-def lookup_table() -> np.ndarray:
-    """(256,) int16 map from raw COCO-Stuff values to COCO-Object labels; INVALID where undefined."""
+def _table(targets: dict[int, int]) -> np.ndarray:
+    """(256,) int16 map from raw values; INVALID where undefined, 255 kept."""
     table = np.full(256, INVALID, dtype=np.int16)
-    things = [cat_id - 1 for cat_id in range(1, 91) if cat_id not in UNUSED_THING_IDS]
-    table[things] = np.arange(1, len(things) + 1)
-    table[list(RAW_STUFF)] = 0
+    table[list(targets)] = list(targets.values())
     table[255] = 255
     return table
 
 
-TABLE = lookup_table()
+# The target of each preparation: (lookup table, suffix of the written masks).
+TARGETS = {
+    "coco_object": (
+        _table({**{raw: i + 1 for i, raw in enumerate(RAW_THINGS)}, **dict.fromkeys(RAW_STUFF, 0)}),
+        "_instanceTrainIds.png",
+    ),
+    "coco_stuff": (_table({raw: i for i, raw in enumerate(RAW_THINGS + RAW_STUFF)}), "_labelTrainIds.png"),
+}
 
 
-def convert_mask(raw: np.ndarray, source: str | Path = "mask") -> np.ndarray:
-    """A COCO-Object label map (uint8) from a raw COCO-Stuff one; ValueError on undefined values."""
-    mapped = TABLE[raw]
+def convert_mask(raw: np.ndarray, source: str | Path = "mask", target: str = "coco_object") -> np.ndarray:
+    """A COCO-Object (or COCO-Stuff) label map (uint8) from a raw one; ValueError on undefined values."""
+    mapped = TARGETS[target][0][raw]
     if (mapped == INVALID).any():
         bad = sorted(int(v) for v in np.unique(raw[mapped == INVALID]))[:10]
         raise ValueError(f"{source}: values {bad} are not COCO-Stuff labels; expected 0..181 (category id - 1) or 255")
@@ -52,25 +59,20 @@ def _read_raw(path: Path) -> np.ndarray:
         return np.asarray(image)
 
 
-def output_path(source: Path, dst_masks: Path) -> Path:
-    return dst_masks / f"{source.stem}{OUTPUT_SUFFIX}"
-
-
-def _convert_one(job: tuple[Path, Path]) -> None:
-    source, target = job
-    converted = convert_mask(_read_raw(source), source)
-    temporary = target.with_name(target.name + ".tmp")
+def _convert_one(job: tuple[Path, Path, str]) -> None:
+    source, output, target = job
+    converted = convert_mask(_read_raw(source), source, target)
+    temporary = output.with_name(output.name + ".tmp")
     Image.fromarray(converted, mode="L").save(temporary, format="PNG")
-    os.replace(temporary, target)
+    os.replace(temporary, output)
 
 
-def _verify_one(job: tuple[Path, Path]) -> None:
-    source, target = job
-    if not target.is_file():
-        raise ValueError(f"{target}: missing after conversion of {source}")
-    written = _read_raw(target)
-    if not np.array_equal(written, convert_mask(_read_raw(source), source)):
-        raise ValueError(f"{target}: content differs from the conversion of {source}")
+def _verify_one(job: tuple[Path, Path, str]) -> None:
+    source, output, target = job
+    if not output.is_file():
+        raise ValueError(f"{output}: missing after conversion of {source}")
+    if not np.array_equal(_read_raw(output), convert_mask(_read_raw(source), source, target)):
+        raise ValueError(f"{output}: content differs from the conversion of {source}")
 
 
 def raw_masks(src_masks: Path) -> list[Path]:
@@ -78,7 +80,7 @@ def raw_masks(src_masks: Path) -> list[Path]:
     return sorted(p for p in src_masks.glob("*.png") if "TrainIds" not in p.name)
 
 
-def _run(function, jobs: list[tuple[Path, Path]], workers: int, desc: str, progress: bool) -> None:
+def _run(function, jobs: list[tuple[Path, Path, str]], workers: int, desc: str, progress: bool) -> None:
     bar = tqdm(total=len(jobs), desc=desc, unit="mask", disable=not progress)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -95,15 +97,20 @@ def convert(
     src: str | Path,
     dst: str | Path,
     splits: Iterable[str] = ("val2017",),
+    target: str = "coco_object",
     workers: int = 0,
     progress: bool = True,
 ) -> dict[str, int]:
-    """Write DST/annotations/<split>/*_instanceTrainIds.png from SRC/annotations/<split>/*.png, then verify.
+    """Write DST/annotations/<split>/*<suffix> from SRC/annotations/<split>/*.png, then verify them.
 
+    `target` is `coco_object` (suffix _instanceTrainIds.png) or `coco_stuff` (_labelTrainIds.png).
     Every written file is read back and compared with the conversion of its source. When DST is not
     SRC, DST/images is made a symbolic link to SRC/images so DST is a complete COCO-Object root.
     Returns the number of masks per split.
     """
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
+    suffix = TARGETS[target][1]
     src, dst = Path(src).expanduser().resolve(), Path(dst).expanduser().resolve()
     counts = {}
     for split in splits:
@@ -118,7 +125,7 @@ def convert(
             raise ValueError(f"no raw annotation PNGs in {src_masks}")
         dst_masks = dst / "annotations" / split
         dst_masks.mkdir(parents=True, exist_ok=True)
-        jobs = [(source, output_path(source, dst_masks)) for source in sources]
+        jobs = [(source, dst_masks / f"{source.stem}{suffix}", target) for source in sources]
         _run(_convert_one, jobs, workers, f"convert {split}", progress)
         _run(_verify_one, jobs, workers, f"verify {split}", progress)
         counts[split] = len(jobs)
