@@ -45,7 +45,7 @@ def independent_miou(pred_dir, dataset) -> float:
 
 def test_cli_on_embedded_samples_matches_miou_recomputed_from_saved_predictions(tmp_path, capsys):
     out, preds = tmp_path / "out", tmp_path / "preds"
-    flags = "eval --benchmark voc21-sample voc20-sample --limit 2 --pamr-steps 0 --workers 1".split()
+    flags = "eval --benchmark voc21-sample voc20-sample --limit 2 --pamr-steps 0 --short-side 224 --workers 1".split()
     code = main([*flags, "--out", str(out), "--save-predictions", str(preds), *TINY_FLAGS])
     assert code == 0
     printed = capsys.readouterr().out
@@ -54,6 +54,7 @@ def test_cli_on_embedded_samples_matches_miou_recomputed_from_saved_predictions(
     assert list(summary.benchmark) == ["voc21-sample", "voc20-sample"]
     # presets apply unless a flag overrides them
     assert list(summary.prob_threshold) == [0.1, 0.0] and list(summary.slide_crop) == [0, 0]
+    assert list(summary.short_side) == [224, 224]
     assert list(summary.pamr_steps) == [0, 0] and list(summary.n_images) == [2, 2]
     for key, row in zip(["voc21-sample", "voc20-sample"], summary.itertuples()):
         dataset = open_benchmark(key).limited(2)
@@ -104,6 +105,8 @@ def test_cli_prints_clear_errors(tmp_path, capsys, monkeypatch):
     args = ["--images", str(tmp_path / "images"), "--masks", str(tmp_path), "--classes", str(tmp_path / "c")]
     assert main(["eval", "--benchmark", "folder", *args, *TINY_FLAGS]) == 2
     assert "the split is empty" in capsys.readouterr().err
+    assert main(["eval", "--benchmark", "voc21-sample", "--variant", "sigma", *TINY_FLAGS]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
 
 
 def test_interrupted_run_resumes_to_the_same_numbers(tmp_path, monkeypatch):
