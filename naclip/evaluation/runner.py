@@ -76,6 +76,19 @@ def _text(value: Any) -> Any:
     return value
 
 
+def _typed(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:
+    """Overrides in the types of the Segmenter's own settings (sigma 5 -> 5.0, dilations -> tuple)."""
+    typed = {}
+    for key, value in overrides.items():
+        if isinstance(base[key], tuple):
+            typed[key] = tuple(int(v) for v in value)
+        elif isinstance(base[key], (int, float)) and not isinstance(base[key], bool):
+            typed[key] = type(base[key])(value)
+        else:
+            typed[key] = value
+    return typed
+
+
 def _segmenter(options: Mapping[str, Any]) -> Segmenter:
     """Build the Segmenter; random weights come from a fixed seed so that ranks and resumed runs agree."""
     if options.get("pretrained", "openai") is not None:
@@ -100,7 +113,7 @@ def _fingerprint(dataset: SegDataset, configs: list[dict[str, Any]]) -> str:
 def _prediction_path(root: Path, dataset: SegDataset, variant: Variant, nest: tuple[bool, bool], name: str) -> Path:
     by_dataset, by_variant = nest
     folder = root / dataset.name if by_dataset else root
-    folder = folder / variant.name if by_variant else folder
+    folder = folder / variant.name.replace(os.sep, "_") if by_variant else folder
     return folder / f"{name}.png"
 
 
@@ -123,9 +136,8 @@ def run_dataset(
     settings["device"] = group.device(settings.get("device", "auto"))
     segmenter = _segmenter(settings)
     segmenter.set_classes(dataset.class_file)
-    configs = [
-        {**segmenter.config, **variant.overrides, "random_weights": segmenter.random_weights} for variant in variants
-    ]
+    base = {**segmenter.config, "random_weights": segmenter.random_weights}
+    configs = [{**base, **_typed(variant.overrides, base)} for variant in variants]
     fingerprint = _fingerprint(dataset, configs)
     store = None
     if partial_root is not None:
