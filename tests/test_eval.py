@@ -17,7 +17,7 @@ from tests.helpers_data import build_folder, write_mask
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-TINY = dict(model="naclip-tiny", pretrained=None, device="cpu", pamr_steps=0, short_side=64, progress=False)
+TINY = dict(model="naclip-tiny", pretrained=None, device="cpu", pamr_steps=0, short_side=64, progress=False, workers=0)
 TINY_FLAGS = ["--model", "naclip-tiny", "--pretrained", "none", "--device", "cpu", "--no-progress"]
 
 
@@ -69,16 +69,18 @@ def test_cli_on_embedded_samples_matches_miou_recomputed_from_saved_predictions(
 
 def test_variants_share_the_trunk_and_equal_separate_runs(tmp_path):
     dataset = folder(tmp_path, count=2)
-    frame = evaluate(dataset, [{}, {"name": "thd", "prob_threshold": 0.5}, {"sigma": 2.0}], **TINY)
-    assert list(frame.variant) == ["default", "thd", "sigma=2.0"]
+    variants = [{}, {"name": "thd", "prob_threshold": 0.5}, {"sigma": 2, "pamr_steps": 1, "pamr_dilations": "1,2"}]
+    frame = evaluate(dataset, variants, **TINY)
+    assert list(frame.variant) == ["default", "thd", "sigma=2,pamr_steps=1,pamr_dilations=1,2"]
     assert list(frame.prob_threshold) == [0.0, 0.5, 0.0] and list(frame.sigma) == [5.0, 5.0, 2.0]
+    assert list(frame.pamr_dilations) == ["8,16", "8,16", "1,2"]
     columns = "mIoU aAcc mAcc seconds images_per_s n_images model pretrained attention arch sigma pamr_steps"
     columns += " pamr_dilations prob_threshold logit_scale slide_crop slide_stride short_side long_side device dtype"
     assert set(columns.split()) <= set(frame.columns)
     alone = evaluate(dataset, prob_threshold=0.5, **TINY)
     assert alone.mIoU[0] == frame.mIoU[1] and alone.aAcc[0] == frame.aAcc[1]
     per_class = frame.attrs["per_class"]
-    assert len(per_class) == 3 * 3 and set(per_class.variant) == {"default", "thd", "sigma=2.0"}
+    assert len(per_class) == 3 * 3 and set(per_class.variant) == set(frame.variant)
     with pytest.raises(ValueError, match="cannot vary within a run"):
         evaluate(dataset, [{"short_side": 32}], **TINY)
 
@@ -140,3 +142,14 @@ def test_interrupted_run_resumes_to_the_same_numbers(tmp_path, monkeypatch):
 
     again = evaluate(dataset, out=tmp_path / "run", resume=False, **TINY)
     assert again.n_resumed[0] == 0 and again.mIoU[0] == full.mIoU[0]
+
+
+def test_variant_flags_parse_lists_and_names():
+    from naclip.evaluation.cli import parse_variant
+
+    assert parse_variant("sigma=3,attention=kk,pamr_dilations=4,8") == {
+        "sigma": 3,
+        "attention": "kk",
+        "pamr_dilations": "4,8",
+    }
+    assert parse_variant("name=my run,pamr-steps=0") == {"name": "my run", "pamr_steps": 0}

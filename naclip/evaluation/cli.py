@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_variant(text: str) -> dict[str, Any]:
-    """'sigma=3,attention=kk' -> {'sigma': 3, 'attention': 'kk'} (values read as YAML scalars)."""
+    """'sigma=3,attention=kk,pamr_dilations=4,8' -> {'sigma': 3, 'attention': 'kk', 'pamr_dilations': '4,8'}.
+
+    A comma starts a new setting only when `KEY=` follows it; values are read as YAML scalars.
+    """
     variant = {}
-    for part in text.split(","):
+    for part in re.split(r",(?=\s*[A-Za-z_-]+=)", text):
         key, sep, value = part.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--variant {text!r}: expected KEY=VALUE[,KEY=VALUE], e.g. sigma=3,attention=kk")

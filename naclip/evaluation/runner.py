@@ -81,7 +81,7 @@ def _typed(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, A
     typed = {}
     for key, value in overrides.items():
         if isinstance(base[key], tuple):
-            typed[key] = tuple(int(v) for v in value)
+            typed[key] = tuple(int(v) for v in (value.split(",") if isinstance(value, str) else value))
         elif isinstance(base[key], (int, float)) and not isinstance(base[key], bool):
             typed[key] = type(base[key])(value)
         else:
@@ -137,7 +137,8 @@ def run_dataset(
     segmenter = _segmenter(settings)
     segmenter.set_classes(dataset.class_file)
     base = {**segmenter.config, "random_weights": segmenter.random_weights}
-    configs = [{**base, **_typed(variant.overrides, base)} for variant in variants]
+    overrides = [_typed(variant.overrides, base) for variant in variants]
+    configs = [{**base, **override} for override in overrides]
     fingerprint = _fingerprint(dataset, configs)
     store = None
     if partial_root is not None:
@@ -156,7 +157,6 @@ def run_dataset(
             for matrix, part in zip(matrices, parts):
                 matrix.add(part)
     todo = group.shard([index for index in range(len(dataset)) if index not in done and index not in bad])
-    overrides = [variant.overrides for variant in variants]
     new_bad: dict[int, str] = {}
     bar = tqdm(total=len(todo), desc=dataset.name, unit="img", disable=not (progress and group.main))
     start = time.perf_counter()
