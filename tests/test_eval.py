@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -85,16 +86,24 @@ def test_variants_share_the_trunk_and_equal_separate_runs(tmp_path):
         evaluate(dataset, [{"short_side": 32}], **TINY)
 
 
-def test_bad_image_is_an_error_naming_it_unless_skipped(tmp_path, capsys):
-    dataset = folder(tmp_path, count=4)
+def test_bad_images_are_errors_naming_them_unless_skipped(tmp_path, capsys):
+    build_folder(tmp_path, count=4)
+    (tmp_path / "split.txt").write_text("im0\nim1\nim2\nim3\nghost\n")
+    dataset = folder_dataset(
+        tmp_path / "images", tmp_path / "masks", tmp_path / "classes.txt", split=tmp_path / "split.txt"
+    )
     write_mask(tmp_path / "masks/im2.png", np.zeros((5, 5)))
     with pytest.raises(BadSample, match=r"masks/im2\.png: mask is 5x5 but its image .*--skip-bad"):
         evaluate(dataset, **TINY)
+    (tmp_path / "images/im1.png").write_bytes(b"not an image")
+    with pytest.raises(BadSample, match=r"images/im1\.png: cannot read image"):
+        evaluate(dataset, **TINY)
     frame = evaluate(dataset, skip_bad=True, out=tmp_path / "out", **TINY)
-    assert (frame.n_images[0], frame.n_skipped[0]) == (3, 1)
+    assert (frame.n_images[0], frame.n_skipped[0]) == (2, 3)
     skipped = frame.attrs["provenance"]["runs"][0]["skipped"]
-    assert len(skipped) == 1 and skipped[0]["image"].endswith("im2.png")
-    assert "skipped 1 bad image" in capsys.readouterr().out
+    assert [Path(entry["image"]).name for entry in skipped] == ["im1.png", "im2.png", "ghost.png"]
+    assert "image not found" in skipped[2]["reason"]
+    assert "skipped 3 bad image(s)" in capsys.readouterr().out
 
 
 def test_cli_prints_clear_errors(tmp_path, capsys, monkeypatch):
