@@ -1,6 +1,14 @@
-"""Benchmark readers and presets, the `folder` dataset, the embedded samples, COCO-Object preparation."""
+"""Benchmark readers and presets, the `folder` dataset, the embedded samples, COCO mask preparation."""
 
-from naclip.datasets.base import IGNORE_INDEX, BadSample, Item, SegDataset, read_class_names, read_mask
+from naclip.datasets.base import (
+    IGNORE_INDEX,
+    BadSample,
+    Item,
+    SegDataset,
+    check_sample,
+    read_class_names,
+    read_mask,
+)
 from naclip.datasets.benchmarks import DATA_ENV, PRESETS, Preset, get_preset, open_benchmark
 from naclip.datasets.folder import folder_dataset
 
@@ -12,6 +20,7 @@ __all__ = [
     "Item",
     "Preset",
     "SegDataset",
+    "check_sample",
     "folder_dataset",
     "get_preset",
     "open_benchmark",
