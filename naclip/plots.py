@@ -30,10 +30,12 @@ def mark_random(fig: Figure) -> None:
     fig.suptitle(f"[{RANDOM_MARK}] {title}".strip(), color="red", weight="bold")
 
 
-def _panels(count: int, width: float = 5.0, height: float = 3.8, columns: int = 4) -> tuple[Figure, list]:
+def _panels(
+    count: int, width: float = 5.0, height: float = 3.8, columns: int = 4, sharey: bool = False
+) -> tuple[Figure, list]:
     columns = min(columns, count)
     rows = -(-count // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False, sharey=sharey)
     for ax in axes.flat[count:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:count])
@@ -56,7 +58,7 @@ def metric_bars(
     """
     with sns.axes_style("whitegrid"):
         panels = list(data[col].unique()) if col else [None]
-        fig, axes = _panels(len(panels), width=max(5.0, 0.9 * data[x].nunique() + 2.5))
+        fig, axes = _panels(len(panels), width=max(5.0, 0.9 * data[x].nunique() + 2.5), sharey=True)
         hues = list(data[hue].unique())
         colours = dict(zip(hues, sns.color_palette("tab10", len(hues)), strict=True))
         width = 0.8 / len(hues)
@@ -103,15 +105,20 @@ def sweep_lines(
 ) -> Figure:
     """`y` against a swept parameter `x`, a line per `hue` (dash `style`); the default value as a dotted line.
 
-    `published` (columns `hue`, `x`, `y`, and `style` if given) is drawn as black diamonds.
+    `published` (columns `hue`, `x`, `y`) is drawn as diamonds in the colour of their `hue` line.
     """
     with sns.axes_style("whitegrid"):
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
-        sns.lineplot(data=data, x=x, y=y, hue=hue, style=style, markers=True, dashes=True, ax=ax)
+        levels = list(data[hue].unique())
+        colours = dict(zip(levels, sns.color_palette("tab10", len(levels)), strict=True))
+        sns.lineplot(data=data, x=x, y=y, hue=hue, style=style, markers=True, dashes=True, palette=colours, ax=ax)
         if default is not None:
             ax.axvline(default, color="grey", linestyle=":", label=f"default {x} = {default:g}")
         if published is not None and len(published):
-            ax.plot(published[x], published[y], label="published", **PUBLISHED_STYLE)
+            for level, part in published.groupby(hue, sort=False):
+                style_kw = {**PUBLISHED_STYLE, "color": colours.get(level, "black"), "markeredgecolor": "black"}
+                ax.plot(part[x], part[y], **style_kw)
+            ax.plot([], [], label="published (colour: " + hue + ")", **PUBLISHED_STYLE)
         ax.set_xlabel(xlabel or x)
         ax.set_ylabel(ylabel)
         ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)

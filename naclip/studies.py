@@ -5,12 +5,14 @@ Notebooks only glue these together and plot; each function here has a test.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from torch import Tensor
 
-from naclip.attention import gaussian_bias
+from naclip.attention import gaussian_bias, register_attention
 
 
 def patch_bias(grid: tuple[int, int], patch: tuple[int, int], sigma: float) -> np.ndarray:
@@ -126,3 +128,97 @@ def class_summary(probs: np.ndarray, labels: np.ndarray, names: Sequence[str]) -
         "mean_probability": probs.reshape(len(names), -1).mean(1),
         "max_probability": probs.reshape(len(names), -1).max(1),
     }).sort_values(["pixel_share", "mean_probability"], ascending=False, ignore_index=True)
+
+
+# -- evaluation studies ----------------------------------------------------------------------------------
+
+
+@register_attention("vanilla_gauss", neighbourhood=True)
+def vanilla_gauss(q: Tensor, k: Tensor, omega: Tensor | None) -> Tensor:
+    """softmax(q k^T / sqrt(d) + omega): the Gaussian bias without key-key similarity (component study)."""
+    return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + omega).softmax(-1)
+
+
+def main_variants(methods: Sequence[str], pamr_steps: int) -> list[dict]:
+    """Evaluator variants for the main table: each method without, then with PAMR (named ``<method> + PAMR``)."""
+    without = [{"name": m, **v} for m, v in zip(methods, method_variants(methods, 0), strict=True)]
+    with_pamr = [{"name": f"{m} + PAMR", **v} for m, v in zip(methods, method_variants(methods, pamr_steps),
+                                                                strict=True)]
+    return without + (with_pamr if pamr_steps > 0 else [])
+
+
+def component_variants() -> list[dict]:
+    """The 8 on/off combinations of NACLIP's components: Gaussian bias, key-key similarity, reduced block."""
+    attention = {(False, False): "vanilla", (False, True): "kk", (True, False): "vanilla_gauss",
+                 (True, True): "naclip"}
+    variants = []
+    for gauss, key_key, reduced in itertools.product((False, True), repeat=3):
+        parts = [name for name, on in (("Gauss", gauss), ("KK", key_key), ("reduced", reduced)) if on]
+        variants.append({"name": " + ".join(parts) or "none (CLIP)", "attention": attention[gauss, key_key],
+                         "arch": "reduced" if reduced else "vanilla", "pamr_steps": 0})
+    return variants
+
+
+def sweep_variants(key: str, values: Sequence, pamr_steps: int = 0, **fixed) -> list[dict]:
+    """One variant per value of `key` (e.g. sigma, attention), without and, if `pamr_steps`, with PAMR."""
+    steps = [0, int(pamr_steps)] if pamr_steps else [0]
+    return [
+        {"name": f"{key}={value}" + (" + PAMR" if step else ""), **fixed, key: value, "pamr_steps": step}
+        for step in steps
+        for value in values
+    ]
+
+
+def grid_variants(attentions: Sequence[str], archs: Sequence[str]) -> list[dict]:
+    """Every (attention, architecture) pair, without PAMR."""
+    return [{"name": f"{att}/{arch}", "attention": att, "arch": arch, "pamr_steps": 0}
+            for arch in archs for att in attentions]
+
+
+def base_benchmark(name: str) -> str:
+    """The published benchmark a sample stands in for (``voc21-sample`` -> ``voc21``)."""
+    return name.removesuffix("-sample")
+
+
+def tag_methods(frame: pd.DataFrame) -> pd.DataFrame:
+    """Evaluator rows with `method` (its `METHODS` name, else ``attention/arch``), `pamr` (bool) and
+    `post-processing` ("none" / "PAMR") columns."""
+    names = {(v["attention"], v["arch"]): name for name, v in METHODS.items()}
+    method = [names.get((a, r), f"{a}/{r}") for a, r in zip(frame["attention"], frame["arch"], strict=True)]
+    pamr = frame["pamr_steps"].astype(int) > 0
+    tagged = frame.assign(method=method, pamr=pamr, **{"post-processing": np.where(pamr, "PAMR", "none")})
+    tagged.attrs = {}  # the evaluator's per-class table and provenance stay with `frame`; concat cannot compare them
+    return tagged
+
+
+def compare_published(frame: pd.DataFrame, extra: Sequence[str] = ()) -> pd.DataFrame:
+    """Measured mIoU beside the published one: a column per source, and the gap (measured - published).
+
+    `frame` is `tag_methods` output; `extra` columns (e.g. ``sigma``) are kept. Adds a benchmark ``avg``
+    row per (method, pamr, extra), the mean over the benchmarks run; its published value is the paper's
+    average only when all eight benchmarks were run. Sample benchmarks are matched with their full
+    benchmark's published number.
+    """
+    from naclip.published import BENCHMARKS, published
+
+    keys = ["method", "pamr", "post-processing", *extra]
+    rows = frame[["benchmark", *keys, "mIoU"]].copy()
+    means = rows.groupby(keys, as_index=False, sort=False)["mIoU"].mean().assign(benchmark="avg")
+    rows = pd.concat([rows, means[rows.columns]], ignore_index=True)
+    complete = set(map(base_benchmark, frame["benchmark"])) >= set(BENCHMARKS)
+    rows["published_benchmark"] = [
+        base_benchmark(b) if b != "avg" or complete else None for b in rows["benchmark"]
+    ]
+    reference = published().pivot_table(index=["method", "pamr", "benchmark"], columns="source", values="mIoU")
+    reference.columns = [f"published ({source})" for source in reference.columns]
+    merged = rows.merge(reference, how="left", left_on=["method", "pamr", "published_benchmark"],
+                        right_index=True)
+    merged["gap"] = merged["mIoU"] - merged[list(reference.columns)].bfill(axis=1).iloc[:, 0]
+    return merged.drop(columns="published_benchmark")
+
+
+def published_marks(comparison: pd.DataFrame) -> pd.DataFrame:
+    """The `compare_published` rows that have a published number, with that number as `mIoU` (for plots)."""
+    sources = [c for c in comparison.columns if c.startswith("published (")]
+    value = comparison[sources].bfill(axis=1).iloc[:, 0]
+    return comparison.assign(mIoU=value)[value.notna()].drop(columns=[*sources, "gap"])

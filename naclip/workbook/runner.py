@@ -2,9 +2,9 @@
 
 A run folder ``results/<study>/<run>/`` holds the executed notebook, the tables and figures the notebook
 wrote, and, written last and atomically, ``run.json``: the completion marker with the configuration and
-provenance. A run counts as complete only when ``run.json`` exists and its key (a digest of notebook name
-and parameters) matches, so an interrupted run, or one whose parameters changed, is redone, and nothing
-else is. A failed run leaves ``failed.json`` with the error instead.
+provenance. A run counts as complete only when ``run.json`` exists and its key (a digest of the notebook's text
+and the parameters) matches, so an interrupted run, or one whose notebook or parameters changed, is redone,
+and nothing else is. A failed run leaves ``failed.json`` with the error instead.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from naclip.workbook.outputs import write_json
+from naclip.workbook.outputs import MANIFEST, write_json
 from naclip.workbook.params import Run
 
 MARKER = "run.json"
@@ -140,6 +140,16 @@ def provenance(root: Path) -> dict[str, Any]:
     }
 
 
+def _reset(folder: Path, force: bool) -> None:
+    """Prepare a run folder: emptied with `force`; otherwise only the run's records go, so that evaluations
+    a notebook keeps in its folder (``naclip.evaluation.evaluate(out=...)``) resume where they stopped."""
+    if force:
+        shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (MARKER, FAILED, MANIFEST):
+        (folder / name).unlink(missing_ok=True)
+
+
 def _error_text(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return text if len(text) < 4000 else text[-4000:]
@@ -172,8 +182,7 @@ def execute_runs(
             report.skipped.append(run)
             log(f"{label}: complete, skipped")
             continue
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
+        _reset(folder, force)
         record = {
             "study": run.study.name,
             "title": run.study.title,
