@@ -1,4 +1,5 @@
-"""`torchrun --nproc-per-node 2 -m naclip eval` on CPU (gloo) gives exactly the single-process result."""
+"""`torchrun --nproc-per-node 2 -m naclip eval` on CPU (gloo) gives exactly the single-process result,
+also when it resumes a run that a single process started."""
 
 from __future__ import annotations
 
@@ -10,16 +11,37 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from naclip.datasets import folder_dataset
 from naclip.evaluation import evaluate
+from naclip.segmenter import Segmenter
 from tests.helpers_data import build_folder
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_two_processes_equal_one(tmp_path):
-    data = build_folder(tmp_path / "data", count=5)
+def test_two_processes_resuming_an_interrupted_run_equal_one(tmp_path, monkeypatch):
+    data = build_folder(tmp_path / "data", count=7)
+    dataset = folder_dataset(data / "images", data / "masks", data / "classes.txt")
+    variants = [{"sigma": 5}, {"prob_threshold": 0.6}]
     options = dict(model="naclip-tiny", pretrained=None, device="cpu", pamr_steps=0, short_side=64, slide_crop=0)
+    options.update(progress=False, workers=0)
+    one = evaluate(dataset, variants, **options)
+
+    # A single process scores 2 images, then stops; two processes finish the run from its records.
+    original = Segmenter.predict_variants
+    calls = iter(range(100))
+
+    def stop_after_two(self, *args, **kwargs):
+        if next(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Segmenter, "predict_variants", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(dataset, variants, out=tmp_path / "two", save_predictions=tmp_path / "pred", **options)
+    monkeypatch.undo()
+
     flags = (
         "--model naclip-tiny --pretrained none --device cpu --pamr-steps 0 --short-side 64 --slide-crop 0 "
         "--no-progress --workers 0 --variant sigma=5 --variant prob_threshold=0.6"
@@ -32,16 +54,12 @@ def test_two_processes_equal_one(tmp_path):
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    from naclip.datasets import folder_dataset
-
-    dataset = folder_dataset(data / "images", data / "masks", data / "classes.txt")
-    one = evaluate(dataset, [{"sigma": 5}, {"prob_threshold": 0.6}], progress=False, workers=0, **options)
     two = pd.read_csv(tmp_path / "two" / "summary.csv")
-    assert list(two.world_size) == [2, 2] and list(two.n_images) == [5, 5]
+    assert list(two.world_size) == [2, 2] and list(two.n_images) == [7, 7] and list(two.n_resumed) == [2, 2]
     for column in ["mIoU", "aAcc", "mAcc"]:
         assert two[column].tolist() == pytest.approx(one[column].tolist(), rel=1e-12, abs=0)
     per_class = pd.read_csv(tmp_path / "two" / "per_class.csv")
     for column in ["gt_pixels", "pred_pixels"]:
         assert per_class[column].tolist() == one.attrs["per_class"][column].tolist()
     for variant in ["sigma=5", "prob_threshold=0.6"]:
-        assert len(list((tmp_path / "pred" / variant).glob("*.png"))) == 5  # each rank wrote its share
+        assert len(list((tmp_path / "pred" / variant).glob("*.png"))) == 7  # each process wrote its share
