@@ -75,7 +75,8 @@ def metric_bars(
                 if ref is not None and len(ref):
                     marks = ref[ref[hue] == level].set_index(x)[y]
                     pos = [i + offset for i, v in enumerate(xs) if v in marks.index]
-                    ax.plot(pos, [marks[v] for v in xs if v in marks.index], **PUBLISHED_STYLE)
+                    if pos:
+                        ax.plot(pos, [marks[v] for v in xs if v in marks.index], **PUBLISHED_STYLE)
             ax.set_xticks(range(len(xs)), [str(v) for v in xs], rotation=30 if len(xs) > 4 else 0, ha="right"
                           if len(xs) > 4 else "center")
             ax.set_xlabel(xlabel or x)
