@@ -28,6 +28,7 @@ _HELP = {
     "dtype": "float32 / float16 / bfloat16 (default: float16 on CUDA, float32 elsewhere)",
     "window_batch": "windows encoded together (bounds memory)",
     "cache_dir": "where text embeddings are cached (default ~/.cache/naclip)",
+    "seed": "seed of random weights (with --pretrained none)",
 }
 _CHOICES = {"attention": sorted(ATTENTIONS), "arch": sorted(ARCHITECTURES)}
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from naclip.attention import get_attention
 from naclip.backbone import load_clip
 from naclip.encoder import DenseEncoder, check_architecture
-from naclip.pamr import pamr
+from naclip.pamr import affinity, propagate
 from naclip.preprocess import load_image, prepare
 from naclip.sliding import crop_windows, stitch, window_boxes
 from naclip.text import ClassSet, QueryCache, parse_classes, read_class_file
@@ -28,7 +28,7 @@ METHOD_KEYS = ("attention", "arch", "sigma", "pamr_steps", "pamr_dilations", "pr
 @dataclass
 class Prediction:
     labels: np.ndarray  # (H, W) int64 class indices at the original size
-    probs: np.ndarray  # (C, H, W) float32 class probabilities (synonym max, renormalised)
+    probs: np.ndarray | None  # (C, H, W) float32 class probabilities (synonym max, renormalised)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -62,7 +62,7 @@ class Segmenter:
     """Training-free open-vocabulary segmentation with any open_clip ViT.
 
     `slide_crop=0` segments the whole image at once; otherwise windows of `slide_crop` every
-    `slide_stride` pixels, `window_batch` at a time.
+    `slide_stride` pixels, `window_batch` at a time. `seed` fixes random weights (pretrained=None).
     """
 
     def __init__(
@@ -84,6 +84,7 @@ class Segmenter:
         dtype: torch.dtype | str | None = None,
         window_batch: int = 16,
         cache_dir: str | None = None,
+        seed: int = 0,
     ):
         self.method = dict(
             attention=attention,
@@ -108,7 +109,9 @@ class Segmenter:
             dtype = getattr(torch, dtype)
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
 
-        clip, self.tokenizer = load_clip(model, pretrained, self.device, cache_dir)
+        with torch.random.fork_rng(devices=[]):  # random weights are reproducible across processes
+            torch.manual_seed(seed)
+            clip, self.tokenizer = load_clip(model, pretrained, self.device, cache_dir)
         self.clip = clip.to(self.dtype)
         self.encoder = DenseEncoder(self.clip.visual)
         self.random_weights = pretrained is None
@@ -172,8 +175,13 @@ class Segmenter:
         """Segment a `prepare`d image (3, h, w); `size` is the original (H, W) to predict at."""
         return self.predict_variants(tensor, size, [{}])[0]
 
-    def predict_variants(self, tensor: Tensor, size: tuple[int, int], variants: Sequence[Mapping]) -> list[Prediction]:
-        """One prediction per variant (overrides of METHOD_KEYS); the trunk runs once for all."""
+    def predict_variants(
+        self, tensor: Tensor, size: tuple[int, int], variants: Sequence[Mapping], probs: bool = True
+    ) -> list[Prediction]:
+        """One prediction per variant (overrides of METHOD_KEYS); the trunk runs once for all.
+
+        `probs=False` returns labels only (probs None), which saves C x H x W floats per variant.
+        """
         self._classes()
         methods = [self._method(variant) for variant in variants]
         image = tensor.to(self.device, self.dtype)
@@ -189,6 +197,7 @@ class Segmenter:
         )
         y1, y2, x1, x2 = boxes[0]
         window = (y2 - y1, x2 - x1)
+        guides: dict[tuple[int, ...], Tensor] = {}  # PAMR affinities depend only on the image
         results = []
         for method in methods:
             logits = stitch(
@@ -197,7 +206,7 @@ class Segmenter:
                 tuple(image.shape[-2:]),
                 self.window_batch,
             )
-            results.append(self._finish(logits, image, tuple(size), method))
+            results.append(self._finish(logits, image, tuple(size), method, guides, probs))
         return results
 
     def _method(self, overrides: Mapping) -> dict:
@@ -218,12 +227,17 @@ class Segmenter:
         logits = logits.transpose(1, 2).reshape(len(tokens), -1, *grid)
         return F.interpolate(logits, size=window, mode="bilinear", align_corners=False)
 
-    def _finish(self, logits: Tensor, image: Tensor, size: tuple[int, int], method: Mapping) -> Prediction:
+    def _finish(
+        self, logits: Tensor, image: Tensor, size: tuple[int, int], method: Mapping, guides: dict, keep_probs: bool
+    ) -> Prediction:
         """Resize to the original size, PAMR, softmax, synonym max, threshold, renormalise."""
         logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)
         if method["pamr_steps"] > 0:
-            guide = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)
-            logits = pamr(guide, logits, method["pamr_steps"], method["pamr_dilations"])
+            dilations = method["pamr_dilations"]
+            if dilations not in guides:
+                guide = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)
+                guides[dilations] = affinity(guide, dilations)
+            logits = propagate(logits, guides[dilations], dilations, method["pamr_steps"])
         probs = (logits[0] * method["logit_scale"]).softmax(0)
         num_classes = len(self._classes())
         if num_classes != len(self.query_class):
@@ -231,8 +245,11 @@ class Segmenter:
             probs = probs.new_zeros((num_classes, *size)).scatter_reduce_(0, index, probs, "amax")
         top, labels = probs.max(0)
         labels[top < method["prob_threshold"]] = 0
+        labels = labels.cpu().numpy().astype(np.int64)
+        if not keep_probs:
+            return Prediction(labels, None)
         probs = probs / probs.sum(0, keepdim=True)
-        return Prediction(labels.cpu().numpy().astype(np.int64), probs.cpu().numpy().astype(np.float32))
+        return Prediction(labels, probs.cpu().numpy().astype(np.float32))
 
     # -- inspection ---------------------------------------------------------------------------
     def patch_attention(

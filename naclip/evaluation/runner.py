@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 import naclip
@@ -28,7 +27,6 @@ from naclip.metric import ConfusionMatrix, scores
 from naclip.segmenter import METHOD_KEYS, Segmenter
 
 SUMMARY_CSV, PER_CLASS_CSV, PROVENANCE_JSON = "summary.csv", "per_class.csv", "provenance.json"
-RANDOM_SEED = 0
 
 
 @dataclass
@@ -89,15 +87,6 @@ def _typed(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, A
     return typed
 
 
-def _segmenter(options: Mapping[str, Any]) -> Segmenter:
-    """Build the Segmenter; random weights come from a fixed seed so that ranks and resumed runs agree."""
-    if options.get("pretrained", "openai") is not None:
-        return Segmenter(**options)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_SEED)
-        return Segmenter(**options)
-
-
 def _fingerprint(dataset: SegDataset, configs: list[dict[str, Any]]) -> str:
     """What must match for saved per-image results to be reused: images, labels and method settings."""
     content = {
@@ -134,7 +123,7 @@ def run_dataset(
     """Score every image of `dataset` under each variant; this rank takes its share, ranks sum up."""
     settings = {**dataset.options, **options}
     settings["device"] = group.device(settings.get("device", "auto"))
-    segmenter = _segmenter(settings)
+    segmenter = Segmenter(**settings)
     segmenter.set_classes(dataset.class_file)
     base = {**segmenter.config, "random_weights": segmenter.random_weights}
     overrides = [_typed(variant.overrides, base) for variant in variants]
@@ -169,7 +158,7 @@ def run_dataset(
                 if store:
                     store.add_bad(loaded.index, loaded.error)
                 continue
-            predictions = segmenter.predict_variants(loaded.tensor, loaded.size, overrides)
+            predictions = segmenter.predict_variants(loaded.tensor, loaded.size, overrides, probs=False)
             parts = [matrix.update(p.labels, loaded.mask) for matrix, p in zip(matrices, predictions)]
             if store:
                 store.add(loaded.index, parts)
