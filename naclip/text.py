@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,26 @@ def read_class_file(path: str | os.PathLike) -> ClassSet:
     return parse_classes(lines, source=str(path))
 
 
+@contextmanager
+def _truncated_context(clip: torch.nn.Module, length: int) -> Iterator[None]:
+    """Run a causal CLIP text tower on its first `length` positions only.
+
+    With a causal mask and end-of-text (argmax) pooling, the positions after the last
+    end-of-text token cannot change the result; prompts are much shorter than the context.
+    """
+    mask = getattr(clip, "attn_mask", None)
+    if getattr(clip, "text_pool_type", None) != "argmax" or mask is None or length >= mask.shape[0]:
+        yield
+        return
+    positions = clip.positional_embedding
+    clip.positional_embedding = torch.nn.Parameter(positions[:length], requires_grad=False)
+    clip.attn_mask = mask[:length, :length]
+    try:
+        yield
+    finally:
+        clip.positional_embedding, clip.attn_mask = positions, mask
+
+
 def encode_queries(
     clip: torch.nn.Module, tokenizer: Callable, queries: Sequence[str], templates: Sequence[Template] = TEMPLATES
 ) -> Tensor:
@@ -77,9 +98,11 @@ def encode_queries(
     )
     with torch.no_grad():
         for start in range(0, len(prompts), PROMPTS_PER_BATCH):
-            batch = prompts[start : start + PROMPTS_PER_BATCH]
-            chunks.append(F.normalize(clip.encode_text(tokenizer(batch).to(device)).float(), dim=-1))
-            progress.update(len(batch))
+            tokens = tokenizer(prompts[start : start + PROMPTS_PER_BATCH]).to(device)
+            length = int((tokens != 0).sum(1).max())
+            with _truncated_context(clip, length):
+                chunks.append(F.normalize(clip.encode_text(tokens[:, :length]).float(), dim=-1))
+            progress.update(len(tokens))
     progress.close()
     embeddings = torch.cat(chunks).reshape(len(queries), len(templates), -1).mean(1)
     return F.normalize(embeddings, dim=-1)
