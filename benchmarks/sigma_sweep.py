@@ -1,0 +1,59 @@
+"""A sweep of 8 sigma values against one evaluation: the frozen trunk runs once per image.
+
+Real open_clip shapes with random weights, sliding windows, with and without PAMR.
+Run: python benchmarks/sigma_sweep.py [--model ViT-B-16 --classes 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.timing import best_of
+from naclip import Segmenter
+
+SIGMAS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="ViT-B-16")
+    parser.add_argument("--classes", type=int, default=60)
+    parser.add_argument("--height", type=int, default=336)
+    parser.add_argument("--width", type=int, default=448)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seg = Segmenter(args.model, pretrained=None, device=args.device)
+    names = [f"class {i}" for i in range(args.classes)]  # random weights: random text embeddings will do
+    seg.text_cache.memory.update(
+        {n: F.normalize(torch.randn(seg.clip.text_projection.shape[-1]), dim=0) for n in names}
+    )
+    seg.set_classes(names)
+    image = torch.randn(3, args.height, args.width)
+    size = (args.height, args.width)
+    print(
+        f"{args.model}, {args.height} x {args.width}, sliding 224/112, {args.classes} classes, {args.device}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    for pamr_steps in (0, 10):
+        single = best_of(
+            lambda s=pamr_steps: seg.predict_variants(image, size, [{"pamr_steps": s}], probs=False), args.repeat
+        )
+        sweep = [{"sigma": sigma, "pamr_steps": pamr_steps} for sigma in SIGMAS]
+        swept = best_of(lambda v=sweep: seg.predict_variants(image, size, v, probs=False), args.repeat)
+        print(
+            f"  PAMR {'on ' if pamr_steps else 'off'}: one setting {single * 1000:7.0f} ms, "
+            f"{len(SIGMAS)} sigmas {swept * 1000:7.0f} ms, ratio {swept / single:5.2f} x "
+            f"(naive {len(SIGMAS)}.00 x)"
+        )
+
+
+if __name__ == "__main__":
+    main()

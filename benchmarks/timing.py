@@ -1,0 +1,40 @@
+"""Timing and memory helpers shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def best_of(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> float:
+    """Best wall-clock seconds of `repeat` calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def rss_growth_mb(fn: Callable[[], object]) -> float:
+    """Growth of this process's peak resident memory (MiB) while `fn()` runs."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+
+
+def peak_memory_mb(module: str, *args: str) -> float:
+    """Run `python -m module args...` in a fresh process; it prints its memory growth (MiB) last."""
+    out = subprocess.run([sys.executable, "-m", module, *args], check=True, capture_output=True, text=True).stdout
+    return float(out.split()[-1])
