@@ -60,7 +60,7 @@ def test_runs_write_outputs_and_a_marker_then_are_skipped(layout):
     folder = results / "sweep" / "sigma=2.0"
     record = json.loads((folder / MARKER).read_text())
     assert record["parameters"] == {"sigma": 2.0, "pretrained": "openai"} and not record["random_weights"]
-    assert record["provenance"]["packages"]["torch"] and record["seconds"] >= 0
+    assert record["provenance"]["torch"] and record["provenance"]["git_commit"] and record["seconds"] >= 0
     assert {p.name for p in folder.iterdir()} >= {"results.csv", "line.png", "line.svg", "01_s.ipynb"}
 
     again = execute_runs(runs(), results, notebooks, fake, log=lambda _: None)

@@ -14,7 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from naclip.workbook.outputs import RANDOM_BANNER, atomic_path, read_manifest
+from naclip.evaluation.outputs import atomic_write, write_csv
+from naclip.workbook.outputs import RANDOM_BANNER, read_manifest
 from naclip.workbook.runner import FAILED, MARKER
 
 INDEX = "index.md"
@@ -45,8 +46,7 @@ def combine_runs(study_dir: Path, records: list[dict[str, Any]]) -> list[Path]:
     written = []
     for name, parts in frames.items():
         path = study_dir / f"{name}.all-runs.csv"
-        with atomic_path(path) as tmp:
-            pd.concat(parts, ignore_index=True).to_csv(tmp, index=False)
+        write_csv(pd.concat(parts, ignore_index=True), path)
         written.append(path)
     return written
 
@@ -57,15 +57,12 @@ def _config(parameters: dict[str, Any]) -> str:
 
 def _provenance(record: dict[str, Any]) -> str:
     env = record.get("provenance", {})
-    packages = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items() if v)
-    parts = [
-        f"profile `{record.get('profile')}`",
-        f"commit `{env.get('git_commit') or 'unknown'}`",
-        f"started {record.get('started')}",
-    ]
+    commit = (env.get("git_commit") or "unknown")[:12] + (" (uncommitted changes)" if env.get("git_dirty") else "")
+    parts = [f"profile `{record.get('profile')}`", f"commit `{commit}`", f"started {record.get('started')}"]
     if "seconds" in record:
         parts.append(f"{record['seconds']:.1f} s")
-    parts.append(f"Python {env.get('python')}, {packages}")
+    parts.append(f"naclip {env.get('naclip_version')}, torch {env.get('torch')}, open_clip {env.get('open_clip')}, "
+                 f"Python {env.get('python')}")
     return "; ".join(parts)
 
 
@@ -130,8 +127,7 @@ def write_index(results: Path, banner: str | None = None) -> Path:
         for record in group:
             lines += _run_section(record, results)
     path = results / INDEX
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines))
+    atomic_write(path, "\n".join(lines).encode())
     return path
 
 

@@ -7,34 +7,18 @@ watermark, and the notebook prints a banner, so no smoke output can pass for a r
 
 from __future__ import annotations
 
+import io
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from naclip.evaluation.outputs import atomic_write, write_csv, write_json
+
 MANIFEST = "outputs.json"
 RANDOM_BANNER = "RANDOM WEIGHTS — not a result: the model was randomly initialised, every number is noise."
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path`, renamed onto it only when the block succeeds."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (a reader never sees half a file)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_manifest(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
@@ -60,8 +44,7 @@ class RunOutputs:
         if self.random_weights:
             frame = frame.assign(random_weights=True)
         path = self.out_dir / f"{name}.csv"
-        with atomic_path(path) as tmp:
-            frame.to_csv(tmp, index=False)
+        write_csv(frame, path)
         self._record("tables", {"name": name, "file": path.name, "caption": caption, "rows": len(frame)})
         return path
 
@@ -73,14 +56,14 @@ class RunOutputs:
             mark_random(fig)
         paths = []
         for ext in ("png", "svg"):
-            path = self.out_dir / f"{name}.{ext}"
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp, format=ext, dpi=120, bbox_inches="tight")
-            paths.append(path)
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format=ext, dpi=120, bbox_inches="tight")
+            paths.append(self.out_dir / f"{name}.{ext}")
+            atomic_write(paths[-1], buffer.getvalue())
         self._record("figures", {"name": name, "png": paths[0].name, "svg": paths[1].name, "caption": caption})
         return paths
 
     def _record(self, kind: str, entry: dict[str, Any]) -> None:
         entries = [e for e in self._manifest[kind] if e["name"] != entry["name"]]
         self._manifest[kind] = [*entries, entry]
-        write_json(self.out_dir / MANIFEST, self._manifest)
+        write_json(self._manifest, self.out_dir / MANIFEST)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,11 +20,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from naclip.workbook.outputs import MANIFEST, write_json
+from naclip.evaluation.outputs import environment, write_json
+from naclip.workbook.outputs import MANIFEST
 from naclip.workbook.params import Run
 
 MARKER = "run.json"
@@ -75,7 +73,9 @@ def notebook_kernel() -> Iterator[str]:
         spec_dir = Path(tmp, "kernels", KERNEL_NAME)
         spec_dir.mkdir(parents=True)
         spec = {
-            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            # log_level: the kernel's start-up notices are not the study's output
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                     "--IPKernelApp.log_level=ERROR"],
             "display_name": "naclip workbook",
             "language": "python",
         }
@@ -110,36 +110,6 @@ def papermill_executor(kernel_name: str) -> Executor:
     return execute
 
 
-def _git_commit(root: Path) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
-            capture_output=True, text=True, timeout=10, check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def provenance(root: Path) -> dict[str, Any]:
-    """Code and environment versions that produced a run."""
-    packages = ("naclip", "torch", "open_clip_torch", "numpy", "pandas", "papermill")
-    return {
-        "git_commit": _git_commit(root),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": {name: _version(name) for name in packages},
-        "command": " ".join(["naclip", *sys.argv[1:]]) if sys.argv else None,
-    }
-
-
 def _reset(folder: Path, force: bool) -> None:
     """Prepare a run folder: emptied with `force`; otherwise only the run's records go, so that evaluations
     a notebook keeps in its folder (``naclip.evaluation.evaluate(out=...)``) resume where they stopped."""
@@ -168,7 +138,7 @@ def execute_runs(
 ) -> Report:
     """Execute every run not already complete (all of them with `force`); failures are recorded, not raised."""
     report = Report()
-    env = provenance(notebooks.parent)
+    env = environment()
     for number, run in enumerate(runs, 1):
         folder = run_dir(results, run)
         label = f"[{number}/{len(runs)}] {run.study.name}/{run.name}"
@@ -204,12 +174,12 @@ def execute_runs(
         except Exception as error:  # noqa: BLE001 - any notebook error is reported, and the others still run
             record["error"] = _error_text(error)
             record["traceback"] = traceback.format_exc(limit=5)
-            write_json(folder / FAILED, record)
+            write_json(record, folder / FAILED)
             report.failed.append((run, record["error"]))
             log(f"{label}: FAILED after {time.perf_counter() - start:.1f}s")
             continue
         record["seconds"] = round(time.perf_counter() - start, 2)
-        write_json(folder / MARKER, record)
+        write_json(record, folder / MARKER)
         report.executed.append(run)
         log(f"{label}: done in {record['seconds']:.1f}s")
     return report
