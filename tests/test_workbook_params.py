@@ -37,6 +37,11 @@ def test_mapping_grid_values_set_several_parameters():
     assert runs[0].parameters["model"] == "ViT-B-32"
 
 
+def test_list_grid_values_name_runs_by_their_items():
+    runs = expand(study(grid={"sigma": [[1.0, 2.0], [3.0]]}))
+    assert [r.name for r in runs] == ["sigma=1.0,2.0", "sigma=3.0"]
+
+
 def test_grid_of_undeclared_parameter_is_an_error():
     with pytest.raises(ValueError, match="undeclared"):
         expand(study(grid={"sigmaa": [1, 2]}))

@@ -126,13 +126,17 @@ def load_profile(path: Path) -> dict[str, Any]:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.=+-]+", "_", text).strip("_") or "run"
+    return re.sub(r"[^A-Za-z0-9.,=+-]+", "_", text).strip("_") or "run"
+
+
+def _text(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _label(key: str, value: Any) -> str:
     if isinstance(value, Mapping):
-        return "_".join(f"{k}={v}" for k, v in value.items())
-    return f"{key}={value}"
+        return "_".join(f"{k}={_text(v)}" for k, v in value.items())
+    return f"{key}={_text(value)}"
 
 
 def expand(study: Study) -> list[Run]:

@@ -75,7 +75,7 @@ def notebook_kernel() -> Iterator[str]:
         spec = {
             # log_level: the kernel's start-up notices are not the study's output
             "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
-                     "--IPKernelApp.log_level=ERROR"],
+                     "--IPKernelApp.log_level=CRITICAL"],
             "display_name": "naclip workbook",
             "language": "python",
         }
