@@ -79,7 +79,7 @@ def regenerate(
     """
     results = Path(results or ROOT / "results")
     name, overrides = resolve_profile(profile or DEFAULT_PROFILE, params_dir)
-    banner = None
+    banner = note = None
     if profile is None:
         model = (overrides.get("parameters") or {}).get("model", "ViT-B-16")
         pretrained = (overrides.get("parameters") or {}).get("pretrained", "openai")
@@ -89,6 +89,7 @@ def regenerate(
                 f"RANDOM WEIGHTS — not a result: the {model}/{pretrained} weights could not be loaded, so the "
                 f"'{FALLBACK_PROFILE}' profile ran instead (tiny random model). Reason: {error}"
             )
+            note = f"Ran the '{FALLBACK_PROFILE}' profile: the {model}/{pretrained} weights could not be loaded."
             print(f"\n{'!' * 100}\n{banner}\n{'!' * 100}\n", file=sys.stderr)
             name, overrides = resolve_profile(FALLBACK_PROFILE, params_dir)
     runs = plan(targets, overrides, params_dir)
@@ -96,7 +97,7 @@ def regenerate(
     with notebook_kernel() as kernel:
         report = execute_runs(
             runs, results, notebooks, executor or papermill_executor(kernel),
-            force=force, profile=name, note=banner, log=log,
+            force=force, profile=name, note=note, log=log,
         )
     index = write_index(results, banner)
     log(f"index: {index}")
