@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
+from jupyter_client.kernelspec import KernelSpecManager
 from PIL import Image
 
 from naclip.workbook import regenerate as regen
@@ -15,7 +18,7 @@ from naclip.workbook.cli import _run
 from naclip.workbook.index import write_index
 from naclip.workbook.outputs import RANDOM_BANNER, RunOutputs
 from naclip.workbook.params import Study, expand
-from naclip.workbook.runner import FAILED, MARKER, execute_runs, is_complete
+from naclip.workbook.runner import FAILED, MARKER, execute_runs, is_complete, notebook_kernel
 
 
 class FakeNotebook:
@@ -161,3 +164,12 @@ def test_cli_exit_status_reports_failures(monkeypatch, capsys, layout):
     captured = capsys.readouterr()
     assert "2 run(s) executed, 0 skipped, 1 failed" in captured.out
     assert "FAILED sweep/sigma=1.0: boom in sigma=1.0" in captured.err
+
+
+def test_notebook_kernel_runs_this_interpreter_and_is_temporary(monkeypatch):
+    monkeypatch.setenv("JUPYTER_PATH", "/elsewhere")
+    with notebook_kernel() as name:
+        spec = KernelSpecManager().get_kernel_spec(name)
+        assert spec.argv[:3] == [sys.executable, "-m", "ipykernel_launcher"]
+        assert os.environ["JUPYTER_PATH"].endswith(os.pathsep + "/elsewhere")
+    assert os.environ["JUPYTER_PATH"] == "/elsewhere"

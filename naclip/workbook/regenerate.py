@@ -23,31 +23,29 @@ DEFAULT_PROFILE = "samples"
 FALLBACK_PROFILE = "smoke"
 
 
+def _params_file(target: str, params_dir: Path, kind: str, known: list[str]) -> Path:
+    """A params file given by path or by its name in `params_dir`; FileNotFoundError listing `known`."""
+    path = Path(target)
+    if path.suffix not in (".yaml", ".yml"):
+        path = params_dir / f"{target}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no {kind} {target!r} ({path} does not exist); {kind}s: {', '.join(known)}")
+    return path
+
+
 def resolve_profile(profile: str, params_dir: Path) -> tuple[str, dict]:
     """A profile's name and overrides, from a name in `params_dir` or a file path."""
-    path = Path(profile)
-    if path.suffix not in (".yaml", ".yml"):
-        path = params_dir / f"{profile}.yaml"
-    if not path.is_file():
-        names = sorted(p.stem for p in params_dir.glob("*.yaml") if not is_study_file(p))
-        raise FileNotFoundError(f"no profile {profile!r} ({path} does not exist); profiles: {', '.join(names)}")
+    names = sorted(p.stem for p in params_dir.glob("*.yaml") if not is_study_file(p))
+    path = _params_file(profile, params_dir, "profile", names)
     return path.stem, load_profile(path)
 
 
 def plan(targets: Sequence[str], profile: dict, params_dir: Path) -> list[Run]:
     """The runs for `targets` (study names or study files; every study when empty) under `profile`."""
-    if not targets:
-        studies = discover_studies(params_dir)
-    else:
-        studies = []
-        for target in targets:
-            path = Path(target)
-            if path.suffix not in (".yaml", ".yml"):
-                path = params_dir / f"{target}.yaml"
-            if not path.is_file():
-                known = ", ".join(s.name for s in discover_studies(params_dir))
-                raise FileNotFoundError(f"no study {target!r} ({path} does not exist); studies: {known}")
-            studies.append(load_study(path))
+    studies = discover_studies(params_dir)
+    if targets:
+        known = [s.name for s in studies]
+        studies = [load_study(_params_file(t, params_dir, "study", known)) for t in targets]
     return [run for study in studies for run in expand(apply_profile(study, profile))]
 
 
