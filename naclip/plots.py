@@ -136,7 +136,7 @@ def image_grid(
     title: str = "",
     cell: float = 2.6,
 ) -> Figure:
-    """A grid of RGB images (rows x columns) with column and row titles and an optional colour legend."""
+    """A grid of RGB images (rows x columns) with column and row titles, and a legend of 0-255 RGB colours."""
     count = len(column_titles)
     fig, axes = plt.subplots(len(rows), count, figsize=(cell * count, cell * len(rows)), squeeze=False)
     for r, images in enumerate(rows):
@@ -150,8 +150,7 @@ def image_grid(
         if r < len(row_titles):
             axes[r, 0].set_ylabel(row_titles[r], fontsize=9)
     if legend:
-        handles = [Patch(color=np.asarray(colour) / 255 if max(colour) > 1 else colour, label=name)
-                   for name, colour in legend.items()]
+        handles = [Patch(color=np.asarray(colour) / 255, label=name) for name, colour in legend.items()]
         fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), frameon=False,
                    bbox_to_anchor=(0.5, -0.02), fontsize=8)
     fig.suptitle(title)
