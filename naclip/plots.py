@@ -41,6 +41,11 @@ def _panels(
     return fig, list(axes.flat[:count])
 
 
+def _colours(levels: Sequence) -> dict:
+    """One colour per level, in order: the same level gets the same colour in every panel and legend."""
+    return dict(zip(levels, sns.color_palette("tab10", len(levels)), strict=True))
+
+
 def metric_bars(
     data: pd.DataFrame,
     x: str,
@@ -60,7 +65,7 @@ def metric_bars(
         panels = list(data[col].unique()) if col else [None]
         fig, axes = _panels(len(panels), width=max(5.0, 0.9 * data[x].nunique() + 2.5), sharey=True)
         hues = list(data[hue].unique())
-        colours = dict(zip(hues, sns.color_palette("tab10", len(hues)), strict=True))
+        colours = _colours(hues)
         width = 0.8 / len(hues)
         for ax, panel in zip(axes, panels, strict=True):
             part = data if panel is None else data[data[col] == panel]
@@ -110,8 +115,7 @@ def sweep_lines(
     """
     with sns.axes_style("whitegrid"):
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
-        levels = list(data[hue].unique())
-        colours = dict(zip(levels, sns.color_palette("tab10", len(levels)), strict=True))
+        colours = _colours(list(data[hue].unique()))
         sns.lineplot(data=data, x=x, y=y, hue=hue, style=style, markers=True, dashes=True, palette=colours, ax=ax)
         if default is not None:
             ax.axvline(default, color="grey", linestyle=":", label=f"default {x} = {default:g}")
