@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import warnings
+import zipfile
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlparse
@@ -95,6 +96,29 @@ def _weights_host(config: dict) -> str:
     return urlparse(config.get("url", "")).hostname or "huggingface.co"
 
 
+OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def _openai_state_dict(path: str) -> dict | None:
+    """The weights of an OpenAI-format checkpoint (TorchScript archive or state dict), else None.
+
+    OpenAI's CLIP models all use QuickGELU; their files carry three extra size entries.
+    """
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            scripted = any(name.endswith("constants.pkl") for name in archive.namelist())
+        if scripted:
+            state = torch.jit.load(path, map_location="cpu").state_dict()
+            return {k: v for k, v in state.items() if k not in OPENAI_EXTRA_KEYS}
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unreadable file gets the same message
+        raise ValueError(f"checkpoint {path!r} cannot be read ({error}); expected a PyTorch state dict") from error
+    if isinstance(state, dict) and any(key in state for key in OPENAI_EXTRA_KEYS):
+        return {k: v for k, v in state.items() if k not in OPENAI_EXTRA_KEYS}
+    return None
+
+
 def load_clip(
     model: str = "ViT-B-16",
     pretrained: str | os.PathLike | None = "openai",
@@ -104,7 +128,7 @@ def load_clip(
     """An open_clip CLIP model (eval mode, on `device`) and its tokenizer.
 
     `pretrained` is an open_clip tag (``openai``, ``laion2b_s34b_b88k``, ...), a local checkpoint file
-    (open_clip or OpenAI state dict), or None for random weights (tests, smoke runs).
+    (open_clip state dict, or OpenAI's format, which implies QuickGELU), or None for random weights.
     """
     _check_model_name(model)
     quick_gelu = False
@@ -115,6 +139,14 @@ def load_clip(
         )
     elif os.path.isfile(pretrained):
         pretrained = str(pretrained)
+        openai_state = _openai_state_dict(pretrained)
+        if openai_state is not None:  # open_clip's loader takes neither TorchScript nor the extra keys
+            clip = open_clip.create_model(model, pretrained=None, force_quick_gelu=True, device=device)
+            try:
+                clip.load_state_dict(openai_state)
+            except RuntimeError as error:
+                raise ValueError(f"checkpoint {pretrained!r} does not fit model {model!r}: {error}") from error
+            return clip.to(device).eval(), open_clip.get_tokenizer(model)
     else:
         tags = open_clip.list_pretrained_tags_by_model(model)
         if str(pretrained) not in tags:

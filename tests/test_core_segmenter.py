@@ -193,3 +193,27 @@ def test_patch_attention_maps(segmenter):
     assert np.all(sums <= 1 + 1e-6) and np.all(sums > 0.9)
     centre = 10 * 21 + 10  # with sigma 1 on random weights, the neighbourhood dominates
     assert np.unravel_index(maps[centre].argmax(), (21, 21)) == (10, 10)
+
+
+def test_openai_format_checkpoint_loads_with_quick_gelu(tmp_path):
+    source = make_segmenter(seed=5)
+    state = {
+        **source.clip.state_dict(),
+        "input_resolution": torch.tensor(224),
+        "context_length": torch.tensor(77),
+        "vocab_size": torch.tensor(49408),
+    }
+    path = tmp_path / "openai-style.pt"
+    torch.save(state, path)
+    loaded = make_segmenter(pretrained=str(path))
+    for key, value in source.clip.state_dict().items():
+        torch.testing.assert_close(loaded.clip.state_dict()[key], value)
+    activation = loaded.clip.visual.transformer.resblocks[0].mlp.gelu
+    assert type(activation).__name__ == "QuickGELU"
+
+
+def test_unreadable_checkpoint(tmp_path):
+    path = tmp_path / "broken.pt"
+    path.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="broken.pt' cannot be read"):
+        make_segmenter(pretrained=str(path))
