@@ -108,6 +108,12 @@ def neighbourhood_only(q: Tensor, k: Tensor, omega: Tensor | None) -> Tensor:
     return weights.expand(q.shape[0], q.shape[1], -1, -1)
 
 
+@register_attention("vanilla_gauss", neighbourhood=True)
+def query_key_neighbourhood(q: Tensor, k: Tensor, omega: Tensor | None) -> Tensor:
+    """softmax(q k^T / sqrt(d) + omega): the Gaussian bias without key-key similarity (an ablation)."""
+    return (_similarity(q, k) + omega).softmax(-1)
+
+
 @register_attention("naclip", neighbourhood=True)
 def naclip(q: Tensor, k: Tensor, omega: Tensor | None) -> Tensor:
     """NACLIP: softmax(k k^T / sqrt(d) + omega)."""

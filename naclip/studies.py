@@ -10,9 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from torch import Tensor
 
-from naclip.attention import gaussian_bias, register_attention
+from naclip.attention import gaussian_bias
 
 
 def patch_bias(grid: tuple[int, int], patch: tuple[int, int], sigma: float) -> np.ndarray:
@@ -131,12 +130,6 @@ def class_summary(probs: np.ndarray, labels: np.ndarray, names: Sequence[str]) -
 
 
 # -- evaluation studies ----------------------------------------------------------------------------------
-
-
-@register_attention("vanilla_gauss", neighbourhood=True)
-def vanilla_gauss(q: Tensor, k: Tensor, omega: Tensor | None) -> Tensor:
-    """softmax(q k^T / sqrt(d) + omega): the Gaussian bias without key-key similarity (component study)."""
-    return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + omega).softmax(-1)
 
 
 def main_variants(methods: Sequence[str], pamr_steps: int) -> list[dict]:

@@ -85,6 +85,8 @@ def _direct(name: str, q: np.ndarray, k: np.ndarray, omega: np.ndarray) -> np.nd
                 out[b, h] = qq
             elif name == "csa":
                 out[b, h] = qq + kk
+            elif name == "vanilla_gauss":
+                out[b, h] = _softmax(q[b, h] @ k[b, h].T / math.sqrt(d) + omega)
             elif name == "nonly":
                 out[b, h] = _softmax(omega * s)
             else:
@@ -92,7 +94,7 @@ def _direct(name: str, q: np.ndarray, k: np.ndarray, omega: np.ndarray) -> np.nd
     return out
 
 
-@pytest.mark.parametrize("name", ["vanilla", "kk", "qq", "csa", "nonly", "naclip"])
+@pytest.mark.parametrize("name", ["vanilla", "kk", "qq", "csa", "vanilla_gauss", "nonly", "naclip"])
 def test_variant_matches_direct_computation(qk, name):
     q, k, omega = qk
     variant = get_attention(name)
