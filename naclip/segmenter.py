@@ -222,8 +222,9 @@ class Segmenter:
         """(n, Q, h, w) cosine similarities of window patches to the queries, upsampled to the window."""
         grid = self.encoder.grid(*window)
         features = self.encoder.head(tokens, grid, method["attention"], method["arch"], method["sigma"])
-        features = F.normalize(features.float(), dim=-1)
-        logits = features @ self.query_features.float().T  # (n, h*w, Q)
+        work = torch.promote_types(self.dtype, torch.float32)  # score half-precision features in float32
+        features = F.normalize(features.to(work), dim=-1)
+        logits = features @ self.query_features.to(work).T  # (n, h*w, Q)
         logits = logits.transpose(1, 2).reshape(len(tokens), -1, *grid)
         return F.interpolate(logits, size=window, mode="bilinear", align_corners=False)
 
@@ -235,7 +236,7 @@ class Segmenter:
         if method["pamr_steps"] > 0:
             dilations = method["pamr_dilations"]
             if dilations not in guides:
-                guide = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)
+                guide = F.interpolate(image[None].to(logits.dtype), size=size, mode="bilinear", align_corners=False)
                 guides[dilations] = affinity(guide, dilations)
             logits = propagate(logits, guides[dilations], dilations, method["pamr_steps"])
         probs = (logits[0] * method["logit_scale"]).softmax(0)

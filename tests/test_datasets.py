@@ -174,3 +174,8 @@ def test_limited_keeps_the_first_items_and_conventions(tmp_path):
     assert dataset.limited(None) is dataset and dataset.limited(10) is dataset
     with pytest.raises(ValueError, match="limit must be at least 1"):
         dataset.limited(0)
+
+
+def test_background_class_is_named_background():
+    assert open_benchmark("voc21-sample").class_names[:2] == ["background", "aeroplane"]
+    assert open_benchmark("voc20-sample").class_names[0] == "aeroplane"

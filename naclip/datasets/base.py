@@ -93,6 +93,8 @@ class SegDataset:
         if not self.items:
             raise ValueError(f"{self.name}: the split is empty (no images found under {self.root})")
         self.class_names = read_class_names(self.class_file)
+        if self.options.get("prob_threshold", 0) > 0:  # class 0 is the background, spelled as stuff words
+            self.class_names[0] = "background"
 
     @property
     def num_classes(self) -> int:
