@@ -35,6 +35,9 @@ def rss_growth_mb(fn: Callable[[], object]) -> float:
 
 
 def peak_memory_mb(module: str, *args: str) -> float:
-    """Run `python -m module args...` in a fresh process; it prints its memory growth (MiB) last."""
+    """Run `python -m module args...` in a fresh process; it prints its memory growth (MiB) last.
+
+    Call it while the calling process is small: on Linux a child starts from its parent's peak.
+    """
     out = subprocess.run([sys.executable, "-m", module, *args], check=True, capture_output=True, text=True).stdout
     return float(out.split()[-1])
