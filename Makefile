@@ -33,6 +33,8 @@ test: lint
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) benchmarks/pamr_speed.py
-	$(PY) benchmarks/sliding_window.py
-	$(PY) benchmarks/naclip_overhead.py
+	$(PY) -m benchmarks.pamr_speed
+	$(PY) -m benchmarks.sliding_window
+	$(PY) -m benchmarks.naclip_overhead
+	$(PY) -m benchmarks.sigma_sweep
+	$(PY) -m benchmarks.text_encoding
