@@ -7,13 +7,10 @@ Run: python benchmarks/sigma_sweep.py [--model ViT-B-16 --classes 60]
 from __future__ import annotations
 
 import argparse
-import warnings
 
 import torch
-import torch.nn.functional as F
 
-from benchmarks.timing import best_of
-from naclip import Segmenter
+from benchmarks.timing import best_of, random_segmenter
 
 SIGMAS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
 
@@ -28,14 +25,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        seg = Segmenter(args.model, pretrained=None, device=args.device)
-    names = [f"class {i}" for i in range(args.classes)]  # random weights: random text embeddings will do
-    seg.text_cache.memory.update(
-        {n: F.normalize(torch.randn(seg.clip.text_projection.shape[-1]), dim=0) for n in names}
-    )
-    seg.set_classes(names)
+    seg = random_segmenter(args.model, args.classes, device=args.device)
     image = torch.randn(3, args.height, args.width)
     size = (args.height, args.width)
     print(

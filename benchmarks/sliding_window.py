@@ -8,13 +8,12 @@ Run: python benchmarks/sliding_window.py [--classes 60 --height 336 --width 504]
 from __future__ import annotations
 
 import argparse
-import warnings
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.timing import best_of
-from naclip import Segmenter
+from benchmarks.timing import best_of, random_segmenter
+from naclip import Prediction, Segmenter
 from naclip.sliding import window_boxes
 
 
@@ -46,29 +45,23 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        batched = Segmenter(args.model, pretrained=None, pamr_steps=0, device=args.device, window_batch=args.batch)
-    single = Segmenter.__new__(Segmenter)
-    single.__dict__.update(batched.__dict__, window_batch=1)
-    names = [f"class {i}" for i in range(args.classes)]  # random weights: random text embeddings will do
-    width = batched.clip.text_projection.shape[-1]
-    batched.text_cache.memory.update({n: F.normalize(torch.randn(width), dim=0) for n in names})
-    batched.set_classes(names)
-    single.__dict__.update(
-        classes=batched.classes, query_features=batched.query_features, query_class=batched.query_class
-    )
-    image = torch.randn(3, args.height, args.width, device=args.device, dtype=batched.dtype)
-    size = (args.height, args.width)
-    windows = len(window_boxes(*size, batched.slide_crop, batched.slide_stride))
+    seg = random_segmenter(args.model, args.classes, pamr_steps=0, device=args.device)
 
-    reference = one_at_a_time(batched, image)
-    ours = batched.predict_prepared(image, size)
+    image = torch.randn(3, args.height, args.width, device=args.device, dtype=seg.dtype)
+    size = (args.height, args.width)
+    windows = len(window_boxes(*size, seg.slide_crop, seg.slide_stride))
+
+    def batched(batch: int) -> Prediction:
+        seg.window_batch = batch
+        return seg.predict_prepared(image, size)
+
+    reference = one_at_a_time(seg, image)
+    ours = batched(args.batch)
     agree = (ours.labels == reference.argmax(0).cpu().numpy()).mean()
 
-    t_loop = best_of(lambda: one_at_a_time(batched, image), args.repeat)
-    t_single = best_of(lambda: single.predict_prepared(image, size), args.repeat)
-    t_batched = best_of(lambda: batched.predict_prepared(image, size), args.repeat)
+    t_loop = best_of(lambda: one_at_a_time(seg, image), args.repeat)
+    t_single = best_of(lambda: batched(1), args.repeat)
+    t_batched = best_of(lambda: batched(args.batch), args.repeat)
     print(
         f"Sliding window, {args.model}, {args.height} x {args.width} ({windows} windows of 224, stride 112), "
         f"{args.classes} classes, {args.device}, {torch.get_num_threads()} threads"

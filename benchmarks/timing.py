@@ -1,4 +1,4 @@
-"""Timing and memory helpers shared by the benchmark scripts."""
+"""Helpers shared by the benchmark scripts: timing, memory, a segmenter on random weights."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ import resource
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
+
+from naclip import Segmenter
 
 
 def best_of(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> float:
@@ -41,3 +45,18 @@ def peak_memory_mb(module: str, *args: str) -> float:
     """
     out = subprocess.run([sys.executable, "-m", module, *args], check=True, capture_output=True, text=True).stdout
     return float(out.split()[-1])
+
+
+def random_segmenter(model: str, num_classes: int, **options) -> Segmenter:
+    """A Segmenter with random weights and random unit text embeddings for `num_classes` classes.
+
+    Random weights make real text embeddings meaningless, and skipping them saves minutes on a CPU.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seg = Segmenter(model, pretrained=None, **options)
+    names = [f"class {i}" for i in range(num_classes)]
+    width = seg.clip.text_projection.shape[-1]
+    seg.text_cache.memory.update({name: F.normalize(torch.randn(width), dim=0) for name in names})
+    seg.set_classes(names)
+    return seg
