@@ -42,6 +42,16 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device("cpu")
 
 
+def check_variant_keys(overrides: Mapping) -> None:
+    """Raise ValueError for a variant that changes more than the last block or the post-processing."""
+    unknown = set(overrides) - set(METHOD_KEYS)
+    if unknown:
+        raise ValueError(
+            f"variant keys {sorted(unknown)} cannot vary within a run (they change the shared trunk); "
+            f"expected some of {METHOD_KEYS}"
+        )
+
+
 def check_method(method: Mapping) -> None:
     """Raise ValueError for an unusable combination of method options."""
     variant = get_attention(method["attention"])
@@ -210,9 +220,7 @@ class Segmenter:
         return results
 
     def _method(self, overrides: Mapping) -> dict:
-        unknown = set(overrides) - set(METHOD_KEYS)
-        if unknown:
-            raise ValueError(f"variant keys {sorted(unknown)} cannot vary per image; expected some of {METHOD_KEYS}")
+        check_variant_keys(overrides)
         method = {**self.method, **overrides}
         method["pamr_dilations"] = tuple(int(d) for d in method["pamr_dilations"])
         check_method(method)

@@ -24,7 +24,7 @@ from naclip.evaluation.distributed import Group, join
 from naclip.evaluation.loader import load_prepared
 from naclip.evaluation.records import RecordStore
 from naclip.metric import ConfusionMatrix, scores
-from naclip.segmenter import METHOD_KEYS, Segmenter
+from naclip.segmenter import Segmenter, check_variant_keys
 
 SUMMARY_CSV, PER_CLASS_CSV, PROVENANCE_JSON = "summary.csv", "per_class.csv", "provenance.json"
 
@@ -56,9 +56,7 @@ def make_variants(variants: Sequence[Mapping[str, Any]] | None) -> list[Variant]
     result = []
     for variant in variants or [{}]:
         overrides = {key: value for key, value in variant.items() if key != "name"}
-        unknown = set(overrides) - set(METHOD_KEYS)
-        if unknown:
-            raise ValueError(f"variant keys {sorted(unknown)} cannot vary within a run; expected some of {METHOD_KEYS}")
+        check_variant_keys(overrides)
         name = variant.get("name") or ",".join(f"{k}={_text(v)}" for k, v in overrides.items()) or "default"
         result.append(Variant(str(name), overrides))
     names = [variant.name for variant in result]
