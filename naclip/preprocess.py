@@ -1,17 +1,51 @@
-"""Image loading and the protocol's resize + CLIP normalisation."""
+"""Image loading and the protocol's resize + CLIP normalisation, as mmcv / mmseg do them."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# CLIP's mean and std on the 0..255 scale, as the authors configure mmseg's SegDataPreProcessor.
+PIXEL_MEAN = (122.771, 116.746, 104.094)
+PIXEL_STD = (68.501, 66.632, 70.323)
+MIN_SIDE = 2  # smallest usable image side in pixels
+
+
+def decode_image(data: bytes, name: str = "image") -> np.ndarray:
+    """(H, W, 3) uint8 RGB from encoded bytes, decoded as mmcv does (OpenCV, EXIF orientation applied).
+
+    Greyscale, palette and alpha images become 3-channel RGB; 16-bit images keep their high byte.
+    """
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        bgr = None
+    if bgr is None:
+        raise ValueError(f"image {name!r} cannot be read (OpenCV cannot decode it); expected a JPEG/PNG/... file")
+    return _checked(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), name)
+
+
+def _from_pil(image: Image.Image) -> np.ndarray:
+    """RGB uint8 of a PIL image: EXIF orientation applied, 16-bit greyscale reduced to its high byte."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        grey = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"))
+
+
+def _checked(array: np.ndarray, name: str) -> np.ndarray:
+    if min(array.shape[:2]) < MIN_SIDE:
+        raise ValueError(
+            f"image {name!r} is {array.shape[1]}x{array.shape[0]} pixels; "
+            f"expected at least {MIN_SIDE}x{MIN_SIDE} (width and height >= {MIN_SIDE})"
+        )
+    return array
 
 
 def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
@@ -20,38 +54,39 @@ def load_image(source: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarr
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"image {str(path)!r} does not exist")
-        try:
-            with Image.open(path) as image:
-                return np.asarray(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"image {str(path)!r} cannot be read ({error}); expected a JPEG/PNG/... file") from error
+        return decode_image(path.read_bytes(), str(path))
     if isinstance(source, Image.Image):
-        return np.asarray(source.convert("RGB"))
+        return _checked(_from_pil(source), "PIL image")
     if isinstance(source, np.ndarray):
         array = source[..., None].repeat(3, -1) if source.ndim == 2 else source
         if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
             raise ValueError(
                 f"image array of shape {source.shape} and dtype {source.dtype}; expected (H, W, 3) uint8 RGB"
             )
-        return array
+        return _checked(array, "image array")
     raise TypeError(f"cannot read an image from {type(source).__name__}; expected a path, PIL image or array")
 
 
 def resized_size(height: int, width: int, short_side: int, long_side: int) -> tuple[int, int]:
-    """Keep the aspect ratio: short side to `short_side`, long side at most `long_side` (rounded)."""
+    """Keep the aspect ratio: short side to `short_side`, long side at most `long_side` (mmcv's rescale_size)."""
     scale = min(long_side / max(height, width), short_side / min(height, width))
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
-def prepare(image: np.ndarray, short_side: int = 336, long_side: int = 2048) -> torch.Tensor:
-    """(3, h, w) float32 CLIP-normalised tensor of an (H, W, 3) uint8 image, resized per the protocol.
+def resize_image(image: np.ndarray, short_side: int = 336, long_side: int = 2048) -> np.ndarray:
+    """An (H, W, 3) uint8 image resized per the protocol: OpenCV INTER_LINEAR on uint8, as mmcv's imrescale."""
+    height, width = resized_size(*image.shape[:2], short_side, long_side)
+    if (height, width) == tuple(image.shape[:2]):
+        return image
+    return cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=cv2.INTER_LINEAR)
 
-    Bilinear without antialiasing and rounded back to 8 bits, as the reference pipeline's resize does.
+
+def prepare(image: np.ndarray, short_side: int = 336, long_side: int = 2048) -> torch.Tensor:
+    """(3, h, w) float32 CLIP-normalised tensor of an (H, W, 3) uint8 RGB image, resized per the protocol.
+
+    Normalised as mmseg's SegDataPreProcessor does: float32 (x - mean) / std on the 0..255 scale.
     """
-    x = torch.tensor(image).permute(2, 0, 1).float()
-    size = resized_size(*image.shape[:2], short_side, long_side)
-    if size != tuple(image.shape[:2]):
-        x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0].round().clamp(0, 255)
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1)
-    return (x / 255.0 - mean) / std
+    x = torch.tensor(resize_image(image, short_side, long_side)).permute(2, 0, 1).float()
+    mean = torch.tensor(PIXEL_MEAN).view(3, 1, 1)
+    std = torch.tensor(PIXEL_STD).view(3, 1, 1)
+    return (x - mean) / std

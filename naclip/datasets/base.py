@@ -13,6 +13,7 @@ from PIL import Image
 from naclip.text import read_class_file
 
 IGNORE_INDEX = 255
+EXIF_ORIENTATION = 0x0112
 
 
 class BadSample(ValueError):
@@ -139,15 +140,16 @@ class SegDataset:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(H, W) of an image file from its header; BadSample when missing or unreadable."""
+    """(H, W) of an image file as decoded (EXIF orientation applied) from its header; BadSample when unreadable."""
     if not path.is_file():
         raise BadSample(f"{path}: image not found")
     try:
         with Image.open(path) as image:
             width, height = image.size
+            turned = image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # 90 or 270 degrees
     except Exception as error:
         raise BadSample(f"{path}: cannot read image ({error})") from error
-    return height, width
+    return (width, height) if turned else (height, width)
 
 
 def check_sample(dataset: SegDataset, index: int, size: tuple[int, int] | None = None) -> np.ndarray:
