@@ -67,21 +67,24 @@ def read_class_file(path: str | os.PathLike) -> ClassSet:
 
 
 @contextmanager
-def _truncated_context(clip: torch.nn.Module, length: int) -> Iterator[None]:
-    """Run a causal CLIP text tower on its first `length` positions only.
+def _cut_to_prompts(clip: torch.nn.Module, tokens: Tensor) -> Iterator[Tensor]:
+    """The tokens up to the last end-of-text token, with a causal CLIP text tower cut to match.
 
     With a causal mask and end-of-text (argmax) pooling, the positions after the last
     end-of-text token cannot change the result; prompts are much shorter than the context.
+    The end-of-text token is found as the largest id (as argmax pooling does), never by
+    counting non-zero ids: id 0 is a real token ("!"). Other text towers get every token.
     """
     mask = getattr(clip, "attn_mask", None)
+    length = int(tokens.argmax(1).max()) + 1
     if getattr(clip, "text_pool_type", None) != "argmax" or mask is None or length >= mask.shape[0]:
-        yield
+        yield tokens
         return
     positions = clip.positional_embedding
     clip.positional_embedding = torch.nn.Parameter(positions[:length], requires_grad=False)
     clip.attn_mask = mask[:length, :length]
     try:
-        yield
+        yield tokens[:, :length]
     finally:
         clip.positional_embedding, clip.attn_mask = positions, mask
 
@@ -99,9 +102,8 @@ def encode_queries(
     with torch.no_grad():
         for start in range(0, len(prompts), PROMPTS_PER_BATCH):
             tokens = tokenizer(prompts[start : start + PROMPTS_PER_BATCH]).to(device)
-            length = int((tokens != 0).sum(1).max())
-            with _truncated_context(clip, length):
-                chunks.append(F.normalize(clip.encode_text(tokens[:, :length]).float(), dim=-1))
+            with _cut_to_prompts(clip, tokens) as cut:
+                chunks.append(F.normalize(clip.encode_text(cut).float(), dim=-1))
             progress.update(len(tokens))
     progress.close()
     embeddings = torch.cat(chunks).reshape(len(queries), len(templates), -1).mean(1)
