@@ -51,7 +51,21 @@ def parse_classes(lines: Sequence[str], source: str = "class list") -> ClassSet:
         query_class += [index] * len(names)
     if not lines:
         raise ValueError(f"{source}: no classes; expected one class name per line")
-    return ClassSet(tuple(line.strip() for line in lines), tuple(queries), tuple(query_class))
+    classes = ClassSet(tuple(line.strip() for line in lines), tuple(queries), tuple(query_class))
+    _check_unique(classes.names, source)
+    return classes
+
+
+def _check_unique(names: list[str], source: str) -> None:
+    """Refuse two classes with the same name (first synonym), naming their line numbers."""
+    lines: dict[str, list[int]] = {}
+    for number, name in enumerate(names, 1):
+        lines.setdefault(name, []).append(number)
+    repeated = [
+        f"{name!r} on lines {', '.join(map(str, numbers))}" for name, numbers in lines.items() if len(numbers) > 1
+    ]
+    if repeated:
+        raise ValueError(f"{source}: duplicate class names: {'; '.join(repeated)}; expected each class once")
 
 
 def read_class_file(path: str | os.PathLike) -> ClassSet:
@@ -59,7 +73,11 @@ def read_class_file(path: str | os.PathLike) -> ClassSet:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"class file {str(path)!r} does not exist")
-    lines = path.read_text(encoding="utf-8").rstrip("\n").split("\n")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"class file {str(path)!r} is not UTF-8 text ({error}); expected a UTF-8 file") from None
+    lines = text.rstrip("\n").split("\n")
     for number, line in enumerate(lines, 1):
         if not line.strip():
             raise ValueError(f"{path}:{number}: blank line; expected one class name per line")

@@ -1,4 +1,4 @@
-"""The text classifier: prompt embeddings on their own length."""
+"""The text classifier: prompt embeddings on their own length, class lists and class files."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from naclip.text import encode_queries
+from naclip.text import encode_queries, parse_classes, read_class_file
 from tests.conftest import make_segmenter
 
 
@@ -30,3 +30,25 @@ def test_prompts_ending_in_token_zero_keep_their_end_token(query):
     ours = encode_queries(seg.clip, seg.tokenizer, [query], templates)
     torch.testing.assert_close(ours, _full_context(seg.clip, seg.tokenizer, [query], templates))
     assert seg.clip.positional_embedding.shape[0] == tokens.shape[1]  # the tower is restored
+
+
+def test_duplicate_class_names_are_refused_with_their_lines(tmp_path):
+    with pytest.raises(ValueError, match=r"duplicate class names: 'cat' on lines 1, 3; expected each class once"):
+        parse_classes(["cat", "dog", "cat, kitten"])
+    path = tmp_path / "classes.txt"
+    path.write_text("sky\ncat\ndog\ncat\ndog, puppy\n")
+    with pytest.raises(
+        ValueError, match=r"classes\.txt: duplicate class names: 'cat' on lines 2, 4; 'dog' on lines 3, 5"
+    ):
+        read_class_file(path)
+    # a synonym may name another class (the published COCO-Object file has "bed" in the background line)
+    assert parse_classes(["wall, bed", "bed"]).names == ["wall", "bed"]
+
+
+def test_class_file_encodings(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf\xe9\nsky\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.txt' is not UTF-8 text.*expected a UTF-8 file"):
+        read_class_file(path)
+    path.write_bytes("\ufeffcafé\r\nsky\r\n".encode())  # a byte-order mark and Windows line ends
+    assert read_class_file(path).names == ["café", "sky"]
