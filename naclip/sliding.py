@@ -14,10 +14,15 @@ def window_boxes(height: int, width: int, crop: int, stride: int) -> list[Box]:
     """Crops of `crop` x `crop` every `stride` pixels covering the image.
 
     The last row and column are shifted back to end at the border; a side shorter than `crop`
-    is used whole.
+    is used whole. `stride` must not exceed `crop`, or pixels between windows stay uncovered.
     """
     if crop <= 0 or stride <= 0:
         raise ValueError(f"sliding window needs crop > 0 and stride > 0, got crop={crop}, stride={stride}")
+    if stride > crop:
+        raise ValueError(
+            f"sliding-window stride {stride} is larger than the crop {crop}: pixels between windows would have "
+            "no prediction; expected stride <= crop"
+        )
     rows = max(height - crop + stride - 1, 0) // stride + 1
     cols = max(width - crop + stride - 1, 0) // stride + 1
     boxes = []

@@ -33,6 +33,9 @@ def test_last_windows_end_at_the_border():
 def test_bad_window_settings():
     with pytest.raises(ValueError, match="crop > 0 and stride > 0"):
         window_boxes(10, 10, 224, 0)
+    with pytest.raises(ValueError, match="stride 300 is larger than the crop 224.*expected stride <= crop"):
+        window_boxes(1000, 1000, 224, 300)
+    assert len(window_boxes(448, 448, 224, 224)) == 4  # no overlap, still every pixel covered
 
 
 def test_one_window_covering_the_image_equals_whole_image(tiny):
