@@ -118,3 +118,10 @@ def query_key_neighbourhood(q: Tensor, k: Tensor, omega: Tensor | None) -> Tenso
 def naclip(q: Tensor, k: Tensor, omega: Tensor | None) -> Tensor:
     """NACLIP: softmax(k k^T / sqrt(d) + omega)."""
     return (_similarity(k, k) + omega).softmax(-1)
+
+
+@register_attention("identity")
+def identity(q: Tensor, k: Tensor, omega: Tensor | None) -> Tensor:
+    """MaskCLIP's value path: each token attends only to itself (weights = I)."""
+    eye = torch.eye(q.shape[-2], device=q.device, dtype=q.dtype)
+    return eye.expand(q.shape[0], q.shape[1], -1, -1)

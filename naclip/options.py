@@ -1,61 +1,59 @@
-"""Command-line flags for every Segmenter option, shared by `naclip segment` and `naclip eval`."""
+"""Command-line flags derived from `Settings`, shared by `naclip segment` and `naclip eval`."""
 
 from __future__ import annotations
 
 import argparse
-import inspect
+import functools
+from typing import Any
 
-from naclip.attention import ATTENTIONS
-from naclip.encoder import ARCHITECTURES
-from naclip.segmenter import Segmenter
+from naclip.methods import METHODS
+from naclip.settings import FIELDS, GROUPS, TYPES, Settings, coerce
 
-_DEFAULTS = {name: p.default for name, p in inspect.signature(Segmenter.__init__).parameters.items() if name != "self"}
-_HELP = {
-    "model": "open_clip ViT name (ViT-B-16, ViT-B-32, ViT-L-14, ...)",
-    "pretrained": "open_clip tag (openai, laion2b_s34b_b88k, ...), a checkpoint file, or 'none' for random weights",
-    "attention": "last-block attention variant",
-    "arch": "last-block architecture: reduced drops the residual and FFN",
-    "sigma": "std of the Gaussian neighbourhood bias, in patches",
-    "pamr_steps": "PAMR iterations (0 disables PAMR)",
-    "pamr_dilations": "PAMR dilations",
-    "slide_crop": "sliding-window size (0: whole image at once)",
-    "slide_stride": "sliding-window stride",
-    "prob_threshold": "pixels whose top class probability is below this become class 0 (background)",
-    "logit_scale": "softmax temperature applied to cosine similarities",
-    "short_side": "resize so the short side has this length",
-    "long_side": "... and the long side at most this",
-    "device": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps",
-    "dtype": "float32 / float16 / bfloat16 (default: float16 on CUDA, float32 elsewhere)",
-    "window_batch": "windows encoded together (bounds memory)",
-    "cache_dir": "where text embeddings are cached (default ~/.cache/naclip)",
-    "seed": "seed of random weights (with --pretrained none)",
-}
-_CHOICES = {"attention": sorted(ATTENTIONS), "arch": sorted(ARCHITECTURES)}
+_DEFAULTS = Settings()
 
 
-def _pretrained(value: str) -> str | None:
-    return None if value.lower() in ("none", "random", "") else value
+def _parse(name: str, text: str) -> Any:
+    try:
+        return coerce(name, text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def add_method_arguments(parser: argparse.ArgumentParser, defaults: dict | None = None) -> None:
-    """A flag per Segmenter option (`--pamr-steps`, ...); `defaults` overrides the library's defaults."""
-    defaults = {**_DEFAULTS, **(defaults or {})}
-    group = parser.add_argument_group("method")
-    for name, default in defaults.items():
-        if name not in _DEFAULTS:
-            continue
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--method` and a flag per `Settings` field (`--pamr-steps`, ...).
+
+    Only flags given on the command line are set on the parsed namespace, so the method's preset
+    (and a benchmark's protocol) decide every value the user did not give.
+    """
+    presets = parser.add_argument_group("method preset")
+    presets.add_argument(
+        "--method",
+        default="naclip",
+        choices=list(METHODS),
+        help="a method as its authors ran it; the flags below override its settings (default: naclip)",
+    )
+    groups = {group: parser.add_argument_group(f"{group} settings") for group in GROUPS}
+    for name, f in FIELDS.items():
         flag = "--" + name.replace("_", "-")
-        help_text = f"{_HELP[name]} (default: {default})"
-        if name == "pretrained":
-            group.add_argument(flag, type=_pretrained, default=default, help=help_text)
+        choices = f.metadata["choices"]
+        choices = choices() if callable(choices) else choices
+        help_text = f"{f.metadata['help']} (naclip: {_spell(getattr(_DEFAULTS, name))})"
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
+        if TYPES[name] is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
         elif name == "pamr_dilations":
-            group.add_argument(flag, type=int, nargs="+", default=list(default), help=help_text)
-        elif name in ("dtype", "cache_dir"):
-            group.add_argument(flag, default=default, help=help_text)
+            kwargs.update(nargs="+", type=int, metavar="D")
         else:
-            group.add_argument(flag, type=type(default), default=default, choices=_CHOICES.get(name), help=help_text)
+            kwargs.update(type=functools.partial(_parse, name), choices=choices)
+        groups[f.metadata["group"]].add_argument(flag, **kwargs)
 
 
-def method_kwargs(args: argparse.Namespace) -> dict:
-    """Segmenter keyword arguments from parsed flags."""
-    return {name: getattr(args, name) for name in _DEFAULTS if hasattr(args, name)}
+def _spell(value: Any) -> str:
+    if isinstance(value, tuple):
+        return " ".join(str(v) for v in value)
+    return "none" if value is None else str(value)
+
+
+def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The `Settings` fields given as flags."""
+    return {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}

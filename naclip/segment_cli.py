@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from naclip.options import add_method_arguments, method_kwargs
+from naclip.options import add_settings_arguments, settings_overrides
 from naclip.preprocess import load_image
 from naclip.segmenter import Segmenter
 from naclip.viz import label_image, overlay
@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("segmentations"), help="output folder")
     parser.add_argument("--save-probs", action="store_true", help="also write per-class probabilities (.npy)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours")
-    add_method_arguments(parser)
+    add_settings_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     for path in args.images:
         if not path.is_file():
             raise FileNotFoundError(f"image {str(path)!r} does not exist")
-    segmenter = Segmenter(**method_kwargs(args))
+    segmenter = Segmenter(method=args.method, **settings_overrides(args))
     segmenter.set_classes(args.class_file if args.class_file else parse_class_argument(args.classes))
     names = segmenter.class_names
     args.out.mkdir(parents=True, exist_ok=True)

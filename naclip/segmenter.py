@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,22 +14,21 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from naclip.attention import get_attention
 from naclip.backbone import load_clip
-from naclip.encoder import DenseEncoder, check_architecture
+from naclip.datasets.benchmarks import get_preset
+from naclip.encoder import DenseEncoder
+from naclip.methods import get_method
 from naclip.pamr import affinity, propagate
 from naclip.preprocess import load_image, prepare
+from naclip.settings import Settings, check_variant
 from naclip.sliding import crop_windows, stitch, window_boxes
 from naclip.text import ClassSet, QueryCache, parse_classes, read_class_file
-
-# Options that only change the last block or the post-processing: a sweep over them reuses the trunk.
-METHOD_KEYS = ("attention", "arch", "sigma", "pamr_steps", "pamr_dilations", "prob_threshold", "logit_scale")
 
 
 @dataclass
 class Prediction:
     labels: np.ndarray  # (H, W) int64 class indices at the original size
-    probs: np.ndarray | None  # (C, H, W) float32 class probabilities (synonym max, renormalised)
+    probs: np.ndarray | None  # (C, H, W) float32 class scores as the method returns them (see Settings.renormalise)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -42,125 +42,99 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device("cpu")
 
 
-def check_variant_keys(overrides: Mapping) -> None:
-    """Raise ValueError for a variant that changes more than the last block or the post-processing."""
-    unknown = set(overrides) - set(METHOD_KEYS)
-    if unknown:
-        raise ValueError(
-            f"variant keys {sorted(unknown)} cannot vary within a run (they change the shared trunk); "
-            f"expected some of {METHOD_KEYS}"
-        )
+def _as_text(overrides: dict[str, Any]) -> dict[str, Any]:
+    """torch.device / torch.dtype values as the settings spell them."""
+    for key in ("device", "dtype"):
+        if isinstance(overrides.get(key), (torch.device, torch.dtype)):
+            overrides[key] = str(overrides[key]).removeprefix("torch.")
+    return overrides
 
 
-def check_method(method: Mapping) -> None:
-    """Raise ValueError for an unusable combination of method options."""
-    variant = get_attention(method["attention"])
-    check_architecture(method["arch"])
-    if variant.neighbourhood and not method["sigma"] > 0:
-        raise ValueError(f"attention {variant.name!r} needs sigma > 0, got sigma={method['sigma']}")
-    if int(method["pamr_steps"]) < 0:
-        raise ValueError(f"pamr_steps must be >= 0, got {method['pamr_steps']}")
-    if not method["pamr_dilations"] or any(int(d) < 1 for d in method["pamr_dilations"]):
-        raise ValueError(f"pamr_dilations must be positive integers, got {method['pamr_dilations']}")
-    if not 0 <= method["prob_threshold"] <= 1:
-        raise ValueError(f"prob_threshold must be in [0, 1], got {method['prob_threshold']}")
-    if not method["logit_scale"] > 0:
-        raise ValueError(f"logit_scale must be > 0, got {method['logit_scale']}")
+def window_padding(height: int, width: int, patch: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) zero padding that brings a window to a multiple of the patch, centred.
+
+    ClearCLIP's `compute_padsize`: the odd pixel goes right / bottom.
+    """
+    pad_h, pad_w = -height % patch[0], -width % patch[1]
+    return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
 
 
 class Segmenter:
     """Training-free open-vocabulary segmentation with any open_clip ViT.
 
-    `slide_crop=0` segments the whole image at once; otherwise windows of `slide_crop` every
-    `slide_stride` pixels, `window_batch` at a time. `seed` fixes random weights (pretrained=None).
+    `Segmenter(method="clearclip")` runs a method with its own default protocol, and keyword
+    overrides of any `Settings` field (`Segmenter(sigma=3, pamr_steps=0)`); `Segmenter(settings)`
+    takes a ready `Settings`. `Segmenter.for_benchmark("voc21", method="sclip")` applies that
+    method's protocol on that benchmark, class file included.
     """
 
-    def __init__(
-        self,
-        model: str = "ViT-B-16",
-        pretrained: str | os.PathLike | None = "openai",
-        attention: str = "naclip",
-        arch: str = "reduced",
-        sigma: float = 5.0,
-        pamr_steps: int = 10,
-        pamr_dilations: Sequence[int] = (8, 16),
-        slide_crop: int = 224,
-        slide_stride: int = 112,
-        prob_threshold: float = 0.0,
-        logit_scale: float = 40.0,
-        short_side: int = 336,
-        long_side: int = 2048,
-        device: str | torch.device = "auto",
-        dtype: torch.dtype | str | None = None,
-        window_batch: int = 16,
-        cache_dir: str | None = None,
-        seed: int = 0,
-    ):
-        self.method = dict(
-            attention=attention,
-            arch=arch,
-            sigma=float(sigma),
-            pamr_steps=int(pamr_steps),
-            pamr_dilations=tuple(int(d) for d in pamr_dilations),
-            prob_threshold=float(prob_threshold),
-            logit_scale=float(logit_scale),
-        )
-        check_method(self.method)
-        if slide_crop < 0 or (slide_crop > 0 and slide_stride <= 0):
-            raise ValueError(f"slide_crop must be >= 0 and slide_stride > 0, got {slide_crop}, {slide_stride}")
-        if short_side <= 0 or long_side < short_side:
-            raise ValueError(f"need 0 < short_side <= long_side, got {short_side}, {long_side}")
-        self.model_name, self.pretrained = model, pretrained
-        self.slide_crop, self.slide_stride = int(slide_crop), int(slide_stride)
-        self.short_side, self.long_side = int(short_side), int(long_side)
-        self.window_batch = max(1, int(window_batch))
-        self.device = resolve_device(device)
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
-        self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
-
+    def __init__(self, settings: Settings | None = None, *, method: str = "naclip", **overrides: Any):
+        overrides = _as_text(overrides)
+        if settings is None:
+            settings = get_method(method).settings(**overrides)
+        elif overrides:
+            settings = settings.replace(**overrides)
+        self.settings, self.method, self.benchmark = settings, method, None
+        self.device = resolve_device(settings.device)
+        default = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.dtype = getattr(torch, settings.dtype) if settings.dtype else default
         with torch.random.fork_rng(devices=[]):  # random weights are reproducible across processes
-            torch.manual_seed(seed)
-            clip, self.tokenizer = load_clip(model, pretrained, self.device, cache_dir)
+            torch.manual_seed(settings.seed)
+            clip, self.tokenizer = load_clip(settings.model, settings.pretrained, self.device, settings.cache_dir)
         self.clip = clip.to(self.dtype)
         self.encoder = DenseEncoder(self.clip.visual)
-        self.random_weights = pretrained is None
-        self.text_cache = QueryCache(self._weights_key(), directory=Path(cache_dir) if cache_dir else None)
+        cache_dir = Path(settings.cache_dir) if settings.cache_dir else None
+        self.text_cache = QueryCache(self._weights_key(), directory=cache_dir)
         self.classes: ClassSet | None = None
+        self._queries: tuple[Tensor, Tensor] | None = None
 
-    def _weights_key(self) -> str | None:
-        if self.pretrained is None:
-            return None
-        if os.path.isfile(self.pretrained):
-            stat = os.stat(self.pretrained)
-            return f"{self.model_name}|{os.path.abspath(self.pretrained)}|{stat.st_size}|{stat.st_mtime_ns}"
-        return f"{self.model_name}|{self.pretrained}"
+    @classmethod
+    def for_benchmark(cls, benchmark: str, method: str = "naclip", **overrides: Any) -> Segmenter:
+        """`method` as its authors ran it on `benchmark` (settings and class file); `overrides` on top."""
+        preset = get_preset(benchmark)
+        chosen = get_method(method)
+        segmenter = cls(chosen.settings(preset.protocol, **_as_text(overrides)), method=method)
+        segmenter.benchmark = preset.key
+        segmenter.set_classes(chosen.class_file(preset.protocol) or preset.class_path)
+        return segmenter
 
     @property
-    def config(self) -> dict:
-        """Every option that shapes a prediction (for provenance)."""
-        return dict(
-            model=self.model_name,
-            pretrained=None if self.pretrained is None else str(self.pretrained),
-            **self.method,
-            slide_crop=self.slide_crop,
-            slide_stride=self.slide_stride,
-            short_side=self.short_side,
-            long_side=self.long_side,
-            device=str(self.device),
-            dtype=str(self.dtype).removeprefix("torch."),
-        )
+    def random_weights(self) -> bool:
+        return self.settings.random_weights
+
+    def _weights_key(self) -> str | None:
+        """What the text embeddings depend on: the weights, and the precision and device type they ran in."""
+        pretrained = self.settings.pretrained
+        if pretrained is None:
+            return None
+        weights = f"{self.settings.model}|{pretrained}"
+        if os.path.isfile(pretrained):
+            stat = os.stat(pretrained)
+            weights = f"{self.settings.model}|{os.path.abspath(pretrained)}|{stat.st_size}|{stat.st_mtime_ns}"
+        return f"{weights}|{self.dtype}|{self.device.type}"
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Every setting that shapes a prediction, with the method and the device actually used (provenance)."""
+        values = self.settings.to_dict(("backbone", "protocol", "method"))
+        return {
+            "method": self.method,
+            **values,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
 
     # -- classes ------------------------------------------------------------------------------
     def set_classes(self, classes: Sequence[str] | str | os.PathLike) -> None:
-        """Class lines ("name[, synonym...]") as a list, or the path of a class file."""
+        """Class lines ("name[, synonym...]") as a list, or the path of a class file.
+
+        The text embeddings are computed on the first prediction.
+        """
         if isinstance(classes, (str, os.PathLike)):
             self.classes = read_class_file(classes)
         else:
             self.classes = parse_classes(list(classes))
-        queries = self.text_cache.embed(self.clip, self.tokenizer, self.classes.queries)
-        self.query_features = queries.to(self.device, self.dtype)
-        self.query_class = torch.tensor(self.classes.query_class, device=self.device)
+        self._queries = None
 
     @property
     def class_names(self) -> list[str]:
@@ -171,93 +145,119 @@ class Segmenter:
             raise RuntimeError("no classes set; call set_classes([...]) or pass --classes first")
         return self.classes
 
+    def _query_features(self) -> tuple[Tensor, Tensor]:
+        """(Q, D) query embeddings and (Q,) class index of each query, embedded on first use."""
+        if self._queries is None:
+            classes = self._classes()
+            features = self.text_cache.embed(self.clip, self.tokenizer, classes.queries).to(self.device, self.dtype)
+            self._queries = features, torch.tensor(classes.query_class, device=self.device)
+        return self._queries
+
     # -- prediction ---------------------------------------------------------------------------
     def predict(self, image: str | os.PathLike | Image.Image | np.ndarray) -> Prediction:
-        """Segment one image (path, PIL image or (H, W, 3) uint8 RGB array)."""
+        """Segment one original-size image (path, PIL image or (H, W, 3) uint8 RGB array) per the protocol."""
         array = load_image(image)
         return self.predict_prepared(self.prepare(array), array.shape[:2])
 
     def prepare(self, image: np.ndarray) -> Tensor:
         """The protocol's resize and normalisation with this segmenter's sizes."""
-        return prepare(image, self.short_side, self.long_side)
+        return prepare(image, self.settings.short_side, self.settings.long_side)
 
     def predict_prepared(self, tensor: Tensor, size: tuple[int, int]) -> Prediction:
         """Segment a `prepare`d image (3, h, w); `size` is the original (H, W) to predict at."""
         return self.predict_variants(tensor, size, [{}])[0]
 
     def predict_variants(
-        self, tensor: Tensor, size: tuple[int, int], variants: Sequence[Mapping], probs: bool = True
+        self, tensor: Tensor, size: tuple[int, int], variants: Sequence[Mapping[str, Any]], probs: bool = True
     ) -> list[Prediction]:
-        """One prediction per variant (overrides of METHOD_KEYS); the trunk runs once for all.
+        """One prediction per variant (overrides of the method settings); the trunk runs once for all.
 
         `probs=False` returns labels only (probs None), which saves C x H x W floats per variant.
         """
-        self._classes()
-        methods = [self._method(variant) for variant in variants]
+        settings = [self.variant(overrides) for overrides in variants]
+        queries = self._query_features()
         image = tensor.to(self.device, self.dtype)
-        if self.slide_crop > 0:
-            boxes = window_boxes(*image.shape[-2:], self.slide_crop, self.slide_stride)
+        crop, stride = self.settings.slide_crop, self.settings.slide_stride
+        if crop > 0:
+            boxes = window_boxes(*image.shape[-2:], crop, stride)
         else:
             boxes = [(0, image.shape[-2], 0, image.shape[-1])]
-        tokens = torch.cat(
-            [
-                self.encoder.trunk(crop_windows(image, boxes[start : start + self.window_batch]))
-                for start in range(0, len(boxes), self.window_batch)
-            ]
-        )
         y1, y2, x1, x2 = boxes[0]
-        window = (y2 - y1, x2 - x1)
+        window = (y2 - y1, x2 - x1)  # every window has this size
+        padding = window_padding(*window, self.encoder.patch_size) if self.settings.pad_windows else (0, 0, 0, 0)
+        batch = self.settings.window_batch
+        parts = []
+        for start in range(0, len(boxes), batch):
+            windows = crop_windows(image, boxes[start : start + batch])  # (n, 3, h, w)
+            if any(padding):
+                windows = F.pad(windows, padding)  # zeros in normalised space: the mean colour
+            parts.append(self.encoder.trunk(windows))
+        tokens = torch.cat(parts)  # (windows, 1 + h*w, width)
         guides: dict[tuple[int, ...], Tensor] = {}  # PAMR affinities depend only on the image
         results = []
-        for method in methods:
+        for setting in settings:
             logits = stitch(
-                lambda part, m=method: self._window_logits(tokens[part], window, m),
+                lambda part, s=setting: self._window_logits(tokens[part], window, padding, s, queries[0]),
                 boxes,
                 tuple(image.shape[-2:]),
-                self.window_batch,
+                batch,
             )
-            results.append(self._finish(logits, image, tuple(size), method, guides, probs))
+            results.append(self._finish(logits, tensor, tuple(size), setting, queries[1], guides, probs))
         return results
 
-    def _method(self, overrides: Mapping) -> dict:
-        check_variant_keys(overrides)
-        method = {**self.method, **overrides}
-        method["pamr_dilations"] = tuple(int(d) for d in method["pamr_dilations"])
-        check_method(method)
-        return method
+    def variant(self, overrides: Mapping[str, Any]) -> Settings:
+        """These settings with method-group `overrides` (anything else would change the shared trunk)."""
+        check_variant(overrides)
+        return self.settings.replace(**overrides)
 
-    def _window_logits(self, tokens: Tensor, window: tuple[int, int], method: Mapping) -> Tensor:
+    def _window_logits(
+        self, tokens: Tensor, window: tuple[int, int], padding: tuple[int, ...], settings: Settings, queries: Tensor
+    ) -> Tensor:
         """(n, Q, h, w) cosine similarities of window patches to the queries, upsampled to the window."""
-        grid = self.encoder.grid(*window)
-        features = self.encoder.head(tokens, grid, method["attention"], method["arch"], method["sigma"])
+        left, right, top, bottom = padding
+        padded = (window[0] + top + bottom, window[1] + left + right)
+        grid = self.encoder.grid(*padded)
+        features = self.encoder.head(tokens, grid, settings.attention, settings.arch, settings.sigma)
         work = torch.promote_types(self.dtype, torch.float32)  # score half-precision features in float32
         features = F.normalize(features.to(work), dim=-1)
-        logits = features @ self.query_features.to(work).T  # (n, h*w, Q)
-        logits = logits.transpose(1, 2).reshape(len(tokens), -1, *grid)
-        return F.interpolate(logits, size=window, mode="bilinear", align_corners=False)
+        logits = features @ queries.to(work).T  # (n, h*w, Q)
+        logits = logits.transpose(1, 2).reshape(len(tokens), -1, *grid)  # (n, Q, h, w)
+        logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
+        return logits[..., top : top + window[0], left : left + window[1]]
 
     def _finish(
-        self, logits: Tensor, image: Tensor, size: tuple[int, int], method: Mapping, guides: dict, keep_probs: bool
+        self,
+        logits: Tensor,
+        image: Tensor,
+        size: tuple[int, int],
+        settings: Settings,
+        query_class: Tensor,
+        guides: dict,
+        keep_probs: bool,
     ) -> Prediction:
-        """Resize to the original size, PAMR, softmax, synonym max, threshold, renormalise."""
+        """Resize to the original size, PAMR, softmax, synonym max, area and probability thresholds."""
         logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)
-        if method["pamr_steps"] > 0:
-            dilations = method["pamr_dilations"]
-            if dilations not in guides:
-                guide = F.interpolate(image[None].to(logits.dtype), size=size, mode="bilinear", align_corners=False)
+        if settings.pamr_steps > 0:
+            dilations = settings.pamr_dilations
+            if dilations not in guides:  # the guide is the prepared image in full precision, as the authors'
+                guide = image[None].to(logits.device, logits.dtype)
+                guide = F.interpolate(guide, size=size, mode="bilinear", align_corners=False)
                 guides[dilations] = affinity(guide, dilations)
-            logits = propagate(logits, guides[dilations], dilations, method["pamr_steps"])
-        probs = (logits[0] * method["logit_scale"]).softmax(0)
+            logits = propagate(logits, guides[dilations], dilations, settings.pamr_steps)
+        probs = (logits[0] * settings.logit_scale).softmax(0)  # (Q, H, W)
         num_classes = len(self._classes())
-        if num_classes != len(self.query_class):
-            index = self.query_class[:, None, None].expand_as(probs)
-            probs = probs.new_zeros((num_classes, *size)).scatter_reduce_(0, index, probs, "amax")
-        top, labels = probs.max(0)
-        labels[top < method["prob_threshold"]] = 0
+        if num_classes != len(query_class):
+            index = query_class[:, None, None].expand_as(probs)
+            probs = probs.new_zeros((num_classes, *size)).scatter_reduce_(0, index, probs, "amax")  # (C, H, W)
+        if settings.area_threshold > 0:
+            probs = drop_small_classes(probs, settings.area_threshold)
+        labels = probs.argmax(0)
+        labels[probs.amax(0) < settings.prob_threshold] = 0
         labels = labels.cpu().numpy().astype(np.int64)
         if not keep_probs:
             return Prediction(labels, None)
-        probs = probs / probs.sum(0, keepdim=True)
+        if settings.renormalise:
+            probs = probs / probs.sum(0, keepdim=True)
         return Prediction(labels, probs.cpu().numpy().astype(np.float32))
 
     # -- inspection ---------------------------------------------------------------------------
@@ -274,7 +274,21 @@ class Segmenter:
         tensor = self.prepare(load_image(image)).to(self.device, self.dtype)
         grid = self.encoder.grid(*tensor.shape[-2:])
         tokens = self.encoder.trunk(tensor[None])
-        attention = attention or self.method["attention"]
-        sigma = self.method["sigma"] if sigma is None else sigma
+        attention = attention or self.settings.attention
+        sigma = self.settings.sigma if sigma is None else sigma
         weights = self.encoder.attention_weights(tokens, grid, attention, sigma)[0].float().mean(0)
         return weights[1:, 1:].reshape(-1, *grid).cpu().numpy()
+
+
+def drop_small_classes(probs: Tensor, share: float) -> Tensor:
+    """SCLIP's area threshold on (C, H, W) scores, class 0 being the background.
+
+    A foreground class that is the argmax of at most `share` of the foreground-argmax pixels gets
+    its scores zeroed (not renormalised), so its pixels go to their next-best kept class.
+    """
+    top = probs.argmax(0)
+    counts = torch.bincount(top.flatten(), minlength=len(probs))[1:]  # (C - 1,) pixels won per foreground class
+    keep = counts > share * counts.sum()
+    probs = probs.clone()
+    probs[1:] *= keep[:, None, None].to(probs.dtype)
+    return probs

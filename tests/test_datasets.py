@@ -12,30 +12,26 @@ from tests.helpers_data import SIZE, build_benchmark, build_folder, write_image,
 
 # The protocol table of the specification: classes, short side, window, prob_thd, reduce_zero_label.
 PROTOCOL = {
-    "voc21": (21, 336, 0, 0.1, False),
-    "voc20": (20, 336, 0, 0.0, True),
-    "context60": (60, 336, 224, 0.1, False),
-    "context59": (59, 336, 224, 0.0, True),
-    "coco_object": (81, 336, 224, 0.1, False),
-    "coco_stuff": (171, 336, 224, 0.0, False),
-    "cityscapes": (19, 560, 224, 0.0, False),
-    "ade20k": (150, 336, 224, 0.0, True),
+    "voc21": (21, True, False),
+    "voc20": (20, False, True),
+    "context60": (60, True, False),
+    "context59": (59, False, True),
+    "coco_object": (81, True, False),
+    "coco_stuff": (171, False, False),
+    "cityscapes": (19, False, False),
+    "ade20k": (150, False, True),
 }
 
 
 @pytest.mark.parametrize("key", list(PROTOCOL))
-def test_every_benchmark_reads_its_layout_with_the_protocol_preset(tmp_path, key):
+def test_every_benchmark_reads_its_layout_with_its_label_conventions(tmp_path, key):
     stored = build_benchmark(tmp_path, key)
     dataset = open_benchmark(key, tmp_path)
-    classes, short_side, crop, threshold, reduce_zero = PROTOCOL[key]
+    classes, background, reduce_zero = PROTOCOL[key]
     assert dataset.num_classes == classes
     assert dataset.reduce_zero_label is reduce_zero
-    assert dataset.options == {
-        "short_side": short_side,
-        "slide_crop": crop,
-        "slide_stride": 112,
-        "prob_threshold": threshold,
-    }
+    assert dataset.background is background and (dataset.class_names[0] == "background") is background
+    assert dataset.protocol == key
     assert [item.name for item in dataset] == sorted(stored)
     for index, item in enumerate(dataset):
         assert item.image.is_file() and item.mask.is_file()
@@ -70,7 +66,7 @@ def test_embedded_samples_are_complete_and_valid():
         for index in range(len(dataset)):
             mask = check_sample(dataset, index)
             assert ((mask < classes) | (mask == 255)).all()
-    assert open_benchmark("voc20-sample").options["slide_crop"] == 0
+    assert open_benchmark("voc20-sample").protocol == "voc20"
     assert open_benchmark("ade20k-sample").reduce_zero_label
 
 
@@ -147,9 +143,9 @@ def test_unreadable_image_is_reported_by_name(tmp_path):
 
 def test_folder_dataset_detects_suffix_honours_split_ignore_and_reduce_zero(tmp_path):
     root = build_folder(tmp_path, count=3)
-    dataset = folder_dataset(root / "images", root / "masks", root / "classes.txt", slide_crop=0)
+    dataset = folder_dataset(root / "images", root / "masks", root / "classes.txt")
     assert [item.name for item in dataset] == ["im0", "im1", "im2"]
-    assert dataset.class_names == ["thing0", "thing1", "thing2"] and dataset.options["slide_crop"] == 0
+    assert dataset.class_names == ["thing0", "thing1", "thing2"] and dataset.protocol is None
     (root / "split.txt").write_text("im2\n")
     only = folder_dataset(root / "images", root / "masks", root / "classes.txt", split=root / "split.txt")
     assert [item.name for item in only] == ["im2"]

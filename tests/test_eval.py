@@ -18,13 +18,16 @@ from tests.helpers_data import build_folder, write_mask
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-TINY = dict(model="naclip-tiny", pretrained=None, device="cpu", pamr_steps=0, short_side=64, progress=False, workers=0)
+TINY = dict(
+    model="naclip-tiny", pretrained=None, device="cpu", pamr_steps=0, short_side=64, slide_crop=0, progress=False,
+    workers=0,
+)
 TINY_FLAGS = ["--model", "naclip-tiny", "--pretrained", "none", "--device", "cpu", "--no-progress"]
 
 
 def folder(root, **kwargs):
     build_folder(root, **kwargs)
-    return folder_dataset(root / "images", root / "masks", root / "classes.txt", slide_crop=0)
+    return folder_dataset(root / "images", root / "masks", root / "classes.txt")
 
 
 def independent_miou(pred_dir, dataset) -> float:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -78,8 +78,8 @@ def read_mask(
 class SegDataset:
     """Image/mask pairs with their class file and scoring conventions.
 
-    `options` holds the benchmark's protocol preset as Segmenter options (short_side, slide_crop,
-    slide_stride, prob_threshold); the evaluation runner uses them unless overridden.
+    `protocol` names the benchmark whose protocol a method applies to it (None for your own data:
+    the method's default protocol); `background`: class 0 is the background, spelled as stuff words.
     """
 
     name: str
@@ -87,14 +87,15 @@ class SegDataset:
     class_file: Path
     reduce_zero_label: bool = False
     ignore_index: int = IGNORE_INDEX
-    options: dict[str, Any] = field(default_factory=dict)
+    background: bool = False
+    protocol: str | None = None
     root: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.items:
             raise ValueError(f"{self.name}: the split is empty (no images found under {self.root})")
         self.class_names = read_class_names(self.class_file)
-        if self.options.get("prob_threshold", 0) > 0:  # class 0 is the background, spelled as stuff words
+        if self.background:
             self.class_names[0] = "background"
 
     @property
@@ -128,15 +129,19 @@ class SegDataset:
             return self
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
-        return SegDataset(
-            self.name,
-            self.items[:limit],
-            self.class_file,
-            self.reduce_zero_label,
-            self.ignore_index,
-            dict(self.options),
-            self.root,
-        )
+        return dataclasses.replace(self, items=self.items[:limit])
+
+    def with_class_file(self, class_file: Path | None) -> SegDataset:
+        """The same data scored with another class file of the same length (a method's own spelling)."""
+        if class_file is None or Path(class_file) == Path(self.class_file):
+            return self
+        other = dataclasses.replace(self, class_file=Path(class_file))
+        if other.num_classes != self.num_classes:
+            raise ValueError(
+                f"{class_file}: {other.num_classes} classes, but {self.name}'s masks have {self.num_classes}; "
+                "expected the same number"
+            )
+        return other
 
 
 def image_size(path: Path) -> tuple[int, int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from naclip.datasets import layouts
 from naclip.datasets.base import SegDataset
@@ -19,36 +18,30 @@ DATA_ENV = "NACLIP_DATA"
 
 @dataclass(frozen=True)
 class Preset:
-    """A benchmark: its layout, default sub-folder of the data root, class file and protocol settings."""
+    """A benchmark: its layout, default sub-folder of the data root, class file and label conventions.
+
+    How a method runs on it (sizes, windows, thresholds) is the method's protocol for `protocol`
+    (`naclip.methods`); an embedded sample set takes the protocol of the benchmark it samples.
+    `background`: class 0 is the background (spelled as stuff words in the class file).
+    """
 
     key: str
     title: str
     layout: Layout
     folder: str
     class_file: str
-    short_side: int = 336
-    slide_crop: int = 224
-    slide_stride: int = 112
-    prob_threshold: float = 0.0
     reduce_zero_label: bool = False
+    background: bool = False
     sample: bool = False
+    protocol: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.protocol:
+            object.__setattr__(self, "protocol", self.key)
 
     @property
     def class_path(self) -> Path:
         return CLASSES_DIR / self.class_file
-
-    def options(self) -> dict[str, Any]:
-        """The protocol's Segmenter options for this benchmark."""
-        return {
-            "short_side": self.short_side,
-            "slide_crop": self.slide_crop,
-            "slide_stride": self.slide_stride,
-            "prob_threshold": self.prob_threshold,
-        }
-
-
-def _whole(**kw: Any) -> dict[str, Any]:
-    return {"slide_crop": 0, **kw}
 
 
 _VOC, _CTX, _COCO = "VOCdevkit/VOC2012", "VOCdevkit/VOC2010", "coco_stuff164k"
@@ -57,19 +50,37 @@ _VOC_SAMPLE, _ADE_SAMPLE = "14 PASCAL VOC 2012 images (embedded)", "3 ADE20K val
 PRESETS: dict[str, Preset] = {
     p.key: p
     for p in [
-        Preset("voc21", "PASCAL VOC 2012 val", layouts.VOC, _VOC, "voc21.txt", **_whole(prob_threshold=0.1)),
-        Preset("voc20", "PASCAL VOC 2012 val", layouts.VOC, _VOC, "voc20.txt", **_whole(reduce_zero_label=True)),
-        Preset("context60", "PASCAL Context val", layouts.CONTEXT, _CTX, "context60.txt", prob_threshold=0.1),
+        Preset("voc21", "PASCAL VOC 2012 val", layouts.VOC, _VOC, "voc21.txt", background=True),
+        Preset("voc20", "PASCAL VOC 2012 val", layouts.VOC, _VOC, "voc20.txt", reduce_zero_label=True),
+        Preset("context60", "PASCAL Context val", layouts.CONTEXT, _CTX, "context60.txt", background=True),
         Preset("context59", "PASCAL Context val", layouts.CONTEXT, _CTX, "context59.txt", reduce_zero_label=True),
-        Preset("coco_object", "COCO-Object val2017", layouts.COCO_OBJECT, _COCO, "coco_object.txt", prob_threshold=0.1),
+        Preset("coco_object", "COCO-Object val2017", layouts.COCO_OBJECT, _COCO, "coco_object.txt", background=True),
         Preset("coco_stuff", "COCO-Stuff 164k val2017", layouts.COCO_STUFF, _COCO, "coco_stuff.txt"),
-        Preset("cityscapes", "Cityscapes val", layouts.CITYSCAPES, "cityscapes", "city_scapes.txt", short_side=560),
+        Preset("cityscapes", "Cityscapes val", layouts.CITYSCAPES, "cityscapes", "city_scapes.txt"),
         Preset("ade20k", "ADE20K val", layouts.ADE20K, _ADE, "ade20k.txt", reduce_zero_label=True),
-        Preset("voc21-sample", _VOC_SAMPLE, layouts.VOC, "voc", "voc21.txt", sample=True, **_whole(prob_threshold=0.1)),
         Preset(
-            "voc20-sample", _VOC_SAMPLE, layouts.VOC, "voc", "voc20.txt", sample=True, **_whole(reduce_zero_label=True)
+            "voc21-sample", _VOC_SAMPLE, layouts.VOC, "voc", "voc21.txt", background=True, sample=True, protocol="voc21"
         ),
-        Preset("ade20k-sample", _ADE_SAMPLE, layouts.ADE20K, "ade", "ade20k.txt", sample=True, reduce_zero_label=True),
+        Preset(
+            "voc20-sample",
+            _VOC_SAMPLE,
+            layouts.VOC,
+            "voc",
+            "voc20.txt",
+            reduce_zero_label=True,
+            sample=True,
+            protocol="voc20",
+        ),
+        Preset(
+            "ade20k-sample",
+            _ADE_SAMPLE,
+            layouts.ADE20K,
+            "ade",
+            "ade20k.txt",
+            reduce_zero_label=True,
+            sample=True,
+            protocol="ade20k",
+        ),
     ]
 }
 # Accepted spellings besides the keys.
@@ -123,6 +134,7 @@ def open_benchmark(name: str, data_root: str | Path | None = None) -> SegDataset
         items=preset.layout.list_items(root),
         class_file=preset.class_path,
         reduce_zero_label=preset.reduce_zero_label,
-        options=preset.options(),
+        background=preset.background,
+        protocol=preset.protocol,
         root=root,
     )

@@ -10,13 +10,18 @@ from tqdm.auto import tqdm
 from naclip.datasets import coco
 from naclip.datasets.base import BadSample, check_sample
 from naclip.datasets.benchmarks import DATA_ENV, PRESETS, open_benchmark
+from naclip.methods import METHODS, get_method
+from naclip.methods.registry import CLASSES_DIR
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("data", help="benchmarks: list, check, prepare COCO-Object / COCO-Stuff")
     commands = parser.add_subparsers(dest="data_command", required=True)
 
-    listing = commands.add_parser("list", help="the benchmarks, their presets and expected sub-folders")
+    listing = commands.add_parser(
+        "list", help="the benchmarks, a method's protocol on each (--method) and the expected sub-folders"
+    )
+    listing.add_argument("--method", default="naclip", help=f"one of {', '.join(METHODS)} (default: naclip)")
     listing.set_defaults(func=run_list)
 
     check = commands.add_parser("check", help="read every image header and mask of a benchmark, report problems")
@@ -42,14 +47,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    print(f"{'benchmark':<14} {'classes':<16} {'short':>5} {'windows':>8} {'prob_thd':>8} {'0->ignore':>9}  folder")
+    method = get_method(args.method)
+    print(method.describe())
+    header = (
+        f"{'benchmark':<14} {'classes':<26} {'short':>5} {'windows':>8} {'logit':>5} {'prob_thd':>8} {'0->ignore':>9}"
+    )
+    print(f"{header}  folder")
     for preset in PRESETS.values():
-        windows = f"{preset.slide_crop}/{preset.slide_stride}" if preset.slide_crop else "whole"
+        settings = method.settings(preset.protocol)
+        windows = f"{settings.slide_crop}/{settings.slide_stride}" if settings.slide_crop else "whole"
+        own = method.class_file(preset.protocol)
+        classes = str(own.relative_to(CLASSES_DIR)) if own else preset.class_file
         folder = "(embedded)" if preset.sample else f"$NACLIP_DATA/{preset.folder}"
         print(
-            f"{preset.key:<14} {preset.class_file:<16} {preset.short_side:>5} {windows:>8} "
-            f"{preset.prob_threshold:>8} {str(preset.reduce_zero_label):>9}  {folder}"
+            f"{preset.key:<14} {classes:<26} {settings.short_side:>5} {windows:>8} {settings.logit_scale:>5g} "
+            f"{settings.prob_threshold:>8} {str(preset.reduce_zero_label):>9}  {folder}"
         )
+    fixed = method.settings()
+    print(
+        f"everywhere: attention {fixed.attention}, arch {fixed.arch}, PAMR steps {fixed.pamr_steps}, "
+        f"area threshold {fixed.area_threshold} (VOC21: {method.settings('voc21').area_threshold}), "
+        f"windows padded: {fixed.pad_windows}"
+    )
     return 0
 
 

@@ -29,17 +29,15 @@ def folder_dataset(
     split: str | Path | None = None,
     ignore_index: int = IGNORE_INDEX,
     reduce_zero_label: bool = False,
-    short_side: int = 336,
-    slide_crop: int = 224,
-    slide_stride: int = 112,
-    prob_threshold: float = 0.0,
+    background: bool = False,
     name: str = "folder",
 ) -> SegDataset:
     """A dataset from an images folder, a masks folder (same relative names) and a class file.
 
     `split` is an optional file listing image names (relative, without suffix) to use; by default every
     image under `images` is used. Masks hold class indices (line order of `classes`), `ignore_index` for
-    unlabelled pixels; with `reduce_zero_label`, 0 is unlabelled and k is class k - 1.
+    unlabelled pixels; with `reduce_zero_label`, 0 is unlabelled and k is class k - 1. `background`:
+    class 0 is the background (named so in tables). A method runs on it with its default protocol.
     """
     images, masks = Path(images).expanduser().resolve(), Path(masks).expanduser().resolve()
     if not images.is_dir():
@@ -54,11 +52,6 @@ def folder_dataset(
         class_file=Path(classes),
         reduce_zero_label=reduce_zero_label,
         ignore_index=ignore_index,
-        options={
-            "short_side": short_side,
-            "slide_crop": slide_crop,
-            "slide_stride": slide_stride,
-            "prob_threshold": prob_threshold,
-        },
+        background=background,
         root=images,
     )

@@ -12,16 +12,16 @@ import yaml
 
 from naclip.datasets import DATA_ENV, PRESETS, folder_dataset
 from naclip.evaluation.runner import PER_CLASS_CSV, PROVENANCE_JSON, SUMMARY_CSV, evaluate
-from naclip.options import add_method_arguments, method_kwargs
+from naclip.options import add_settings_arguments, settings_overrides
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="mIoU on the benchmarks (or your own folder of images and masks)",
-        description="Evaluate on benchmarks. Method flags default to each benchmark's preset (naclip data list), "
-        "then to the library's defaults. Writes OUT/summary.csv (one row per benchmark and variant), "
-        "OUT/per_class.csv and OUT/provenance.json; an interrupted run resumes when rerun with the same OUT. "
+        description="Evaluate on benchmarks. --method runs a method as its authors ran it on each benchmark "
+        "(`naclip data list --method NAME` prints its protocol); setting flags override it. Writes "
+        "OUT/summary.csv (one row per benchmark and variant), OUT/per_class.csv and OUT/provenance.json; an interrupted run resumes when rerun with the same OUT. "
         "Under `torchrun --nproc-per-node N -m naclip eval ...` the images are shared between processes.",
     )
     parser.add_argument(
@@ -51,12 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     folder.add_argument("--split", type=Path, help="file listing the image names to use (default: all)")
     folder.add_argument("--ignore-index", type=int, default=255, help="mask value of unlabelled pixels")
     folder.add_argument("--reduce-zero-label", action="store_true", help="0 is unlabelled, k is class k-1")
-
-    before = len(parser._actions)
-    add_method_arguments(parser)
-    # Method flags left out must not override the presets: only flags given on the command line count.
-    for action in parser._actions[before:]:
-        action.default = argparse.SUPPRESS
+    folder.add_argument("--background", action="store_true", help="class 0 is the background")
+    add_settings_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -92,6 +88,7 @@ def _benchmarks(args: argparse.Namespace) -> list:
                 split=args.split,
                 ignore_index=args.ignore_index,
                 reduce_zero_label=args.reduce_zero_label,
+                background=args.background,
             )
         )
     return specs
@@ -110,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         resume=not args.fresh,
         workers=args.workers,
         progress=not args.no_progress,
-        **method_kwargs(args),
+        method=args.method,
+        **settings_overrides(args),
     )
     provenance = frame.attrs["provenance"]
     if os.environ.get("RANK", "0") != "0":

@@ -23,15 +23,17 @@ from naclip.evaluation import outputs
 from naclip.evaluation.distributed import Group, join
 from naclip.evaluation.loader import load_prepared
 from naclip.evaluation.records import RecordStore
+from naclip.methods import get_method
 from naclip.metric import ConfusionMatrix, scores
-from naclip.segmenter import Segmenter, check_variant_keys
+from naclip.segmenter import Segmenter
+from naclip.settings import check_variant
 
 SUMMARY_CSV, PER_CLASS_CSV, PROVENANCE_JSON = "summary.csv", "per_class.csv", "provenance.json"
 
 
 @dataclass
 class Variant:
-    """A named set of method overrides (keys of METHOD_KEYS) evaluated on the shared trunk."""
+    """A named set of method-setting overrides (`naclip.settings.VARIANT_KEYS`) evaluated on the shared trunk."""
 
     name: str
     overrides: dict[str, Any]
@@ -56,7 +58,7 @@ def make_variants(variants: Sequence[Mapping[str, Any]] | None) -> list[Variant]
     result = []
     for variant in variants or [{}]:
         overrides = {key: value for key, value in variant.items() if key != "name"}
-        check_variant_keys(overrides)
+        check_variant(overrides)
         name = variant.get("name") or ",".join(f"{k}={_text(v)}" for k, v in overrides.items()) or "default"
         result.append(Variant(str(name), overrides))
     names = [variant.name for variant in result]
@@ -70,19 +72,6 @@ def _text(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value)
     return value
-
-
-def _typed(overrides: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:
-    """Overrides in the types of the Segmenter's own settings (sigma 5 -> 5.0, dilations -> tuple)."""
-    typed = {}
-    for key, value in overrides.items():
-        if isinstance(base[key], tuple):
-            typed[key] = tuple(int(v) for v in (value.split(",") if isinstance(value, str) else value))
-        elif isinstance(base[key], (int, float)) and not isinstance(base[key], bool):
-            typed[key] = type(base[key])(value)
-        else:
-            typed[key] = value
-    return typed
 
 
 def _fingerprint(dataset: SegDataset, configs: list[dict[str, Any]]) -> str:
@@ -107,7 +96,8 @@ def _prediction_path(root: Path, dataset: SegDataset, variant: Variant, nest: tu
 def run_dataset(
     dataset: SegDataset,
     variants: list[Variant],
-    options: Mapping[str, Any],
+    method: str,
+    overrides: Mapping[str, Any],
     group: Group,
     *,
     partial_root: Path | None = None,
@@ -119,13 +109,12 @@ def run_dataset(
     progress: bool = True,
 ) -> Run:
     """Score every image of `dataset` under each variant; this rank takes its share, ranks sum up."""
-    settings = {**dataset.options, **options}
-    settings["device"] = group.device(settings.get("device", "auto"))
-    segmenter = Segmenter(**settings)
+    chosen = get_method(method)
+    settings = chosen.settings(dataset.protocol, **overrides)
+    segmenter = Segmenter(settings.replace(device=str(group.device(settings.device))), method=method)
     segmenter.set_classes(dataset.class_file)
     base = {**segmenter.config, "random_weights": segmenter.random_weights}
-    overrides = [_typed(variant.overrides, base) for variant in variants]
-    configs = [{**base, **override} for override in overrides]
+    configs = [{**base, **segmenter.variant(variant.overrides).to_dict(("method",))} for variant in variants]
     fingerprint = _fingerprint(dataset, configs)
     store = None
     if partial_root is not None:
@@ -148,7 +137,7 @@ def run_dataset(
     bar = tqdm(total=len(todo), desc=dataset.name, unit="img", disable=not (progress and group.main))
     start = time.perf_counter()
     try:
-        for loaded in load_prepared(dataset, todo, segmenter.short_side, segmenter.long_side, workers):
+        for loaded in load_prepared(dataset, todo, settings.short_side, settings.long_side, workers):
             if loaded.error is not None:
                 if not skip_bad:
                     raise BadSample(f"{loaded.error} (pass --skip-bad to skip such images)")
@@ -156,7 +145,9 @@ def run_dataset(
                 if store:
                     store.add_bad(loaded.index, loaded.error)
                 continue
-            predictions = segmenter.predict_variants(loaded.tensor, loaded.size, overrides, probs=False)
+            predictions = segmenter.predict_variants(
+                loaded.tensor, loaded.size, [variant.overrides for variant in variants], probs=False
+            )
             parts = [matrix.update(p.labels, loaded.mask) for matrix, p in zip(matrices, predictions)]
             if store:
                 store.add(loaded.index, parts)
@@ -231,15 +222,17 @@ def evaluate(
     resume: bool = True,
     workers: int | None = None,
     progress: bool = True,
-    **options: Any,
+    method: str = "naclip",
+    **overrides: Any,
 ) -> pd.DataFrame:
     """Evaluate on benchmarks; returns one tidy row per (benchmark, variant).
 
     `benchmarks`: keys of `naclip.datasets.PRESETS` (data under `data_root` or $NACLIP_DATA) and/or
-    `SegDataset`s (e.g. `folder_dataset(...)`). `options` are Segmenter options; they override each
-    benchmark's preset (short_side, slide_crop, slide_stride, prob_threshold), which overrides the
-    Segmenter's defaults. `variants` are method overrides (keys of `naclip.segmenter.METHOD_KEYS`,
-    optional `name`) sharing one trunk pass per image, with one confusion matrix each.
+    `SegDataset`s (e.g. `folder_dataset(...)`). `method` (a key of `naclip.methods.METHODS`) runs with
+    its authors' protocol on each benchmark, class file included (its default protocol on your own
+    data); `overrides` are `Settings` fields applied on top. `variants` are overrides of the method
+    settings (`naclip.settings.VARIANT_KEYS`, optional `name`) sharing one trunk pass per image, with
+    one confusion matrix each.
 
     The returned frame holds mIoU, aAcc, mAcc (percent), n_images, n_skipped, n_resumed, seconds,
     images_per_s and every configuration key; `frame.attrs["per_class"]` holds per-class IoU/Acc
@@ -254,7 +247,9 @@ def evaluate(
     if not specs:
         raise ValueError("no benchmark given")
     named = make_variants(variants)
-    group = join(options.get("device", "auto"))
+    chosen = get_method(method)
+    chosen.settings(**overrides)  # refuse bad settings before any data is read
+    group = join(overrides.get("device", "auto"))
     if workers is None:
         workers = min(4, max(0, (os.cpu_count() or 1) // group.world - 1))
     out_dir = Path(out) if out is not None else None
@@ -264,10 +259,12 @@ def evaluate(
     try:
         for spec in specs:
             dataset = spec if isinstance(spec, SegDataset) else open_benchmark(spec, data_root)
+            dataset = dataset.with_class_file(chosen.class_file(dataset.protocol))
             run = run_dataset(
                 dataset.limited(limit),
                 named,
-                options,
+                method,
+                overrides,
                 group,
                 partial_root=out_dir / "partial" if out_dir else None,
                 resume=resume,
@@ -288,7 +285,9 @@ def evaluate(
         frame, class_frame = pd.DataFrame(summary), pd.DataFrame(per_class)
         provenance = {
             **outputs.environment(),
-            "device": str(group.device(options.get("device", "auto"))),
+            "device": str(group.device(overrides.get("device", "auto"))),
+            "method": method,
+            "authors_protocol": chosen.authors_protocol,
             "world_size": group.world,
             "random_weights": any(config["random_weights"] for run in runs for config in run.configs),
             "runs": [
