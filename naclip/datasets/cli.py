@@ -72,17 +72,30 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+STALE_COCO_OBJECT = (
+    "warning: {count} of {total} COCO-Object masks hold 255 (unlabelled); they were made by an earlier naclip "
+    "that kept it, but the published protocol scores unlabelled pixels as background (0). Regenerate them from "
+    "the raw COCO-Stuff annotations: naclip data coco-object SRC {root}"
+)
+
+
 def run_check(args: argparse.Namespace) -> int:
     dataset = open_benchmark(args.benchmark, args.data_root)
     problems = []
+    unlabelled = 0  # COCO-Object masks still holding raw 255
     for index in tqdm(range(len(dataset)), desc=f"check {dataset.name}", unit="image"):
         try:
-            check_sample(dataset, index)
+            mask = check_sample(dataset, index)
         except BadSample as error:
             problems.append(str(error))
+            continue
+        if dataset.name == "coco_object" and (mask == coco.UNLABELLED).any():
+            unlabelled += 1
     for problem in problems:
         print(problem)
     print(f"{dataset.name}: {len(dataset)} images under {dataset.root}, {len(problems)} with problems")
+    if unlabelled:
+        print(STALE_COCO_OBJECT.format(count=unlabelled, total=len(dataset), root=dataset.root))
     return 1 if problems else 0
 
 

@@ -2,9 +2,10 @@
 
 A raw COCO-Stuff annotation PNG holds COCO category id - 1 per pixel: 0..90 are things (80 used
 ids), 91..181 stuff, 255 unlabelled. COCO-Object (`naclip data coco-object SRC DST`) keeps the 80
-things as 1..80 in id order, folds every stuff class into 0 (background) and keeps 255. COCO-Stuff
-(`naclip data coco-stuff SRC DST`, what mmsegmentation's converter writes) numbers the 171 used ids
-0..170 in id order and keeps 255.
+things as 1..80 in id order and folds every stuff class and the unlabelled pixels into 0
+(background), as the authors' cvt_coco_object.py does. COCO-Stuff (`naclip data coco-stuff SRC DST`,
+what mmsegmentation's converter writes) numbers the 171 used ids 0..170 in id order and keeps 255
+(ignored).
 """
 
 from __future__ import annotations
@@ -22,24 +23,28 @@ from tqdm.auto import tqdm
 UNUSED_THING_IDS = frozenset({12, 26, 29, 30, 45, 66, 68, 69, 71, 83})
 RAW_THINGS = [cat_id - 1 for cat_id in range(1, 91) if cat_id not in UNUSED_THING_IDS]
 RAW_STUFF = list(range(91, 182))
+UNLABELLED = 255
 INVALID = -1
 
 
-def _table(targets: dict[int, int]) -> np.ndarray:
-    """(256,) int16 map from raw values; INVALID where undefined, 255 kept."""
+def _table(targets: dict[int, int], unlabelled: int) -> np.ndarray:
+    """(256,) int16 map from raw values; INVALID where undefined, raw 255 (unlabelled) to `unlabelled`."""
     table = np.full(256, INVALID, dtype=np.int16)
     table[list(targets)] = list(targets.values())
-    table[255] = 255
+    table[UNLABELLED] = unlabelled
     return table
 
 
 # The target of each preparation: (lookup table, suffix of the written masks).
 TARGETS = {
     "coco_object": (
-        _table({**{raw: i + 1 for i, raw in enumerate(RAW_THINGS)}, **dict.fromkeys(RAW_STUFF, 0)}),
+        _table({**{raw: i + 1 for i, raw in enumerate(RAW_THINGS)}, **dict.fromkeys(RAW_STUFF, 0)}, unlabelled=0),
         "_instanceTrainIds.png",
     ),
-    "coco_stuff": (_table({raw: i for i, raw in enumerate(RAW_THINGS + RAW_STUFF)}), "_labelTrainIds.png"),
+    "coco_stuff": (
+        _table({raw: i for i, raw in enumerate(RAW_THINGS + RAW_STUFF)}, unlabelled=UNLABELLED),
+        "_labelTrainIds.png",
+    ),
 }
 
 
