@@ -89,12 +89,14 @@ def _direct(name: str, q: np.ndarray, k: np.ndarray, omega: np.ndarray) -> np.nd
                 out[b, h] = _softmax(q[b, h] @ k[b, h].T / math.sqrt(d) + omega)
             elif name == "nonly":
                 out[b, h] = _softmax(omega * s)
+            elif name == "identity":
+                out[b, h] = np.eye(q.shape[2])
             else:
                 out[b, h] = _softmax(k[b, h] @ k[b, h].T / math.sqrt(d) + omega)
     return out
 
 
-@pytest.mark.parametrize("name", ["vanilla", "kk", "qq", "csa", "vanilla_gauss", "nonly", "naclip"])
+@pytest.mark.parametrize("name", ["vanilla", "kk", "qq", "csa", "vanilla_gauss", "nonly", "naclip", "identity"])
 def test_variant_matches_direct_computation(qk, name):
     q, k, omega = qk
     variant = get_attention(name)

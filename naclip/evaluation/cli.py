@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="mIoU on the benchmarks (or your own folder of images and masks)",
         description="Evaluate on benchmarks. --method runs a method as its authors ran it on each benchmark "
         "(`naclip data list --method NAME` prints its protocol); setting flags override it. Writes "
-        "OUT/summary.csv (one row per benchmark and variant), OUT/per_class.csv and OUT/provenance.json; an interrupted run resumes when rerun with the same OUT. "
+        "OUT/summary.csv (one row per benchmark and variant), OUT/per_class.csv and OUT/provenance.json; "
+        "an interrupted run resumes when rerun with the same OUT. "
         "Under `torchrun --nproc-per-node N -m naclip eval ...` the images are shared between processes.",
     )
     parser.add_argument(
