@@ -54,7 +54,7 @@ def random_segmenter(model: str, num_classes: int, **options) -> Segmenter:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        seg = Segmenter(model, pretrained=None, **options)
+        seg = Segmenter(model=model, pretrained=None, **options)
     names = [f"class {i}" for i in range(num_classes)]
     width = seg.clip.text_projection.shape[-1]
     seg.text_cache.memory.update({name: F.normalize(torch.randn(width), dim=0) for name in names})
