@@ -71,12 +71,35 @@ def interpolate_positions(positions: Tensor, native: tuple[int, int], grid: tupl
     return torch.cat([positions[:1].float(), patches]).to(positions.dtype)
 
 
+ATTENTION_PARTS = ("in_proj_weight", "in_proj_bias", "out_proj", "num_heads")
+# Extras of open_clip's custom attention blocks that change the maths the last block restates.
+ATTENTION_EXTRAS = ("logit_scale", "head_scale", "ln_q", "ln_k", "ln_inner", "bias_k", "bias_v")
+
+
+def check_last_block(block: nn.Module) -> None:
+    """Refuse a last ViT block whose attention NACLIP cannot restate (packed q/k/v, heads, out_proj only)."""
+    attn = getattr(block, "attn", None)
+    missing = [name for name in ATTENTION_PARTS if not hasattr(attn, name)]
+    if missing or attn.in_proj_weight is None:
+        raise ValueError(
+            f"the last ViT block's attention ({type(attn).__name__}) has no packed q/k/v projection "
+            f"(missing {', '.join(missing) or 'in_proj_weight'}); expected a module with in_proj_weight, "
+            "in_proj_bias, out_proj and num_heads, such as nn.MultiheadAttention or open_clip's Attention"
+        )
+    parts = [(attn, name) for name in ATTENTION_EXTRAS] + [(block, "ln_attn")]
+    active = [name for owner, name in parts if not isinstance(getattr(owner, name, None), (type(None), nn.Identity))]
+    if active:
+        raise ValueError(
+            f"the last ViT block's attention uses {', '.join(active)}, which NACLIP's last block does not "
+            "restate; expected plain scaled dot-product attention (no scaled-cosine, head scale, q/k/inner norm)"
+        )
+
+
 class DenseEncoder:
     """Patch features of an open_clip `VisionTransformer` with a configurable last block."""
 
     def __init__(self, visual: VisionTransformer):
-        if not isinstance(visual.transformer.resblocks[-1].attn, nn.MultiheadAttention):
-            raise ValueError("the last ViT block must use nn.MultiheadAttention (standard open_clip ViT)")
+        check_last_block(visual.transformer.resblocks[-1])
         self.visual = visual
         self.patch_size = visual.conv1.kernel_size
         self.native_grid = tuple(visual.grid_size)
@@ -103,7 +126,7 @@ class DenseEncoder:
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self._positions(grid)
         x = visual.ln_pre(visual.patch_dropout(x))
-        batch_first = getattr(visual.transformer, "batch_first", True)
+        batch_first = getattr(visual.transformer, "batch_first", False)  # older open_clip: blocks take (T, B, D)
         if not batch_first:
             x = x.transpose(0, 1)
         for block in visual.transformer.resblocks[:-1]:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import VisionTransformer
+from torch import nn
 
-from naclip.encoder import interpolate_positions
+from naclip.encoder import DenseEncoder, interpolate_positions
 
 
 @pytest.fixture
@@ -34,7 +39,11 @@ def test_reduced_block_is_attention_only(encoder):
     tokens = encoder.trunk(images)
     block = encoder.visual.transformer.resblocks[-1]
     x = block.ln_1(tokens)
+    if not block.attn.batch_first:  # older open_clip: (T, B, D)
+        x = x.transpose(0, 1)
     expected, _ = block.attn(x, x, x, need_weights=False)  # vanilla attention through torch's own module
+    if not block.attn.batch_first:
+        expected = expected.transpose(0, 1)
     expected = encoder.visual.ln_post(expected) @ encoder.visual.proj
     torch.testing.assert_close(encoder.head(tokens, (14, 14), "vanilla", "reduced", 5.0), expected[:, 1:])
 
@@ -89,3 +98,102 @@ def test_position_interpolation_follows_reference_scale_convention():
     by_factor = F.interpolate(grid, scale_factor=28.1 / 14, mode="bicubic", recompute_scale_factor=False)
     torch.testing.assert_close(ours, by_factor)
     assert not torch.allclose(ours, by_size)
+
+
+VARIANTS = [("vanilla", "vanilla"), ("naclip", "reduced"), ("kk", "vanilla")]
+
+
+class PackedAttention(nn.Module):
+    """An attention module that is not nn.MultiheadAttention (as open_clip's own `Attention`), same layout."""
+
+    def __init__(self, mha: nn.MultiheadAttention):
+        super().__init__()
+        self.num_heads, self.batch_first = mha.num_heads, mha.batch_first
+        self.in_proj_weight, self.in_proj_bias, self.out_proj = mha.in_proj_weight, mha.in_proj_bias, mha.out_proj
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x if self.batch_first else x.transpose(0, 1)
+        batch, tokens, width = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias).reshape(batch, tokens, 3, self.num_heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        out = self.out_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, tokens, width))
+        return out if self.batch_first else out.transpose(0, 1)
+
+
+class PackedBlock(nn.Module):
+    """A residual block calling its attention module as open_clip's custom blocks do."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.ln_1, self.ls_1, self.ln_2, self.mlp, self.ls_2 = block.ln_1, block.ls_1, block.ln_2, block.mlp, block.ls_2
+        self.attn = PackedAttention(block.attn)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.ls_1(self.attn(self.ln_1(x), attn_mask=attn_mask))
+        return x + self.ls_2(self.mlp(self.ln_2(x)))
+
+
+def _features(encoder, images):
+    return {variant: encoder.features(images, *variant, 5.0) for variant in VARIANTS}
+
+
+def test_attention_modules_other_than_multihead_attention(encoder):
+    """Any packed q/k/v attention (in_proj_weight, in_proj_bias, out_proj, num_heads) gives the same features."""
+    images = torch.randn(2, 3, 224, 224)
+    expected = _features(encoder, images)
+    visual = copy.deepcopy(encoder.visual)
+    visual.transformer.resblocks = nn.ModuleList(PackedBlock(block) for block in visual.transformer.resblocks)
+    packed = DenseEncoder(visual)
+    for variant, features in _features(packed, images).items():
+        torch.testing.assert_close(features, expected[variant], rtol=1e-5, atol=1e-5)
+    visual.output_tokens = True
+    _, tokens = visual(images)
+    torch.testing.assert_close(expected["vanilla", "vanilla"], tokens @ visual.proj, rtol=1e-5, atol=1e-5)
+
+
+def test_trunk_follows_the_transformers_token_layout(encoder):
+    """Blocks run on (T, B, D) when the transformer says batch_first=False, or has no such flag (older open_clip)."""
+    images = torch.randn(2, 3, 224, 224)
+    expected = _features(encoder, images)
+    visual = copy.deepcopy(encoder.visual)
+    for block in visual.transformer.resblocks:
+        block.attn.batch_first = False
+    for layout in ("flag", "no flag"):
+        if layout == "flag":
+            visual.transformer.batch_first = False
+        else:
+            del visual.transformer.batch_first
+        for variant, features in _features(DenseEncoder(visual), images).items():
+            torch.testing.assert_close(features, expected[variant], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(
+    "block_type" not in inspect.signature(VisionTransformer).parameters,
+    reason="this open_clip has no custom attention blocks in its ViT",
+)
+def test_open_clip_custom_attention_blocks():
+    """open_clip's own `Attention` module (custom blocks) with the weights of a standard tower."""
+    torch.manual_seed(0)
+    config = dict(image_size=224, patch_size=16, width=64, layers=3, heads=4, mlp_ratio=4.0, output_dim=32)
+    standard = VisionTransformer(**config).eval()
+    custom = VisionTransformer(**config, block_type="custom").eval()
+    custom.load_state_dict(standard.state_dict())
+    assert not isinstance(custom.transformer.resblocks[-1].attn, nn.MultiheadAttention)
+    images = torch.randn(1, 3, 224, 224)
+    expected = _features(DenseEncoder(standard), images)
+    for variant, features in _features(DenseEncoder(custom), images).items():
+        torch.testing.assert_close(features, expected[variant], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="attention uses logit_scale.*expected plain scaled dot-product"):
+        DenseEncoder(VisionTransformer(**config, scaled_cosine_attn=True))
+
+
+def test_attention_without_packed_projections_is_refused(encoder):
+    visual = copy.deepcopy(encoder.visual)
+    visual.transformer.resblocks[-1].attn = nn.Linear(64, 64)
+    with pytest.raises(
+        ValueError, match=r"attention \(Linear\) has no packed q/k/v projection.*out_proj and num_heads"
+    ):
+        DenseEncoder(visual)
+    visual.transformer.resblocks[-1].attn = nn.MultiheadAttention(64, 4, kdim=32, vdim=32)
+    with pytest.raises(ValueError, match=r"\(MultiheadAttention\) has no packed q/k/v projection"):
+        DenseEncoder(visual)
