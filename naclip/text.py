@@ -15,6 +15,8 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from naclip.io import save_torch
+
 Template = Callable[[str], str]
 TEMPLATES: tuple[Template, ...] = tuple(OPENAI_IMAGENET_TEMPLATES)  # the 80 published with CLIP
 PROMPTS_PER_BATCH = 640
@@ -128,13 +130,6 @@ def encode_queries(
     return F.normalize(embeddings, dim=-1)
 
 
-def _atomic_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 class QueryCache:
     """Query embeddings kept in memory and, for pretrained weights, on disk.
 
@@ -160,7 +155,7 @@ class QueryCache:
         if missing:
             self.memory.update(zip(missing, encode_queries(clip, tokenizer, missing, self.templates).cpu()))
             if self.path is not None:
-                _atomic_save(self.memory, self.path)
+                save_torch(self.memory, self.path)
         return torch.stack([self.memory[q] for q in queries])
 
 

@@ -23,6 +23,7 @@ from naclip.evaluation import outputs
 from naclip.evaluation.distributed import Group, join
 from naclip.evaluation.loader import load_prepared
 from naclip.evaluation.records import RecordStore
+from naclip.io import environment, write_csv, write_json
 from naclip.methods import get_method
 from naclip.metric import ConfusionMatrix, scores
 from naclip.segmenter import Segmenter
@@ -284,7 +285,7 @@ def evaluate(
                     print(f"  {reason}")
         frame, class_frame = pd.DataFrame(summary), pd.DataFrame(per_class)
         provenance = {
-            **outputs.environment(),
+            **environment(),
             "device": str(group.device(overrides.get("device", "auto"))),
             "method": method,
             "authors_protocol": chosen.authors_protocol,
@@ -307,9 +308,9 @@ def evaluate(
             ],
         }
         if out_dir is not None and group.main:
-            outputs.write_csv(frame, out_dir / SUMMARY_CSV)
-            outputs.write_csv(class_frame, out_dir / PER_CLASS_CSV)
-            outputs.write_json(provenance, out_dir / PROVENANCE_JSON)
+            write_csv(frame, out_dir / SUMMARY_CSV)
+            write_csv(class_frame, out_dir / PER_CLASS_CSV)
+            write_json(provenance, out_dir / PROVENANCE_JSON)
             for run in runs:
                 shutil.rmtree(out_dir / "partial" / f"{run.dataset.name}-{run.fingerprint}", ignore_errors=True)
             with contextlib.suppress(OSError):

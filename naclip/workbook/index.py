@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from naclip.evaluation.outputs import atomic_write, write_csv
+from naclip.io import atomic_write, write_csv
 from naclip.workbook.outputs import RANDOM_BANNER, read_manifest
 from naclip.workbook.runner import FAILED, MARKER
 

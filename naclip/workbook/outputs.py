@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from naclip.evaluation.outputs import atomic_write, write_csv, write_json
+from naclip.io import atomic_write, write_csv, write_json
 
 MANIFEST = "outputs.json"
 RANDOM_BANNER = "RANDOM WEIGHTS — not a result: the model was randomly initialised, every number is noise."

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from naclip.evaluation.outputs import environment, write_json
+from naclip.io import environment, write_json
 from naclip.workbook.outputs import MANIFEST
 from naclip.workbook.params import Run
 

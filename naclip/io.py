@@ -1,0 +1,121 @@
+"""Files that are never half-written, and the provenance of what wrote them.
+
+Used by the text cache, the evaluation runner and the workbook alike: every file goes to a
+temporary name beside its destination, then is renamed over it, so a kill leaves either the old
+file or the new one, plus at worst a `.<name>.*.tmp` leftover that `remove_leftovers` clears.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+import pandas as pd
+
+import naclip
+
+TMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what `open(path, "w")` would give; mkstemp alone gives 0o600
+
+
+def atomic_write_with(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
+    """Call `write(file)` on a temporary file beside `path`, then rename it over `path`.
+
+    Readers see the old file or the complete new one, never a torn one; on any error (disk full,
+    Ctrl-C) the temporary file is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+        os.chmod(temporary, FILE_MODE)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically (see `atomic_write_with`)."""
+    atomic_write_with(path, lambda file: file.write(data))
+
+
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    """A data frame as CSV without its index, atomically."""
+    atomic_write(path, frame.to_csv(index=False).encode())
+
+
+def write_json(value: Any, path: str | os.PathLike) -> None:
+    """`value` as indented JSON (unknown types as their str), atomically."""
+    atomic_write(path, (json.dumps(value, indent=2, default=str) + "\n").encode())
+
+
+def save_torch(obj: object, path: str | os.PathLike) -> None:
+    """`torch.save(obj)` to `path`, atomically (a concurrent reader never loads a torn file)."""
+    import torch
+
+    atomic_write_with(path, lambda file: torch.save(obj, file))
+
+
+def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that a killed atomic write left under `folder`; returns them.
+
+    Only call this while no other process writes there (hold the folder's lock).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    leftovers = [path for path in folder.rglob(f".*{TMP_SUFFIX}") if path.is_file()]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
+def _git(*args: str) -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", *args], cwd=Path(naclip.__file__).parent, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of the code that computes a number: naclip, torch, open_clip."""
+    import open_clip
+    import torch
+
+    return {"naclip_version": naclip.__version__, "torch": torch.__version__, "open_clip": open_clip.__version__}
+
+
+def environment() -> dict[str, Any]:
+    """Versions and source revision: enough to tell later which code produced a number."""
+    commit = _git("rev-parse", "HEAD")
+    return {
+        **library_versions(),
+        "git_commit": commit,
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else None,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "command": list(sys.argv),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
