@@ -1,26 +1,45 @@
 """Pixel-adaptive mask refinement (PAMR, Araslanov & Roth, CVPR 2020).
 
 Each pixel's mask becomes a weighted sum of its 8 neighbours at each dilation, weighted by
-image similarity. The affinities depend only on the image, so they are computed once; each
-iteration then accumulates shifted views of the padded mask, which never materialises the
-(B, C, 8 x D, H, W) stack of all neighbours.
+image similarity. The affinities depend only on the image, so they are computed once; the
+propagation then runs on one of two paths that agree to float rounding:
+
+- a compiled kernel (numba, CPU, float32/float64): each group of planes runs every step in
+  place, row by row, so a plane's rows stay in cache and the logits are copied once;
+- torch operations everywhere else (CUDA, MPS, other dtypes, autograd, numba missing): one
+  replicate padding per step and one multiply-add per neighbour.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+try:
+    from numba import config as _numba_config
+    from numba import njit, prange, set_num_threads
+except ImportError:  # the torch path serves everywhere
+    njit = None
+    prange = range
+
 # The 8 neighbours of a pixel, row-major, the centre left out.
 DIRECTIONS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+# Planes one part of the compiled kernel works on at most: rows of 8 planes stay in a core's cache.
+PART_PLANES = 8
 
 
 def _shifted(padded: Tensor, pad: int, dy: int, dx: int, height: int, width: int) -> Tensor:
     """The view of a padded map whose pixel (y, x) holds the original's (y + dy, x + dx)."""
     return padded[..., pad + dy : pad + dy + height, pad + dx : pad + dx + width]
+
+
+def _offsets(dilations: Sequence[int]) -> list[tuple[int, int]]:
+    """(dy, dx) of the 8 x D neighbours, in the order of the affinity channels."""
+    return [(dy * d, dx * d) for d in dilations for dy, dx in DIRECTIONS]
 
 
 def affinity(image: Tensor, dilations: Sequence[int]) -> Tensor:
@@ -48,19 +67,130 @@ def affinity(image: Tensor, dilations: Sequence[int]) -> Tensor:
     return torch.stack(scores, dim=1).softmax(dim=1)
 
 
-def propagate(mask: Tensor, weights: Tensor, dilations: Sequence[int], steps: int) -> Tensor:
-    """`steps` rounds of mask <- sum over neighbours n of weights_n * mask(n)."""
+def _propagate_planes(
+    mask: np.ndarray,
+    out: np.ndarray,
+    weights: np.ndarray,
+    dy: np.ndarray,
+    dx: np.ndarray,
+    steps: int,
+    bounds: np.ndarray,
+) -> None:
+    """`steps` rounds on planes `mask` (C, H, W), left in `out` (C, H, W + 2 pad) whose pad columns replicate the edges.
+
+    Planes are independent, so each part [bounds[i], bounds[i + 1]) runs every step on its own.
+    A round overwrites row y - reach once row y is done, since no later row reads it; the rows
+    not yet written back wait in a ring. Neighbours go by fours and planes by pairs, so that one
+    loaded weight serves two planes (an odd part computes its last plane twice).
+    """
+    height, width = mask.shape[1:]
+    pad = (out.shape[2] - width) // 2
+    reach = max(0, -dy.min())  # rows above a row that it reads
+    slots = reach + 1
+    for part in prange(len(bounds) - 1):
+        first, stop = bounds[part], bounds[part + 1]
+        for c in range(first, stop):
+            for y in range(height):
+                row = out[c, y]
+                row[pad : pad + width] = mask[c, y]
+                row[:pad] = mask[c, y, 0]
+                row[pad + width :] = mask[c, y, width - 1]
+        ring = np.empty((slots, stop - first + 1, width), out.dtype)
+        rows = np.empty(len(dy), np.int64)
+        for _ in range(steps):
+            for y in range(height + reach):
+                if y < height:
+                    for k in range(len(dy)):
+                        rows[k] = min(max(y + dy[k], 0), height - 1)
+                    for c in range(first, stop, 2):
+                        d = min(c + 1, stop - 1)
+                        acc, acc2 = ring[y % slots, c - first], ring[y % slots, c - first + 1]
+                        acc[:] = 0
+                        acc2[:] = 0
+                        for k in range(0, len(dy), 4):
+                            w0, w1, w2, w3 = weights[k, y], weights[k + 1, y], weights[k + 2, y], weights[k + 3, y]
+                            o0, o1, o2, o3 = pad + dx[k], pad + dx[k + 1], pad + dx[k + 2], pad + dx[k + 3]
+                            a0, b0 = out[c, rows[k], o0 : o0 + width], out[d, rows[k], o0 : o0 + width]
+                            a1, b1 = out[c, rows[k + 1], o1 : o1 + width], out[d, rows[k + 1], o1 : o1 + width]
+                            a2, b2 = out[c, rows[k + 2], o2 : o2 + width], out[d, rows[k + 2], o2 : o2 + width]
+                            a3, b3 = out[c, rows[k + 3], o3 : o3 + width], out[d, rows[k + 3], o3 : o3 + width]
+                            for x in range(width):
+                                u0, u1, u2, u3 = w0[x], w1[x], w2[x], w3[x]
+                                acc[x] += u0 * a0[x] + u1 * a1[x] + u2 * a2[x] + u3 * a3[x]
+                                acc2[x] += u0 * b0[x] + u1 * b1[x] + u2 * b2[x] + u3 * b3[x]
+                done = y - reach
+                if done >= 0:
+                    for c in range(first, stop):
+                        row = out[c, done]
+                        row[pad : pad + width] = ring[done % slots, c - first]
+                        row[:pad] = row[pad]
+                        row[pad + width :] = row[pad + width - 1]
+
+
+_compiled = (
+    njit(parallel=True, cache=True, fastmath={"contract"}, boundscheck=False)(_propagate_planes) if njit else None
+)
+
+
+def compiled_applies(mask: Tensor, weights: Tensor) -> bool:
+    """Whether `propagate` takes the compiled path for these tensors."""
+    return (
+        _compiled is not None
+        and mask.device.type == "cpu"
+        and weights.device.type == "cpu"
+        and mask.dtype in (torch.float32, torch.float64)
+        and not (torch.is_grad_enabled() and (mask.requires_grad or weights.requires_grad))
+    )
+
+
+def _part_bounds(channels: int, threads: int) -> np.ndarray:
+    """Even part boundaries: a multiple of `threads` parts of at most about PART_PLANES planes."""
+    parts = threads * -(-channels // (threads * PART_PLANES))
+    inner = {min(channels, 2 * round(channels * i / (2 * parts))) for i in range(1, parts)}
+    return np.array(sorted(inner | {0, channels}), dtype=np.int64)
+
+
+def _propagate_compiled(mask: Tensor, weights: Tensor, dilations: Sequence[int], steps: int) -> Tensor:
+    """The compiled path; returns a view of a column-padded buffer, the only copy of the logits it makes."""
+    batch, channels, height, width = mask.shape
+    offsets = _offsets(dilations)
+    dy = np.array([o[0] for o in offsets], dtype=np.int64)
+    dx = np.array([o[1] for o in offsets], dtype=np.int64)
+    pad = max(dilations)
+    threads = max(1, min(torch.get_num_threads(), _numba_config.NUMBA_NUM_THREADS))
+    set_num_threads(threads)
+    bounds = _part_bounds(channels, threads)
+    source = mask.detach().contiguous()
+    weights = weights.detach().to(mask.dtype).contiguous()
+    out = mask.new_empty((batch, channels, height, width + 2 * pad))
+    for b in range(batch):
+        _compiled(source[b].numpy(), out[b].numpy(), weights[b].numpy(), dy, dx, steps, bounds)
+    return out[..., pad : pad + width]
+
+
+def _propagate_torch(mask: Tensor, weights: Tensor, dilations: Sequence[int], steps: int) -> Tensor:
+    """The torch path: per step one replicate padding and one multiply-add per neighbour."""
     height, width = mask.shape[-2:]
+    pad = max(dilations)
+    offsets = _offsets(dilations)
+    weights = weights.to(mask.dtype)
     for _ in range(steps):
-        out = torch.zeros_like(mask)
-        k = 0
-        for d in dilations:
-            padded = F.pad(mask, [d] * 4, mode="replicate")
-            for dy, dx in DIRECTIONS:
-                out.addcmul_(_shifted(padded, d, dy * d, dx * d, height, width), weights[:, k : k + 1])
-                k += 1
-        mask = out
+        padded = F.pad(mask, [pad] * 4, mode="replicate")
+        views = [_shifted(padded, pad, dy, dx, height, width) for dy, dx in offsets]
+        mask = views[0] * weights[:, :1]
+        for k in range(1, len(views)):
+            mask.addcmul_(views[k], weights[:, k : k + 1])
     return mask
+
+
+def propagate(mask: Tensor, weights: Tensor, dilations: Sequence[int], steps: int) -> Tensor:
+    """`steps` rounds of mask <- sum over neighbours n of weights_n * mask(n); weights from `affinity`."""
+    if steps <= 0:
+        return mask
+    dilations = tuple(int(d) for d in dilations)
+    if compiled_applies(mask, weights):
+        return _propagate_compiled(mask, weights, dilations, steps)
+    return _propagate_torch(mask, weights, dilations, steps)
 
 
 def pamr(image: Tensor, logits: Tensor, steps: int = 10, dilations: Sequence[int] = (8, 16)) -> Tensor:
