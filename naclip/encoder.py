@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,31 @@ def interpolate_positions(positions: Tensor, native: tuple[int, int], grid: tupl
     return torch.cat([positions[:1].float(), patches]).to(positions.dtype)
 
 
+@dataclass(frozen=True)
+class Taps:
+    """What a head needs from the trunk besides its output: block indices (0-based) to keep."""
+
+    layers: frozenset[int] = frozenset()  # these blocks' output tokens
+    attention: frozenset[int] = frozenset()  # these blocks' attention weights
+
+    def __or__(self, other: Taps) -> Taps:
+        return Taps(self.layers | other.layers, self.attention | other.attention)
+
+
+@dataclass
+class Trunk:
+    """The trunk's output for a batch of images, with the taps that were asked for."""
+
+    tokens: Tensor  # (B, 1 + h*w, width) entering the last block
+    layers: dict[int, Tensor] = field(default_factory=dict)  # block -> output tokens (B, 1 + h*w, width)
+    attention: dict[int, Tensor] = field(default_factory=dict)  # block -> attention weights (B, heads, T, T)
+
+
+def attention_softmax(q: Tensor, k: Tensor) -> Tensor:
+    """CLIP's own attention weights softmax(q k^T / sqrt(d)), per head."""
+    return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
+
+
 ATTENTION_PARTS = ("in_proj_weight", "in_proj_bias", "out_proj", "num_heads")
 # Extras of open_clip's custom attention blocks that change the maths the last block restates.
 ATTENTION_EXTRAS = ("logit_scale", "head_scale", "ln_q", "ln_k", "ln_inner", "bias_k", "bias_v")
@@ -116,25 +142,48 @@ class DenseEncoder:
     def _interpolated_positions(self, grid: tuple[int, int]) -> Tensor:
         return interpolate_positions(self.visual.positional_embedding, self.native_grid, grid).to(self.dtype)
 
-    @torch.no_grad()
     def trunk(self, images: Tensor) -> Tensor:
         """Tokens entering the last block, (B, 1 + h*w, width), for images (B, 3, H, W)."""
+        return self.run_trunk(images).tokens
+
+    @torch.no_grad()
+    def run_trunk(self, images: Tensor, taps: Taps = Taps()) -> Trunk:
+        """The trunk (every block but the last) on images (B, 3, H, W), keeping what `taps` asks for.
+
+        Blocks without a tap run as open_clip runs them; a block whose attention is tapped is
+        restated step by step (same result) so that its attention weights can be kept.
+        """
         visual = self.visual
-        x = visual.conv1(images.to(self.dtype))
+        x = visual.conv1(images.to(self.dtype))  # (B, width, h, w)
         grid = tuple(x.shape[-2:])
-        x = x.flatten(2).transpose(1, 2)
+        x = x.flatten(2).transpose(1, 2)  # (B, h*w, width)
         cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self._positions(grid)
+        x = torch.cat([cls, x], dim=1) + self._positions(grid)  # (B, 1 + h*w, width)
         x = visual.ln_pre(visual.patch_dropout(x))
         batch_first = getattr(visual.transformer, "batch_first", False)  # older open_clip: blocks take (T, B, D)
-        if not batch_first:
-            x = x.transpose(0, 1)
-        for block in visual.transformer.resblocks[:-1]:
-            x = block(x)
-        return x if batch_first else x.transpose(0, 1)
+        out = Trunk(x)
+        for index, block in enumerate(visual.transformer.resblocks[:-1]):
+            if index in taps.attention:
+                x, out.attention[index] = self._block_with_attention(block, x)
+            else:
+                x = block(x) if batch_first else block(x.transpose(0, 1)).transpose(0, 1)
+            if index in taps.layers:
+                out.layers[index] = x
+        out.tokens = x
+        return out
 
-    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        attn = self.visual.transformer.resblocks[-1].attn
+    def _block_with_attention(self, block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+        """One trunk block on (B, T, width) tokens, restated; also its attention weights (B, heads, T, T)."""
+        check_last_block(block)
+        q, k, v = self._qkv(block.ln_1(x), block)
+        weights = attention_softmax(q, k)
+        attended = block.attn.out_proj((weights @ v).transpose(1, 2).reshape(x.shape))
+        x = x + block.ls_1(attended)
+        return x + block.ls_2(block.mlp(block.ln_2(x))), weights
+
+    def _qkv(self, x: Tensor, block: nn.Module | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-head q, k, v (B, heads, T, head_dim) of a block's attention (default: the last block's)."""
+        attn = (block or self.visual.transformer.resblocks[-1]).attn
         batch, tokens, width = x.shape
         qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
         qkv = qkv.reshape(batch, tokens, 3, attn.num_heads, width // attn.num_heads)

@@ -16,7 +16,8 @@ from torch import Tensor
 
 from naclip.backbone import load_clip
 from naclip.datasets.benchmarks import get_preset
-from naclip.encoder import DenseEncoder
+from naclip.encoder import DenseEncoder, Taps, Trunk
+from naclip.heads import HeadInput, get_head
 from naclip.methods import get_method
 from naclip.pamr import affinity, propagate
 from naclip.preprocess import load_image, prepare
@@ -186,18 +187,23 @@ class Segmenter:
         window = (y2 - y1, x2 - x1)  # every window has this size
         padding = window_padding(*window, self.encoder.patch_size) if self.settings.pad_windows else (0, 0, 0, 0)
         batch = self.settings.window_batch
-        parts = []
+        taps = Taps()
+        for setting in settings:
+            taps = taps | get_head(setting.head).taps(setting)
+        windows, trunks = [], []  # per batch of windows: (n, 3, h, w) images and the trunk's output
         for start in range(0, len(boxes), batch):
-            windows = crop_windows(image, boxes[start : start + batch])  # (n, 3, h, w)
+            part = crop_windows(image, boxes[start : start + batch])  # (n, 3, h, w)
             if any(padding):
-                windows = F.pad(windows, padding)  # zeros in normalised space: the mean colour
-            parts.append(self.encoder.trunk(windows))
-        tokens = torch.cat(parts)  # (windows, 1 + h*w, width)
+                part = F.pad(part, padding)  # zeros in normalised space: the mean colour
+            windows.append(part)
+            trunks.append(self.encoder.run_trunk(part, taps))
         guides: dict[tuple[int, ...], Tensor] = {}  # PAMR affinities depend only on the image
         results = []
         for setting in settings:
             logits = stitch(
-                lambda part, s=setting: self._window_logits(tokens[part], window, padding, s, queries[0]),
+                lambda part, s=setting: self._window_logits(
+                    trunks[part.start // batch], windows[part.start // batch], window, padding, s, queries[0]
+                ),
                 boxes,
                 tuple(image.shape[-2:]),
                 batch,
@@ -211,17 +217,24 @@ class Segmenter:
         return self.settings.replace(**overrides)
 
     def _window_logits(
-        self, tokens: Tensor, window: tuple[int, int], padding: tuple[int, ...], settings: Settings, queries: Tensor
+        self,
+        trunk: Trunk,
+        windows: Tensor,
+        window: tuple[int, int],
+        padding: tuple[int, ...],
+        settings: Settings,
+        queries: Tensor,
     ) -> Tensor:
         """(n, Q, h, w) cosine similarities of window patches to the queries, upsampled to the window."""
         left, right, top, bottom = padding
         padded = (window[0] + top + bottom, window[1] + left + right)
         grid = self.encoder.grid(*padded)
-        features = self.encoder.head(tokens, grid, settings.attention, settings.arch, settings.sigma)
         work = torch.promote_types(self.dtype, torch.float32)  # score half-precision features in float32
+        queries = queries.to(work)
+        features = get_head(settings.head).fn(HeadInput(self.encoder, trunk, grid, windows, queries), settings)
         features = F.normalize(features.to(work), dim=-1)
-        logits = features @ queries.to(work).T  # (n, h*w, Q)
-        logits = logits.transpose(1, 2).reshape(len(tokens), -1, *grid)  # (n, Q, h, w)
+        logits = features @ queries.T  # (n, h*w, Q)
+        logits = logits.transpose(1, 2).reshape(len(windows), -1, *grid)  # (n, Q, h, w)
         logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
         return logits[..., top : top + window[0], left : left + window[1]]
 
@@ -273,7 +286,7 @@ class Segmenter:
         """
         tensor = self.prepare(load_image(image)).to(self.device, self.dtype)
         grid = self.encoder.grid(*tensor.shape[-2:])
-        tokens = self.encoder.trunk(tensor[None])
+        tokens = self.encoder.trunk(tensor[None])  # (1, 1 + h*w, width)
         attention = attention or self.settings.attention
         sigma = self.settings.sigma if sigma is None else sigma
         weights = self.encoder.attention_weights(tokens, grid, attention, sigma)[0].float().mean(0)

@@ -40,6 +40,12 @@ def _choices_arch() -> list[str]:
     return sorted(ARCHITECTURES)
 
 
+def _choices_head() -> list[str]:
+    from naclip.heads import HEADS
+
+    return sorted(HEADS)
+
+
 def option(
     default: Any,
     group: str,
@@ -81,6 +87,12 @@ class Settings:
         False, "protocol", "zero-pad each window to a multiple of the patch size, centred (ClearCLIP)"
     )
     # method
+    head: str = option(
+        "last_block",
+        "method",
+        "how patch features are made from the trunk",
+        choices=_choices_head,
+    )
     attention: str = option("naclip", "method", "last-block attention variant", choices=_choices_attention)
     arch: str = option(
         "reduced", "method", "last-block architecture: reduced drops the residual and FFN", choices=_choices_arch

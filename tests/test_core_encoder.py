@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import inspect
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
-from naclip.encoder import DenseEncoder, interpolate_positions
+from naclip.encoder import DenseEncoder, Taps, interpolate_positions
 
 
 @pytest.fixture
@@ -197,3 +198,42 @@ def test_attention_without_packed_projections_is_refused(encoder):
     visual.transformer.resblocks[-1].attn = nn.MultiheadAttention(64, 4, kdim=32, vdim=32)
     with pytest.raises(ValueError, match=r"\(MultiheadAttention\) has no packed q/k/v projection"):
         DenseEncoder(visual)
+
+
+def test_trunk_taps_keep_layers_and_attention_without_changing_the_tokens(encoder):
+    """Tapped blocks are restated step by step: same tokens, and the attention weights CLIP computes."""
+    images = torch.randn(2, 3, 64, 80)
+    plain = encoder.trunk(images)
+    tapped = encoder.run_trunk(images, Taps(layers=frozenset({0, 1}), attention=frozenset({0, 1})))
+    torch.testing.assert_close(tapped.tokens, plain, rtol=1e-5, atol=1e-5)
+    assert set(tapped.layers) == {0, 1} and set(tapped.attention) == {0, 1}
+    blocks = encoder.visual.transformer.resblocks
+    x = encoder.run_trunk(images, Taps(layers=frozenset({0}))).layers[0]
+    torch.testing.assert_close(tapped.layers[0], x, rtol=1e-5, atol=1e-5)
+    # block 1's attention weights straight from torch's own module on block 0's output
+    y = blocks[1].ln_1(x)
+    _, expected = blocks[1].attn(y, y, y, need_weights=True, average_attn_weights=False)
+    torch.testing.assert_close(tapped.attention[1], expected, rtol=1e-5, atol=1e-6)
+    assert tapped.attention[1].shape == (2, blocks[1].attn.num_heads, 1 + 4 * 5, 1 + 4 * 5)
+    assert encoder.run_trunk(images).layers == {} and encoder.run_trunk(images).attention == {}
+
+
+def test_a_new_head_declares_its_taps_and_gets_them(tiny):
+    from naclip.heads import HEADS, register_head
+
+    seen = []
+
+    @register_head("test-tapped", taps=lambda settings: Taps(attention=frozenset({1})))
+    def tapped(inputs, settings):
+        seen.append((sorted(inputs.trunk.attention), inputs.windows.shape, inputs.queries.shape))
+        return inputs.encoder.head(inputs.trunk.tokens, inputs.grid, "kk", "reduced", 5.0)
+
+    try:
+        seg = tiny(pamr_steps=0, slide_crop=0)
+        seg.set_classes(["cat", "dog"])
+        image = torch.randn(3, 64, 80)
+        plain, custom = seg.predict_variants(image, (64, 80), [{"attention": "kk"}, {"head": "test-tapped"}])
+        assert seen == [([1], (1, 3, 64, 80), (2, 32))]
+        np.testing.assert_allclose(plain.probs, custom.probs, atol=1e-6)
+    finally:
+        del HEADS["test-tapped"]

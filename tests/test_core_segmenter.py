@@ -97,7 +97,7 @@ def test_preprocessing_follows_the_protocol():
     assert tensor.shape == (3, 20, 40)
     torch.testing.assert_close(
         tensor[:, 0, 0],
-        (1 - torch.tensor([0.48145466, 0.4578275, 0.40821073])) / torch.tensor([0.26862954, 0.26130258, 0.27577711]),
+        (255 - torch.tensor([122.771, 116.746, 104.094])) / torch.tensor([68.501, 66.632, 70.323]),
     )
 
 

@@ -21,6 +21,7 @@ def test_defaults_and_groups():
     )
     assert settings.pamr_dilations == (8, 16) and settings.area_threshold == 0.0
     assert set(VARIANT_KEYS) == {
+        "head",
         "attention",
         "arch",
         "sigma",
