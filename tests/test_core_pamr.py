@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from naclip import pamr
-from naclip.pamr import affinity
+from naclip.pamr import affinity, compiled_applies, pamr, propagate
+
+module = importlib.import_module("naclip.pamr")  # `naclip.pamr` the attribute is the function
+
+needs_numba = pytest.mark.skipif(module._compiled is None, reason="numba is not installed")
 
 NEIGHBOURS = [(dy, dx) for dy, dx in itertools.product((-1, 0, 1), repeat=2) if (dy, dx) != (0, 0)]
 
@@ -57,23 +64,108 @@ def test_affinity_matches_pixelwise_definition():
     np.testing.assert_allclose(ours.sum(0), 1.0)
 
 
-def test_pamr_matches_naive_reference():
+@pytest.fixture(params=["compiled", "torch"])
+def path(request, monkeypatch):
+    """Each propagation path in turn; the torch one is what runs where numba does not."""
+    if request.param == "compiled":
+        if module._compiled is None:
+            pytest.skip("numba is not installed")
+    else:
+        monkeypatch.setattr(module, "_compiled", None)
+    return request.param
+
+
+def test_pamr_matches_naive_reference(path):
     generator = torch.Generator().manual_seed(0)
     image = torch.randn(1, 3, 12, 10, generator=generator)
     logits = torch.randn(1, 5, 12, 10, generator=generator)
+    assert compiled_applies(logits, logits) == (path == "compiled")
     ours = pamr(image, logits, steps=4, dilations=(1, 3))
     reference = gather_all_pamr(image, logits, 4, (1, 3))
-    assert ours.shape == logits.shape
+    assert ours.shape == logits.shape and ours.dtype == logits.dtype
     assert (ours.double() - reference).abs().max() < 1e-5
 
 
-def test_pamr_dilation_larger_than_image():
+def test_pamr_in_double_precision_is_exact(path):
+    generator = torch.Generator().manual_seed(1)
+    image = torch.randn(1, 3, 11, 13, generator=generator, dtype=torch.float64)
+    logits = torch.randn(1, 6, 11, 13, generator=generator, dtype=torch.float64)
+    ours = pamr(image, logits, steps=3, dilations=(2, 4))
+    assert ours.dtype == torch.float64
+    assert (ours - gather_all_pamr(image, logits, 3, (2, 4))).abs().max() < 1e-12
+
+
+def test_pamr_dilation_larger_than_image(path):
     image, logits = torch.randn(1, 3, 6, 5), torch.randn(1, 2, 6, 5)
     reference = gather_all_pamr(image, logits, 2, (8,))
     assert (pamr(image, logits, steps=2, dilations=(8,)).double() - reference).abs().max() < 1e-5
 
 
-def test_pamr_keeps_constant_masks_and_zero_steps_is_identity():
+def test_pamr_batch_of_two_matches_each_image(path):
+    generator = torch.Generator().manual_seed(2)
+    image, logits = torch.randn(2, 3, 9, 14, generator=generator), torch.randn(2, 7, 9, 14, generator=generator)
+    both = pamr(image, logits, steps=3, dilations=(1, 2, 5))
+    for b in range(2):
+        reference = gather_all_pamr(image[b : b + 1], logits[b : b + 1], 3, (1, 2, 5))
+        assert (both[b : b + 1].double() - reference).abs().max() < 1e-5
+
+
+@needs_numba
+def test_paths_agree_at_a_realistic_size():
+    generator = torch.Generator().manual_seed(3)
+    image, logits = torch.randn(1, 3, 70, 90, generator=generator), torch.randn(1, 21, 70, 90, generator=generator)
+    weights = affinity(image, (8, 16))
+    compiled = propagate(logits, weights, (8, 16), 10)
+    assert (compiled - module._propagate_torch(logits, weights, (8, 16), 10)).abs().max() < 1e-5
+    assert torch.equal(logits, logits.clone())  # the input is left as it was
+
+
+@needs_numba
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+def test_compiled_parts_cover_every_plane(threads):
+    for channels in (1, 2, 7, 21, 56, 171):
+        bounds = module._part_bounds(channels, threads).tolist()
+        assert bounds[0] == 0 and bounds[-1] == channels and bounds == sorted(set(bounds))
+        assert all(end % 2 == 0 for end in bounds[1:-1])  # planes go by pairs
+    generator = torch.Generator().manual_seed(4)
+    image, logits = torch.randn(1, 3, 20, 17, generator=generator), torch.randn(1, 9, 20, 17, generator=generator)
+    weights = affinity(image, (1, 3))
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        compiled = propagate(logits, weights, (1, 3), 4)
+    finally:
+        torch.set_num_threads(previous)
+    assert (compiled - module._propagate_torch(logits, weights, (1, 3), 4)).abs().max() < 1e-5
+
+
+def test_kernel_logic_in_plain_python():
+    """The compiled kernel's own source, run by the interpreter on a small case, equals the torch path."""
+    generator = torch.Generator().manual_seed(5)
+    image, logits = torch.randn(1, 3, 7, 6, generator=generator), torch.randn(1, 3, 7, 6, generator=generator)
+    weights = affinity(image, (1, 2))
+    offsets = np.array(module._offsets((1, 2)))
+    out = np.empty((3, 7, 6 + 4), dtype=np.float32)
+    dy, dx = offsets[:, 0], offsets[:, 1]
+    module._propagate_planes(logits[0].numpy(), out, weights[0].numpy(), dy, dx, 2, np.array([0, 3]))
+    expected = module._propagate_torch(logits, weights, (1, 2), 2)[0].numpy()
+    np.testing.assert_allclose(out[..., 2:-2], expected, atol=1e-6)
+
+
+def test_other_dtypes_and_autograd_take_the_torch_path():
+    image, logits = torch.randn(1, 3, 8, 8), torch.randn(1, 2, 8, 8)
+    assert not compiled_applies(logits.half(), logits.half())
+    trainable = logits.clone().requires_grad_()
+    assert not compiled_applies(trainable, logits)
+    refined = pamr(image, trainable, steps=2, dilations=(1, 2))
+    refined.sum().backward()
+    assert trainable.grad is not None and trainable.grad.shape == logits.shape
+    half = pamr(image.half(), logits.half(), steps=2, dilations=(1, 2))
+    assert half.dtype == torch.float16
+    assert (half.double() - gather_all_pamr(image, logits, 2, (1, 2))).abs().max() < 1e-2
+
+
+def test_pamr_keeps_constant_masks_and_zero_steps_is_identity(path):
     image = torch.randn(1, 3, 8, 8)
     constant = torch.full((1, 2, 8, 8), 0.25)
     torch.testing.assert_close(pamr(image, constant, steps=3, dilations=(1, 2)), constant)
@@ -84,3 +176,14 @@ def test_pamr_keeps_constant_masks_and_zero_steps_is_identity():
 def test_pamr_rejects_mismatched_sizes():
     with pytest.raises(ValueError, match="one size"):
         pamr(torch.randn(1, 3, 8, 8), torch.randn(1, 2, 8, 9))
+
+
+def test_without_numba_the_torch_path_serves():
+    code = (
+        "import sys; sys.modules['numba'] = None\n"
+        "import torch; from naclip.pamr import _compiled, pamr\n"
+        "assert _compiled is None\n"
+        "out = pamr(torch.randn(1, 3, 9, 9), torch.randn(1, 4, 9, 9), steps=2, dilations=(1, 2))\n"
+        "assert out.shape == (1, 4, 9, 9)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
