@@ -114,6 +114,8 @@ class Settings:
         (8, 16), "method", "PAMR dilations", lambda v: len(v) > 0 and min(v) >= 1, "positive integers"
     )
     renormalise: bool = option(True, "method", "rescale the returned class probabilities to sum to 1 per pixel")
+    # method: ResCLIP's head (naclip/methods/resclip.py)
+    # method: SC-CLIP's head (naclip/methods/scclip.py)
     # runtime
     window_batch: int = option(16, "runtime", "windows encoded together (bounds memory)", _positive, "> 0")
     cache_dir: str | None = option(None, "runtime", "where text embeddings are cached (default ~/.cache/naclip)")
