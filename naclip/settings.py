@@ -192,6 +192,7 @@ def _optional(kind: Any) -> tuple[Any, bool]:
 
 
 _EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
+_PLURAL = {bool: "true/false values", int: "integers", float: "numbers", str: "names"}
 
 
 def coerce(name: str, value: Any) -> Any:
@@ -205,10 +206,10 @@ def coerce(name: str, value: Any) -> Any:
     try:
         if is_tuple:
             items = value.replace(" ", ",").split(",") if isinstance(value, str) else list(value)
-            return tuple(_scalar(int, v) for v in items if str(v).strip() != "")
+            return tuple(_scalar(typing.get_args(kind)[0], v) for v in items if str(v).strip() != "")
         return _scalar(kind, value)
     except (TypeError, ValueError):
-        expected = "integers like 8,16" if is_tuple else _EXPECTED[kind]
+        expected = f"{_PLURAL[typing.get_args(kind)[0]]} like 8,16" if is_tuple else _EXPECTED[kind]
         raise ValueError(f"{name}={value!r}; expected {expected}") from None
 
 
