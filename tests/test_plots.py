@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from naclip import plots
+from naclip.workbook import plots
 
 
 @pytest.fixture(autouse=True)

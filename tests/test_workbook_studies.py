@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from naclip import studies
 from naclip.attention import get_attention
 from naclip.datasets import open_benchmark
-from naclip.published import BENCHMARKS, published
+from naclip.workbook import studies
+from naclip.workbook.published import BENCHMARKS, published
 
 
 def test_published_table_is_tidy_and_its_averages_match():

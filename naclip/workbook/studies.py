@@ -192,7 +192,7 @@ def compare_published(frame: pd.DataFrame, extra: Sequence[str] = ()) -> pd.Data
     average only when all eight benchmarks were run. Sample benchmarks are matched with their full
     benchmark's published number.
     """
-    from naclip.published import BENCHMARKS, published
+    from naclip.workbook.published import BENCHMARKS, published
 
     keys = ["method", "pamr", "post-processing", *extra]
     rows = frame[["benchmark", *keys, "mIoU"]].copy()
