@@ -47,24 +47,28 @@ def affinity(image: Tensor, dilations: Sequence[int]) -> Tensor:
 
     score = -|I_p - I_n| / (1e-8 + 0.1 std_p) per channel, std_p the unbiased standard deviation
     of the 3x3 neighbourhoods at all dilations pooled (centre included); averaged over channels,
-    soft-maxed over the neighbours.
+    soft-maxed over the neighbours. Built in place: a few image-sized buffers besides the result.
     """
     height, width = image.shape[-2:]
-    padded = [F.pad(image, [d] * 4, mode="replicate") for d in dilations]
-    pooled = [
-        _shifted(p, d, dy * d, dx * d, height, width)
-        for p, d in zip(padded, dilations)
-        for dy, dx in ((0, 0), *DIRECTIONS)
-    ]
-    mean = sum(pooled) / len(pooled)
-    std = (sum((view - mean) ** 2 for view in pooled) / (len(pooled) - 1)).sqrt()
-    denominator = 1e-8 + 0.1 * std
-    scores = [
-        (-(image - _shifted(p, d, dy * d, dx * d, height, width)).abs() / denominator).mean(1)
-        for p, d in zip(padded, dilations)
-        for dy, dx in DIRECTIONS
-    ]
-    return torch.stack(scores, dim=1).softmax(dim=1)
+    pad = max(dilations)
+    padded = F.pad(image, [pad] * 4, mode="replicate")  # replicate padding is clamping, whatever its width
+    centred = ((0, 0), *DIRECTIONS)
+    pooled = [_shifted(padded, pad, dy * d, dx * d, height, width) for d in dilations for dy, dx in centred]
+    mean = torch.zeros_like(image)
+    for view in pooled:
+        mean.add_(view)
+    mean.div_(len(pooled))
+    variance = torch.zeros_like(image)
+    for view in pooled:
+        variance.add_((view - mean).square_())
+    denominator = variance.div_(len(pooled) - 1).sqrt_().mul_(0.1).add_(1e-8)
+    offsets = _offsets(dilations)
+    scores = image.new_empty((image.shape[0], len(offsets), height, width))
+    for k, (dy, dx) in enumerate(offsets):
+        difference = (image - _shifted(padded, pad, dy, dx, height, width)).abs_().div_(denominator).neg_()
+        scores[:, k] = difference.mean(1)
+    scores.sub_(scores.amax(1, keepdim=True)).exp_()  # the softmax, in place
+    return scores.div_(scores.sum(1, keepdim=True))
 
 
 def _propagate_planes(
