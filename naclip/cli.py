@@ -25,11 +25,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; an error is one line on stderr (exit 2), Ctrl-C one line saying what was kept (130)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
+    except KeyboardInterrupt as interrupt:
+        print(f"naclip {args.command}: {str(interrupt) or 'interrupted'}", file=sys.stderr)
+        return INTERRUPTED
+    except (OSError, ValueError, RuntimeError) as error:
         print(f"naclip {args.command}: error: {error}", file=sys.stderr)
         return 2
 

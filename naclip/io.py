@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +25,7 @@ import pandas as pd
 import naclip
 
 TMP_SUFFIX = ".tmp"
+LOCK_NAME = ".naclip.lock"
 
 
 def _umask() -> int:
@@ -87,6 +90,72 @@ def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
     for path in leftovers:
         path.unlink(missing_ok=True)
     return leftovers
+
+
+def writable_folder(path: str | os.PathLike, what: str = "folder") -> Path:
+    """`path` as an existing writable folder (created if needed); ValueError naming it otherwise.
+
+    Run before anything slow, so that a bad output path fails in a second, not after the model loads.
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a file; expected a folder (or a path where one can be made)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(
+            f"{what} {str(path)!r} cannot be created ({error.strerror}); expected a writable folder"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {str(path)!r} is not writable; expected a folder you may write to")
+    return path
+
+
+class FolderBusy(RuntimeError):
+    """Another process holds the folder's lock."""
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "folder") -> Iterator[Path]:
+    """Hold `folder`'s lock file for the duration of the block, so that two runs never write one folder.
+
+    The lock is an `flock` on `folder/.naclip.lock`, which also holds the owner's pid and host; the
+    kernel drops it when its process dies (even by kill -9), so a stale file is simply taken over.
+    FolderBusy names the other run's pid. POSIX only (Linux, macOS).
+    """
+    import fcntl
+
+    path = Path(folder) / LOCK_NAME
+    while True:
+        try:
+            handle = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        except OSError as error:
+            raise ValueError(
+                f"{what} {str(folder)!r} is not writable ({error.strerror}); expected a folder you may write to"
+            ) from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(handle, 200, 0).decode(errors="replace").split() or ["unknown"]
+            os.close(handle)
+            raise FolderBusy(
+                f"{what} {str(folder)!r} is in use by another run (pid {' on '.join(owner[:2])}); "
+                "wait for it to end, or choose another folder"
+            ) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(handle).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # not a file that its previous owner unlinked between our open and our lock
+            break
+        os.close(handle)
+    try:
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # while still locked: nobody can lock this inode after us
+        os.close(handle)
 
 
 def _git(*args: str) -> str | None:

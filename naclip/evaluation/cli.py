@@ -10,8 +10,10 @@ from typing import Any
 
 import yaml
 
-from naclip.datasets import DATA_ENV, PRESETS, folder_dataset
-from naclip.evaluation.runner import PER_CLASS_CSV, PROVENANCE_JSON, SUMMARY_CSV, evaluate
+from naclip.datasets import DATA_ENV, PRESETS
+from naclip.datasets.folder import add_folder_arguments, folder_from_args
+from naclip.evaluation.outputs import PER_CLASS_CSV, PROVENANCE_JSON, SUMMARY_CSV
+from naclip.evaluation.runner import evaluate
 from naclip.options import add_settings_arguments, settings_overrides
 
 
@@ -43,16 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    folder = parser.add_argument_group("folder benchmark (--benchmark folder)")
-    folder.add_argument("--images", type=Path, help="images folder")
-    folder.add_argument("--masks", type=Path, help="masks folder (same relative names, .png)")
-    folder.add_argument("--classes", type=Path, help="class file: one class a line, synonyms separated by commas")
-    folder.add_argument("--image-suffix", help="image file suffix (default: the most common one)")
-    folder.add_argument("--mask-suffix", default=".png", help="mask file suffix (default: .png)")
-    folder.add_argument("--split", type=Path, help="file listing the image names to use (default: all)")
-    folder.add_argument("--ignore-index", type=int, default=255, help="mask value of unlabelled pixels")
-    folder.add_argument("--reduce-zero-label", action="store_true", help="0 is unlabelled, k is class k-1")
-    folder.add_argument("--background", action="store_true", help="class 0 is the background")
+    add_folder_arguments(parser)
     add_settings_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -67,32 +60,19 @@ def parse_variant(text: str) -> dict[str, Any]:
         key, sep, value = part.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--variant {text!r}: expected KEY=VALUE[,KEY=VALUE], e.g. sigma=3,attention=kk")
-        variant[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        try:
+            variant[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            problem = getattr(error, "problem", None) or type(error).__name__
+            raise ValueError(
+                f"--variant {text!r}: the value of {key.strip()!r} ({value!r}) is not a YAML scalar ({problem}); "
+                "expected e.g. 3, kk or 8,16"
+            ) from None
     return variant
 
 
 def _benchmarks(args: argparse.Namespace) -> list:
-    specs = []
-    for name in args.benchmark:
-        if name != "folder":
-            specs.append(name)
-            continue
-        if not (args.images and args.masks and args.classes):
-            raise ValueError("--benchmark folder needs --images DIR --masks DIR --classes FILE")
-        specs.append(
-            folder_dataset(
-                args.images,
-                args.masks,
-                args.classes,
-                image_suffix=args.image_suffix,
-                mask_suffix=args.mask_suffix,
-                split=args.split,
-                ignore_index=args.ignore_index,
-                reduce_zero_label=args.reduce_zero_label,
-                background=args.background,
-            )
-        )
-    return specs
+    return [folder_from_args(args) if name == "folder" else name for name in args.benchmark]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,7 +1,18 @@
-"""Background decoding: images are read, checked against their masks and `prepare`d in DataLoader workers."""
+"""Background decoding: images are read, checked against their masks and `prepare`d in DataLoader workers.
+
+Workers end with the main process, even when it is killed (kill -9): a worker blocked on a full
+queue would otherwise wait forever, holding its memory.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -9,8 +20,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from naclip.datasets.base import BadSample, SegDataset, check_sample
-from naclip.preprocess import load_image, prepare
+from naclip.datasets.base import BadSample, SegDataset, check_sample, image_size
+from naclip.preprocess import MIN_SIDE, load_image, prepare, resized_size
+
+PR_SET_DEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -24,10 +37,64 @@ class Loaded:
     error: str | None = None
 
 
+def check_size(path: str | os.PathLike, size: tuple[int, int], short_side: int, long_side: int, min_side: int) -> None:
+    """BadSample unless an (H, W) image resizes per the protocol to at least `min_side` on each side.
+
+    `min_side` is the model's patch size (1 when windows are padded): a thinner image has no patch
+    to encode. The message names the file, both sizes, and the smallest usable short side.
+    """
+    height, width = size
+    if min(height, width) < MIN_SIDE:
+        raise BadSample(f"{path}: image is {width}x{height} pixels; expected at least {MIN_SIDE}x{MIN_SIDE}")
+    resized = resized_size(height, width, short_side, long_side)
+    if min(resized) >= min_side:
+        return
+    short, long = min(height, width), max(height, width)
+    need = next(s for s in range(short, long + 1) if min(resized_size(s, long, short_side, long_side)) >= min_side)
+    raise BadSample(
+        f"{path}: image is {width}x{height} pixels, resized to {resized[1]}x{resized[0]} (short side {short_side}, "
+        f"long side at most {long_side}), thinner than one {min_side}-pixel patch of the model; expected a short "
+        f"side of at least {need} pixels for a long side of {long} (or a larger --long-side)"
+    )
+
+
+def _die_with_parent(worker: int, parent: int) -> None:
+    """DataLoader `worker_init_fn`: end this worker as soon as the main process (`parent`) dies.
+
+    A forked worker on Linux asks the kernel for SIGKILL on its parent's death (prctl
+    PR_SET_DEATHSIG). Otherwise (other systems, or workers started by a forkserver, whose parent is
+    the server) a daemon thread polls the main process. A main process already gone ends the worker now.
+    """
+    if os.getppid() == parent and sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DEATHSIG, signal.SIGKILL)
+    if not _alive(parent):
+        os._exit(1)
+    if os.getppid() != parent or not sys.platform.startswith("linux"):
+        threading.Thread(target=_watch, args=(parent,), daemon=True, name="naclip-parent-watch").start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _watch(parent: int) -> None:
+    while _alive(parent):
+        time.sleep(0.2)
+    os._exit(1)
+
+
 class _Prepared(Dataset):
-    def __init__(self, dataset: SegDataset, indices: Sequence[int], short_side: int, long_side: int) -> None:
+    def __init__(
+        self, dataset: SegDataset, indices: Sequence[int], short_side: int, long_side: int, min_side: int
+    ) -> None:
         self.dataset, self.indices = dataset, list(indices)
-        self.short_side, self.long_side = short_side, long_side
+        self.short_side, self.long_side, self.min_side = short_side, long_side, min_side
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -36,8 +103,7 @@ class _Prepared(Dataset):
         index = self.indices[position]
         item = self.dataset.items[index]
         try:
-            if not item.image.is_file():
-                raise BadSample(f"{item.image}: image not found (listed in the split; expected this file)")
+            check_size(item.image, image_size(item.image), self.short_side, self.long_side, self.min_side)
             try:
                 image = load_image(item.image)
             except ValueError as error:
@@ -53,14 +119,18 @@ def _single(sample: Loaded) -> Loaded:
 
 
 def load_prepared(
-    dataset: SegDataset, indices: Sequence[int], short_side: int, long_side: int, workers: int
+    dataset: SegDataset, indices: Sequence[int], short_side: int, long_side: int, workers: int, min_side: int = 1
 ) -> Iterator[Loaded]:
-    """Yield the images of `indices` in order, decoded and resized by `workers` background processes."""
+    """Yield the images of `indices` in order, decoded, checked and resized by `workers` background processes.
+
+    `min_side`: the smallest usable side after resizing (see `check_size`).
+    """
     loader = DataLoader(
-        _Prepared(dataset, indices, short_side, long_side),
+        _Prepared(dataset, indices, short_side, long_side, min_side),
         batch_size=None,
         num_workers=workers,
         collate_fn=_single,
         prefetch_factor=4 if workers else None,
+        worker_init_fn=functools.partial(_die_with_parent, parent=os.getpid()) if workers else None,
     )
     return iter(loader)

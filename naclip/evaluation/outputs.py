@@ -1,15 +1,41 @@
-"""What a run leaves on disk besides its tables: prediction PNGs."""
+"""What a run leaves on disk: prediction PNGs, the summary and per-class tables, provenance."""
 
 from __future__ import annotations
 
 import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
-from naclip.io import atomic_write
+from naclip.datasets import SegDataset
+from naclip.io import atomic_write, environment, write_csv, write_json
+from naclip.metric import scores
 from naclip.viz import label_image
+
+SUMMARY_CSV, PER_CLASS_CSV, PROVENANCE_JSON = "summary.csv", "per_class.csv", "provenance.json"
+
+
+@dataclass
+class Run:
+    """The outcome of one dataset: a confusion matrix per variant, counts, time, skipped images."""
+
+    dataset: SegDataset
+    variants: list[str]
+    configs: list[dict[str, Any]]
+    matrices: list[np.ndarray]
+    scored: int  # images in the matrices, resumed ones included
+    resumed: int
+    seconds: float
+    skipped: dict[int, str] = field(default_factory=dict)
+    key: str = ""  # of the records (`records.run_key`)
+    records: Path | None = None  # their folder, removed once the results are written
+    unpaired_masks: list[str] = field(default_factory=list)
 
 
 def save_prediction(labels: np.ndarray, path: Path, num_classes: int) -> None:
@@ -21,3 +47,92 @@ def save_prediction(labels: np.ndarray, path: Path, num_classes: int) -> None:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     atomic_write(path, buffer.getvalue())
+
+
+def prediction_path(root: Path, dataset: str, variant: str, nest: tuple[bool, bool], name: str) -> Path:
+    """<root>[/<dataset>][/<variant>]/<image name>.png; the sub-folders only when several are run."""
+    by_dataset, by_variant = nest
+    folder = root / dataset if by_dataset else root
+    folder = folder / variant.replace(os.sep, "_") if by_variant else folder
+    return folder / f"{name}.png"
+
+
+def text(value: Any) -> Any:
+    """Config values as CSV-friendly scalars (tuples as '8,16')."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def tables(run: Run, world: int) -> tuple[list[dict], list[dict]]:
+    """Tidy rows: one summary row per variant, one per-class row per (variant, class).
+
+    images_per_s counts the images scored in this attempt; NaN when all were resumed (see n_resumed).
+    """
+    summary, per_class = [], []
+    new = run.scored - run.resumed
+    for variant, config, matrix in zip(run.variants, run.configs, run.matrices):
+        result = scores(matrix)
+        summary.append(
+            {
+                "benchmark": run.dataset.name,
+                "variant": variant,
+                "mIoU": 100 * result.miou,
+                "aAcc": 100 * result.aacc,
+                "mAcc": 100 * result.macc,
+                "n_images": run.scored,
+                "n_skipped": len(run.skipped),
+                "n_resumed": run.resumed,
+                "seconds": run.seconds,
+                "images_per_s": new / run.seconds if new and run.seconds > 0 else float("nan"),
+                "num_classes": run.dataset.num_classes,
+                **{key: text(value) for key, value in config.items()},
+                "world_size": world,
+            }
+        )
+        for index, name in enumerate(run.dataset.class_names):
+            per_class.append(
+                {
+                    "benchmark": run.dataset.name,
+                    "variant": variant,
+                    "class_index": index,
+                    "class_name": name,
+                    "IoU": 100 * result.iou[index],
+                    "Acc": 100 * result.acc[index],
+                    "gt_pixels": int(matrix[index].sum()),
+                    "pred_pixels": int(matrix[:, index].sum()),
+                }
+            )
+    return summary, per_class
+
+
+def provenance(runs: Sequence[Run], **facts: Any) -> dict[str, Any]:
+    """The environment, `facts` about the whole run (device, method, ...) and, per dataset, what was scored."""
+    return {
+        **environment(),
+        **facts,
+        "random_weights": any(config["random_weights"] for run in runs for config in run.configs),
+        "runs": [
+            {
+                "benchmark": run.dataset.name,
+                "root": str(run.dataset.root),
+                "n_images": run.scored,
+                "n_resumed": run.resumed,
+                "skipped": [
+                    {"image": str(run.dataset.items[i].image), "reason": reason}
+                    for i, reason in sorted(run.skipped.items())
+                ],
+                "unpaired_masks": run.unpaired_masks,
+                "key": run.key,
+                "variants": [{"name": v, "config": c} for v, c in zip(run.variants, run.configs)],
+            }
+            for run in runs
+        ],
+    }
+
+
+def write_results(out: Path, summary: pd.DataFrame, per_class: pd.DataFrame, facts: dict[str, Any]) -> None:
+    """summary.csv, per_class.csv and provenance.json in `out`, each written atomically."""
+    write_csv(summary, out / SUMMARY_CSV)
+    write_csv(per_class, out / PER_CLASS_CSV)
+    write_json(facts, out / PROVENANCE_JSON)

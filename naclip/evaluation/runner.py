@@ -1,15 +1,21 @@
-"""The evaluation runner behind `naclip eval` and `naclip.evaluation.evaluate`."""
+"""The evaluation runner behind `naclip eval` and `naclip.evaluation.evaluate`.
+
+`evaluate` checks the output folders and locks them, then for each dataset `run_dataset` builds the
+segmenter, works out what a resumed run already holds (`records.ResumeState`), lets `score` do the
+rest, and `outputs` writes the tables and provenance. No input gives a number with success: a run in
+which nothing could be scored is an error, and so is one without a single labelled pixel.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+import dataclasses
 import os
 import shutil
+import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +23,26 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-import naclip
 from naclip.datasets import BadSample, SegDataset, open_benchmark
+from naclip.datasets.folder import unpaired_masks
 from naclip.evaluation import outputs
 from naclip.evaluation.distributed import Group, join
 from naclip.evaluation.loader import load_prepared
-from naclip.evaluation.records import RecordStore
-from naclip.io import environment, write_csv, write_json
+from naclip.evaluation.outputs import Run
+from naclip.evaluation.records import ResumeState, dataset_identity, weights_identity
+from naclip.io import folder_lock, library_versions, remove_leftovers, writable_folder
 from naclip.methods import get_method
-from naclip.metric import ConfusionMatrix, scores
+from naclip.metric import ConfusionMatrix
 from naclip.segmenter import Segmenter
 from naclip.settings import check_variant
 
-SUMMARY_CSV, PER_CLASS_CSV, PROVENANCE_JSON = "summary.csv", "per_class.csv", "provenance.json"
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says what was kept and how to resume."""
+
+
+class NothingScored(ValueError):
+    """A dataset gave no number: every image was skipped, or no pixel was labelled."""
 
 
 @dataclass
@@ -40,18 +53,17 @@ class Variant:
     overrides: dict[str, Any]
 
 
-@dataclass
-class Run:
-    """The outcome of one dataset: a confusion matrix per variant, counts, time, skipped images."""
+@dataclass(frozen=True)
+class Options:
+    """How `run_dataset` runs: where records and predictions go, and what it does with bad images."""
 
-    dataset: SegDataset
-    configs: list[dict[str, Any]]
-    matrices: list[np.ndarray]
-    scored: int
-    resumed: int
-    seconds: float
-    skipped: dict[int, str] = field(default_factory=dict)
-    fingerprint: str = ""
+    partial_root: Path | None = None  # records for resuming; None: nothing kept
+    resume: bool = True
+    save_predictions: Path | None = None
+    nest: tuple[bool, bool] = (False, False)  # prediction sub-folders per (benchmark, variant)
+    skip_bad: bool = False
+    workers: int = 0
+    progress: bool = True
 
 
 def make_variants(variants: Sequence[Mapping[str, Any]] | None) -> list[Variant]:
@@ -60,7 +72,7 @@ def make_variants(variants: Sequence[Mapping[str, Any]] | None) -> list[Variant]
     for variant in variants or [{}]:
         overrides = {key: value for key, value in variant.items() if key != "name"}
         check_variant(overrides)
-        name = variant.get("name") or ",".join(f"{k}={_text(v)}" for k, v in overrides.items()) or "default"
+        name = variant.get("name") or ",".join(f"{k}={outputs.text(v)}" for k, v in overrides.items()) or "default"
         result.append(Variant(str(name), overrides))
     names = [variant.name for variant in result]
     if len(set(names)) != len(names):
@@ -68,30 +80,26 @@ def make_variants(variants: Sequence[Mapping[str, Any]] | None) -> list[Variant]
     return result
 
 
-def _text(value: Any) -> Any:
-    """Config values as CSV-friendly scalars (tuples as '8,16')."""
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return value
-
-
-def _fingerprint(dataset: SegDataset, configs: list[dict[str, Any]]) -> str:
-    """What must match for saved per-image results to be reused: images, labels and method settings."""
-    content = {
-        "version": naclip.__version__,
-        "dataset": dataset.name,
-        "items": [(item.name, str(item.image), str(item.mask)) for item in dataset.items],
-        "labels": [dataset.num_classes, dataset.reduce_zero_label, dataset.ignore_index],
-        "configs": [{k: v for k, v in config.items() if k != "device"} for config in configs],
+def run_content(dataset: SegDataset, segmenter: Segmenter, variants: list[Variant]) -> dict[str, Any]:
+    """Everything that shapes a per-image record, hashed into the key under which records are reused:
+    library versions, the dataset (items, files, label conventions), the class lines, the weights, the
+    method, the device type and precision, and every setting of each variant (seed included)."""
+    settings = [segmenter.variant(variant.overrides) for variant in variants]
+    return {
+        "versions": library_versions(),
+        "dataset": dataset_identity(dataset),
+        "class_lines": list(segmenter.classes.lines),
+        "weights": weights_identity(segmenter.settings.pretrained),
+        "method": segmenter.method,
+        "device": [segmenter.device.type, str(segmenter.dtype)],
+        "variants": [
+            {
+                "name": variant.name,
+                **{k: v for k, v in s.to_dict(("backbone", "protocol", "method")).items() if k != "device"},
+            }
+            for variant, s in zip(variants, settings)
+        ],
     }
-    return hashlib.sha256(json.dumps(content, default=str).encode()).hexdigest()[:16]
-
-
-def _prediction_path(root: Path, dataset: SegDataset, variant: Variant, nest: tuple[bool, bool], name: str) -> Path:
-    by_dataset, by_variant = nest
-    folder = root / dataset.name if by_dataset else root
-    folder = folder / variant.name.replace(os.sep, "_") if by_variant else folder
-    return folder / f"{name}.png"
 
 
 def run_dataset(
@@ -100,115 +108,153 @@ def run_dataset(
     method: str,
     overrides: Mapping[str, Any],
     group: Group,
-    *,
-    partial_root: Path | None = None,
-    resume: bool = True,
-    save_predictions: Path | None = None,
-    nest: tuple[bool, bool] = (False, False),
-    skip_bad: bool = False,
-    workers: int = 0,
-    progress: bool = True,
+    options: Options,
 ) -> Run:
     """Score every image of `dataset` under each variant; this rank takes its share, ranks sum up."""
-    chosen = get_method(method)
-    settings = chosen.settings(dataset.protocol, **overrides)
+    settings = get_method(method).settings(dataset.protocol, **overrides)
     segmenter = Segmenter(settings.replace(device=str(group.device(settings.device))), method=method)
     segmenter.set_classes(dataset.class_file)
+    patch = max(segmenter.encoder.patch_size)
+    if 0 < settings.slide_crop < patch and not settings.pad_windows:
+        raise ValueError(
+            f"slide_crop={settings.slide_crop} is smaller than the {patch}-pixel patch of {settings.model}; "
+            f"expected 0 (whole image) or at least {patch}"
+        )
     base = {**segmenter.config, "random_weights": segmenter.random_weights}
     configs = [{**base, **segmenter.variant(variant.overrides).to_dict(("method",))} for variant in variants]
-    fingerprint = _fingerprint(dataset, configs)
-    store = None
-    if partial_root is not None:
-        store = RecordStore(partial_root / f"{dataset.name}-{fingerprint}", group.rank)
-        if not resume and group.main and store.directory.exists():
-            shutil.rmtree(store.directory)
-        group.barrier()
-    done, bad = store.load(dataset.num_classes, len(variants)) if store else ({}, {})
-    if not skip_bad:
-        bad = {}
-    group.barrier()
+    state = ResumeState(options.partial_root, dataset.name, run_content(dataset, segmenter, variants), group.rank)
 
+    def files(index: int) -> list[Path]:
+        if options.save_predictions is None:
+            return []
+        name = dataset.items[index].name
+        return [
+            outputs.prediction_path(options.save_predictions, dataset.name, v.name, options.nest, name)
+            for v in variants
+        ]
+
+    for note in state.begin(group, options.resume, dataset.num_classes, len(variants), files):
+        print(f"note: {note}", file=sys.stderr)
+    skipped = state.bad if options.skip_bad else {}
     matrices = [ConfusionMatrix(dataset.num_classes, dataset.ignore_index) for _ in variants]
-    if group.main:
-        for parts in done.values():
-            for matrix, part in zip(matrices, parts):
-                matrix.add(part)
-    todo = group.shard([index for index in range(len(dataset)) if index not in done and index not in bad])
-    new_bad: dict[int, str] = {}
-    bar = tqdm(total=len(todo), desc=dataset.name, unit="img", disable=not (progress and group.main))
+    for parts in state.matrices.values():
+        for matrix, part in zip(matrices, parts):
+            matrix.add(part)
+    todo = group.shard([i for i in range(len(dataset)) if i not in state.done and i not in skipped])
     start = time.perf_counter()
     try:
-        for loaded in load_prepared(dataset, todo, settings.short_side, settings.long_side, workers):
+        shown = dataclasses.replace(options, progress=options.progress and group.main)
+        new_bad = score(segmenter, dataset, variants, todo, matrices, state, files, shown)
+    except KeyboardInterrupt:
+        raise Interrupted(_kept(dataset, state)) from None
+    finally:
+        state.close()
+    seconds = max(group.gather(time.perf_counter() - start))
+    stacked = group.sum(np.stack([matrix.matrix for matrix in matrices]))
+    new_scored = int(group.sum(np.array([len(todo) - len(new_bad)]))[0])
+    for part in group.gather(new_bad):
+        skipped.update(part)
+    run = Run(
+        dataset,
+        [variant.name for variant in variants],
+        configs,
+        list(stacked),
+        scored=new_scored + len(state.done),
+        resumed=len(state.done),
+        seconds=seconds,
+        skipped=skipped,
+        key=state.key,
+        records=state.directory,
+    )
+    check_scored(run)
+    return run
+
+
+def score(
+    segmenter: Segmenter,
+    dataset: SegDataset,
+    variants: list[Variant],
+    todo: list[int],
+    matrices: list[ConfusionMatrix],
+    state: ResumeState,
+    files: Callable[[int], list[Path]],
+    options: Options,
+) -> dict[int, str]:
+    """The scoring loop: predict each image of `todo`, write its PNGs, add it to `matrices`, record it.
+
+    The PNGs are written before the record, so a recorded image always has them. Returns the images
+    skipped as bad (with `skip_bad`; otherwise the first bad image raises BadSample).
+    """
+    settings = segmenter.settings
+    min_side = 1 if settings.pad_windows else max(segmenter.encoder.patch_size)
+    bad: dict[int, str] = {}
+    bar = tqdm(total=len(todo), desc=dataset.name, unit="img", disable=not options.progress)
+    try:
+        loaded_images = load_prepared(dataset, todo, settings.short_side, settings.long_side, options.workers, min_side)
+        for loaded in loaded_images:
             if loaded.error is not None:
-                if not skip_bad:
+                if not options.skip_bad:
                     raise BadSample(f"{loaded.error} (pass --skip-bad to skip such images)")
-                new_bad[loaded.index] = loaded.error
-                if store:
-                    store.add_bad(loaded.index, loaded.error)
+                bad[loaded.index] = loaded.error
+                state.record_bad(loaded.index, loaded.error)
                 continue
             predictions = segmenter.predict_variants(
                 loaded.tensor, loaded.size, [variant.overrides for variant in variants], probs=False
             )
+            paths = files(loaded.index)
+            for path, prediction in zip(paths, predictions):
+                outputs.save_prediction(prediction.labels, path, dataset.num_classes)
             parts = [matrix.update(p.labels, loaded.mask) for matrix, p in zip(matrices, predictions)]
-            if store:
-                store.add(loaded.index, parts)
-            if save_predictions is not None:
-                name = dataset.items[loaded.index].name
-                for variant, prediction in zip(variants, predictions):
-                    path = _prediction_path(save_predictions, dataset, variant, nest, name)
-                    outputs.save_prediction(prediction.labels, path, dataset.num_classes)
+            state.record(loaded.index, parts, paths)
             bar.update()
     finally:
         bar.close()
-        if store:
-            store.close()
-    seconds = time.perf_counter() - start
-
-    stacked = group.sum(np.stack([matrix.matrix for matrix in matrices]))
-    new_scored = int(group.sum(np.array([len(todo) - len(new_bad)]))[0])
-    seconds = max(group.gather(seconds))
-    for part in group.gather(new_bad):
-        bad.update(part)
-    return Run(dataset, configs, list(stacked), new_scored + len(done), len(done), seconds, bad, fingerprint)
+    return bad
 
 
-def tables(run: Run, variants: list[Variant], world: int) -> tuple[list[dict], list[dict]]:
-    """Tidy rows: one summary row per variant, one per-class row per (variant, class)."""
-    summary, per_class = [], []
-    new = run.scored - run.resumed
-    for variant, config, matrix in zip(variants, run.configs, run.matrices):
-        result = scores(matrix)
-        summary.append(
-            {
-                "benchmark": run.dataset.name,
-                "variant": variant.name,
-                "mIoU": 100 * result.miou,
-                "aAcc": 100 * result.aacc,
-                "mAcc": 100 * result.macc,
-                "n_images": run.scored,
-                "n_skipped": len(run.skipped),
-                "n_resumed": run.resumed,
-                "seconds": run.seconds,
-                "images_per_s": new / run.seconds if run.seconds > 0 else float("nan"),
-                "num_classes": run.dataset.num_classes,
-                **{key: _text(value) for key, value in config.items()},
-                "world_size": world,
-            }
+def _kept(dataset: SegDataset, state: ResumeState) -> str:
+    if state.directory is None:
+        return f"interrupted during {dataset.name}; nothing was kept (no output folder)"
+    return (
+        f"interrupted during {dataset.name}: {len(state.done) + state.written} of its {len(dataset)} images are "
+        f"scored and kept in {state.directory}; rerun the same command to resume"
+    )
+
+
+def check_scored(run: Run) -> None:
+    """NothingScored when a dataset has no image scored or no labelled pixel: its numbers would be NaN."""
+    name = run.dataset.name
+    if run.scored == 0:
+        first = next(iter(run.skipped.values()), "")
+        raise NothingScored(
+            f"{name}: none of its {len(run.dataset)} images could be scored ({len(run.skipped)} skipped as bad"
+            f"{'; first: ' + first if first else ''}); expected at least one readable image with its mask"
         )
-        for index, name in enumerate(run.dataset.class_names):
-            per_class.append(
-                {
-                    "benchmark": run.dataset.name,
-                    "variant": variant.name,
-                    "class_index": index,
-                    "class_name": name,
-                    "IoU": 100 * result.iou[index],
-                    "Acc": 100 * result.acc[index],
-                    "gt_pixels": int(matrix[index].sum()),
-                    "pred_pixels": int(matrix[:, index].sum()),
-                }
-            )
-    return summary, per_class
+    if not any(matrix.sum() for matrix in run.matrices):
+        raise NothingScored(
+            f"{name}: the masks of its {run.scored} scored images hold no labelled pixel (every value is the "
+            f"ignore index {run.dataset.ignore_index}); expected class indices 0..{run.dataset.num_classes - 1}"
+        )
+
+
+@contextlib.contextmanager
+def _locked(folders: list[tuple[Path, str]], group: Group) -> Iterator[None]:
+    """Rank 0 locks each output folder and clears leftovers of killed writes; every rank sees a refusal."""
+    with contextlib.ExitStack() as stack:
+        error = None
+        if group.main:
+            try:
+                for folder, what in folders:
+                    stack.enter_context(folder_lock(folder, what))
+                    remove_leftovers(folder)
+            except (RuntimeError, ValueError) as refused:
+                error = refused
+        errors = group.gather(str(error) if error else None)
+        if error is not None:
+            raise error
+        if errors[0] is not None:
+            raise RuntimeError(errors[0])
+        yield
 
 
 def evaluate(
@@ -236,13 +282,16 @@ def evaluate(
     one confusion matrix each.
 
     The returned frame holds mIoU, aAcc, mAcc (percent), n_images, n_skipped, n_resumed, seconds,
-    images_per_s and every configuration key; `frame.attrs["per_class"]` holds per-class IoU/Acc
-    (percent) and pixel counts, `frame.attrs["provenance"]` the provenance. With `out`, these are
-    written to out/summary.csv, out/per_class.csv, out/provenance.json, and per-image results are kept
-    under out/partial/ while running so that an interrupted run resumes (`resume=False` starts over).
+    images_per_s (NaN when every image was resumed) and every configuration key;
+    `frame.attrs["per_class"]` holds per-class IoU/Acc (percent) and pixel counts,
+    `frame.attrs["provenance"]` the provenance. With `out`, these are written to out/summary.csv,
+    out/per_class.csv, out/provenance.json, and per-image results are kept under out/partial/ while
+    running so that an interrupted run resumes (`resume=False` starts over); `out` and
+    `save_predictions` are locked against other runs while this one writes them.
     `save_predictions` writes each label map as <dir>[/<benchmark>][/<variant>]/<image name>.png (the
-    sub-folders only when several benchmarks or variants are run). Under `torchrun` the images are
-    sharded across ranks and the matrices all-reduced; rank 0 writes the outputs.
+    sub-folders only when several benchmarks or variants are run); a resumed run writes any that are
+    missing. Under `torchrun` the images are sharded across ranks and the matrices all-reduced; rank 0
+    writes the outputs. Raises NothingScored when a dataset gives no number, Interrupted on Ctrl-C.
     """
     specs = [benchmarks] if isinstance(benchmarks, (str, SegDataset)) else list(benchmarks)
     if not specs:
@@ -250,74 +299,62 @@ def evaluate(
     named = make_variants(variants)
     chosen = get_method(method)
     chosen.settings(**overrides)  # refuse bad settings before any data is read
+    out_dir = writable_folder(out, "output folder") if out is not None else None
+    predictions_dir = writable_folder(save_predictions, "predictions folder") if save_predictions is not None else None
+    folders = [(out_dir, "output folder")] if out_dir else []
+    if predictions_dir is not None and (out_dir is None or predictions_dir.resolve() != out_dir.resolve()):
+        folders.append((predictions_dir, "predictions folder"))
     group = join(overrides.get("device", "auto"))
     if workers is None:
         workers = min(4, max(0, (os.cpu_count() or 1) // group.world - 1))
-    out_dir = Path(out) if out is not None else None
-    predictions_dir = Path(save_predictions) if save_predictions is not None else None
-    nest = (len(specs) > 1, len(named) > 1)
+    options = Options(
+        partial_root=out_dir / "partial" if out_dir else None,
+        resume=resume,
+        save_predictions=predictions_dir,
+        nest=(len(specs) > 1, len(named) > 1),
+        skip_bad=skip_bad,
+        workers=workers,
+        progress=progress,
+    )
     summary, per_class, runs = [], [], []
     try:
-        for spec in specs:
-            dataset = spec if isinstance(spec, SegDataset) else open_benchmark(spec, data_root)
-            dataset = dataset.with_class_file(chosen.class_file(dataset.protocol))
-            run = run_dataset(
-                dataset.limited(limit),
-                named,
-                method,
-                overrides,
-                group,
-                partial_root=out_dir / "partial" if out_dir else None,
-                resume=resume,
-                save_predictions=predictions_dir,
-                nest=nest,
-                skip_bad=skip_bad,
-                workers=workers,
-                progress=progress,
+        with _locked(folders, group):
+            for spec in specs:
+                dataset = spec if isinstance(spec, SegDataset) else open_benchmark(spec, data_root)
+                dataset = dataset.with_class_file(chosen.class_file(dataset.protocol))
+                unpaired = [str(path) for path in unpaired_masks(dataset)]
+                if unpaired and group.main:
+                    print(
+                        f"{dataset.name}: {len(unpaired)} mask(s) have no image and are not scored, e.g. {unpaired[0]}"
+                    )
+                run = run_dataset(dataset.limited(limit), named, method, overrides, group, options)
+                run.unpaired_masks = unpaired
+                rows, class_rows = outputs.tables(run, group.world)
+                summary += rows
+                per_class += class_rows
+                runs.append(run)
+                if run.skipped and group.main:
+                    print(f"{dataset.name}: skipped {len(run.skipped)} bad image(s):")
+                    for reason in run.skipped.values():
+                        print(f"  {reason}")
+            frame, class_frame = pd.DataFrame(summary), pd.DataFrame(per_class)
+            facts = outputs.provenance(
+                runs,
+                device=str(group.device(overrides.get("device", "auto"))),
+                method=method,
+                authors_protocol=chosen.authors_protocol,
+                world_size=group.world,
             )
-            rows, class_rows = tables(run, named, group.world)
-            summary += rows
-            per_class += class_rows
-            runs.append(run)
-            if run.skipped and group.main:
-                print(f"{dataset.name}: skipped {len(run.skipped)} bad image(s):")
-                for reason in run.skipped.values():
-                    print(f"  {reason}")
-        frame, class_frame = pd.DataFrame(summary), pd.DataFrame(per_class)
-        provenance = {
-            **environment(),
-            "device": str(group.device(overrides.get("device", "auto"))),
-            "method": method,
-            "authors_protocol": chosen.authors_protocol,
-            "world_size": group.world,
-            "random_weights": any(config["random_weights"] for run in runs for config in run.configs),
-            "runs": [
-                {
-                    "benchmark": run.dataset.name,
-                    "root": str(run.dataset.root),
-                    "n_images": run.scored,
-                    "n_resumed": run.resumed,
-                    "skipped": [
-                        {"image": str(run.dataset.items[i].image), "reason": reason}
-                        for i, reason in sorted(run.skipped.items())
-                    ],
-                    "fingerprint": run.fingerprint,
-                    "variants": [{"name": v.name, "config": c} for v, c in zip(named, run.configs)],
-                }
-                for run in runs
-            ],
-        }
-        if out_dir is not None and group.main:
-            write_csv(frame, out_dir / SUMMARY_CSV)
-            write_csv(class_frame, out_dir / PER_CLASS_CSV)
-            write_json(provenance, out_dir / PROVENANCE_JSON)
-            for run in runs:
-                shutil.rmtree(out_dir / "partial" / f"{run.dataset.name}-{run.fingerprint}", ignore_errors=True)
-            with contextlib.suppress(OSError):
-                (out_dir / "partial").rmdir()
-        group.barrier()
+            if out_dir is not None and group.main:
+                outputs.write_results(out_dir, frame, class_frame, facts)
+                for run in runs:
+                    if run.records is not None:
+                        shutil.rmtree(run.records, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    (out_dir / "partial").rmdir()
+            group.barrier()
     finally:
         group.close()
     frame.attrs["per_class"] = class_frame
-    frame.attrs["provenance"] = provenance
+    frame.attrs["provenance"] = facts
     return frame
