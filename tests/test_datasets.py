@@ -175,3 +175,24 @@ def test_limited_keeps_the_first_items_and_conventions(tmp_path):
 def test_background_class_is_named_background():
     assert open_benchmark("voc21-sample").class_names[:2] == ["background", "aeroplane"]
     assert open_benchmark("voc20-sample").class_names[0] == "aeroplane"
+
+
+def test_data_check_reads_a_folder_dataset_and_reports_every_problem(tmp_path, capsys):
+    from naclip.cli import main
+
+    root = build_folder(tmp_path, count=3, size=SIZE)
+    flags = ["data", "check", "folder", "--images", str(root / "images"), "--masks", str(root / "masks")]
+    flags += ["--classes", str(root / "classes.txt")]
+    assert main(flags) == 0
+    assert "folder: 3 images under" in capsys.readouterr().out
+    write_mask(root / "masks/im1.png", np.full(SIZE, 9))
+    write_image(root / "images/im2.png", (1, 8))
+    write_mask(root / "masks/extra/orphan.png", np.zeros(SIZE))
+    assert main(flags) == 1
+    out = capsys.readouterr().out
+    assert "im1.png: label values [9] are outside the 3 classes" in out
+    assert "im2.png: image is 8x1 pixels; expected at least 2x2" in out
+    assert f"{root / 'masks/extra/orphan.png'}: mask without an image" in out
+    assert "2 with problems, 1 masks without an image" in out
+    assert main(["data", "check", "folder", "--images", str(root / "images")]) == 2
+    assert "needs --images DIR --masks DIR --classes FILE" in capsys.readouterr().err

@@ -8,10 +8,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from naclip.datasets import coco
-from naclip.datasets.base import BadSample, check_sample
+from naclip.datasets.base import BadSample, check_sample, image_size
 from naclip.datasets.benchmarks import DATA_ENV, PRESETS, open_benchmark
+from naclip.datasets.folder import add_folder_arguments, folder_from_args, unpaired_masks
 from naclip.methods import METHODS, get_method
 from naclip.methods.registry import CLASSES_DIR
+from naclip.preprocess import MIN_SIDE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,9 +26,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing.add_argument("--method", default="naclip", help=f"one of {', '.join(METHODS)} (default: naclip)")
     listing.set_defaults(func=run_list)
 
-    check = commands.add_parser("check", help="read every image header and mask of a benchmark, report problems")
-    check.add_argument("benchmark", help=f"one of {', '.join(PRESETS)}")
+    check = commands.add_parser(
+        "check",
+        help="read every image header and mask of a benchmark (or your folder), report problems",
+        description="Reads every image header and mask; reports missing or unreadable files, images under "
+        f"{MIN_SIDE} px, masks whose size differs from their image or whose values are no class, and masks "
+        "without an image. Exits 1 when anything is wrong.",
+    )
+    check.add_argument("benchmark", help=f"one of {', '.join(PRESETS)}, or folder (--images --masks --classes)")
     check.add_argument("--data-root", type=Path, help=f"folder holding the datasets (default: ${DATA_ENV})")
+    add_folder_arguments(check)
     check.set_defaults(func=run_check)
 
     for target, suffix, what in [
@@ -80,23 +89,36 @@ STALE_COCO_OBJECT = (
 
 
 def run_check(args: argparse.Namespace) -> int:
-    dataset = open_benchmark(args.benchmark, args.data_root)
+    """Check every sample of a benchmark or folder dataset; print each problem; 1 when there is any."""
+    dataset = folder_from_args(args) if args.benchmark == "folder" else open_benchmark(args.benchmark, args.data_root)
     problems = []
     unlabelled = 0  # COCO-Object masks still holding raw 255
     for index in tqdm(range(len(dataset)), desc=f"check {dataset.name}", unit="image"):
+        image = dataset.items[index].image
         try:
-            mask = check_sample(dataset, index)
+            size = image_size(image)
+            if min(size) < MIN_SIDE:
+                raise BadSample(
+                    f"{image}: image is {size[1]}x{size[0]} pixels; expected at least {MIN_SIDE}x{MIN_SIDE}"
+                )
+            mask = check_sample(dataset, index, size)
         except BadSample as error:
             problems.append(str(error))
             continue
         if dataset.name == "coco_object" and (mask == coco.UNLABELLED).any():
             unlabelled += 1
+    unpaired = unpaired_masks(dataset)
     for problem in problems:
         print(problem)
-    print(f"{dataset.name}: {len(dataset)} images under {dataset.root}, {len(problems)} with problems")
+    for mask in unpaired:
+        print(f"{mask}: mask without an image; it is never scored")
+    print(
+        f"{dataset.name}: {len(dataset)} images under {dataset.root}, {len(problems)} with problems, "
+        f"{len(unpaired)} masks without an image"
+    )
     if unlabelled:
         print(STALE_COCO_OBJECT.format(count=unlabelled, total=len(dataset), root=dataset.root))
-    return 1 if problems else 0
+    return 1 if problems or unpaired else 0
 
 
 def run_coco(args: argparse.Namespace) -> int:
