@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm.auto import tqdm
 
+from naclip.evaluation.loader import check_size
+from naclip.io import atomic_write_with, writable_folder
 from naclip.options import add_settings_arguments, settings_overrides
 from naclip.preprocess import load_image
 from naclip.segmenter import Segmenter
@@ -20,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="segment your images with your own class names",
         description="Segment images with free-text classes. Writes <stem>_labels.png (palette PNG of class "
         "indices), <stem>_overlay.png (image, colours and a legend) and, with --save-probs, <stem>_probs.npy "
-        "(float32, classes x H x W).",
+        "(float32, classes x H x W). Images from several folders keep their paths relative to the folders' "
+        "common parent under --out, so outputs never overwrite each other.",
     )
     parser.add_argument("images", nargs="+", type=Path, help="image files")
     classes = parser.add_mutually_exclusive_group(required=True)
@@ -41,25 +47,63 @@ def parse_class_argument(text: str) -> list[str]:
     return lines
 
 
+def output_stems(images: Sequence[Path], out: Path) -> dict[Path, Path]:
+    """{image: OUT/<stem>} for each distinct image file; outputs are `<stem>_labels.png` and so on.
+
+    Images from one folder go straight into OUT; images from several folders keep their paths
+    relative to the folders' common parent (a/x.jpg -> OUT/a/x, b/x.jpg -> OUT/b/x), so no output
+    overwrites another. Two files that would still share outputs (x.jpg and x.png) are refused.
+    """
+    files = {path.resolve(): path for path in images}  # the same file named twice is segmented once
+    parents = {path.parent for path in files}
+    base = Path(os.path.commonpath(parents)) if len(parents) > 1 else next(iter(parents))
+    stems: dict[Path, Path] = {}
+    owner: dict[Path, Path] = {}
+    for resolved, path in files.items():
+        stem = out / resolved.parent.relative_to(base) / resolved.stem
+        if stem in owner:
+            raise ValueError(
+                f"{owner[stem]} and {path} would both be written as {stem}_*.png; expected images whose names "
+                "differ by more than their suffix (rename one, or segment them into separate --out folders)"
+            )
+        owner[stem], stems[path] = path, stem
+    return stems
+
+
 def run(args: argparse.Namespace) -> int:
     for path in args.images:
         if not path.is_file():
             raise FileNotFoundError(f"image {str(path)!r} does not exist")
+    out = writable_folder(args.out, "--out")
+    stems = output_stems(args.images, out)
+    classes = args.class_file if args.class_file else parse_class_argument(args.classes)
     segmenter = Segmenter(method=args.method, **settings_overrides(args))
-    segmenter.set_classes(args.class_file if args.class_file else parse_class_argument(args.classes))
-    names = segmenter.class_names
-    args.out.mkdir(parents=True, exist_ok=True)
-    for path in tqdm(args.images, desc="segment", unit="image", disable=len(args.images) < 2):
-        image = load_image(path)
-        result = segmenter.predict(image)
-        stem = args.out / path.stem
-        label_image(result.labels, len(names)).save(f"{stem}_labels.png")
-        overlay(image, result.labels, names, alpha=args.alpha).save(f"{stem}_overlay.png")
-        if args.save_probs:
-            np.save(f"{stem}_probs.npy", result.probs)
-        shares = np.bincount(result.labels.ravel(), minlength=len(names)) / result.labels.size
-        found = ", ".join(f"{names[i]} {shares[i]:.0%}" for i in np.argsort(-shares) if shares[i] >= 0.01)
-        print(f"{path}: {found}")
+    segmenter.set_classes(classes)
+    names, settings = segmenter.class_names, segmenter.settings
+    min_side = 1 if settings.pad_windows else max(segmenter.encoder.patch_size)
+    done = 0
+    try:
+        for path, stem in tqdm(stems.items(), desc="segment", unit="image", disable=len(stems) < 2):
+            image = load_image(path)
+            check_size(path, image.shape[:2], settings.short_side, settings.long_side, min_side)
+            result = segmenter.predict(image)
+            _save_image(label_image(result.labels, len(names)), Path(f"{stem}_labels.png"))
+            _save_image(overlay(image, result.labels, names, alpha=args.alpha), Path(f"{stem}_overlay.png"))
+            if args.save_probs:
+                atomic_write_with(f"{stem}_probs.npy", lambda file, probs=result.probs: np.save(file, probs))
+            done += 1
+            shares = np.bincount(result.labels.ravel(), minlength=len(names)) / result.labels.size
+            found = ", ".join(f"{names[i]} {shares[i]:.0%}" for i in np.argsort(-shares) if shares[i] >= 0.01)
+            print(f"{path}: {found}")
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"interrupted after {done} of {len(stems)} images; their outputs are in {out} "
+            "(rerun with the remaining images to finish)"
+        ) from None
     if segmenter.random_weights:
         print("note: RANDOM weights were used (--pretrained none); these segmentations are meaningless.")
     return 0
+
+
+def _save_image(image: Image.Image, path: Path) -> None:
+    atomic_write_with(path, lambda file: image.save(file, format="PNG"))

@@ -82,3 +82,29 @@ def test_query_embedding_is_the_normalised_template_mean():
     mean = each.mean(0)
     torch.testing.assert_close(ours, mean / mean.norm())
     assert len(TEMPLATES) == 80 and TEMPLATES[0]("cat") == "a bad photo of a cat."
+
+
+def test_segment_keeps_every_output_of_images_with_the_same_name(tmp_path, capsys, monkeypatch):
+    from tests.helpers_data import write_image
+
+    for folder, seed in [("a", 0), ("b/c", 1)]:
+        write_image(tmp_path / folder / "x.png", (16, 20), seed=seed)
+    flags = ["--classes", "cat; dog", "--model", "naclip-tiny", "--pretrained", "none", "--device", "cpu"]
+    flags += ["--short-side", "32", "--slide-crop", "0", "--pamr-steps", "0"]
+    out = tmp_path / "out"
+    images = [str(tmp_path / "a/x.png"), str(tmp_path / "b/c/x.png"), str(tmp_path / "a/x.png")]
+    assert main(["segment", *images, "--out", str(out), *flags]) == 0
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    assert written == ["a/x_labels.png", "a/x_overlay.png", "b/c/x_labels.png", "b/c/x_overlay.png"]
+    assert (out / "a/x_labels.png").read_bytes() != (out / "b/c/x_labels.png").read_bytes()
+    capsys.readouterr()
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model loaded before the outputs were checked")
+
+    monkeypatch.setattr("naclip.segment_cli.Segmenter", no_model)
+    write_image(tmp_path / "a/x.jpg", (16, 20))
+    assert main(["segment", str(tmp_path / "a/x.png"), str(tmp_path / "a/x.jpg"), "--out", str(out), *flags]) == 2
+    assert "would both be written as" in capsys.readouterr().err
+    assert main(["segment", str(tmp_path / "a/x.png"), "--out", str(tmp_path / "a/x.png"), *flags]) == 2
+    assert "is a file; expected a folder" in capsys.readouterr().err
