@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from naclip import segment_cli
 from naclip.datasets import cli as data_cli
@@ -15,8 +16,15 @@ from naclip.workbook import cli as workbook_cli
 SUBCOMMANDS = [segment_cli, eval_cli, data_cli, workbook_cli]
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser whose usage errors are one line (the full usage of `naclip eval` is 40 lines)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="naclip", description="Training-free open-vocabulary semantic segmentation (NACLIP)."
     )
     subparsers = parser.add_subparsers(dest="command", required=True)

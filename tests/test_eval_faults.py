@@ -223,7 +223,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
     base = ["eval", *folder_flags(tmp_path / "data"), "--out", str(tmp_path / "out"), *FLAGS]
     with pytest.raises(SystemExit) as exited:
         main([*base, "--dtype", "float99"])
-    assert exited.value.code == 2 and "invalid choice: 'float99'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "argument --dtype: invalid choice: 'float99'" in err
+    assert len(err.splitlines()) == 1 and err.strip().endswith("(see naclip eval --help)")
     with pytest.raises(ValueError, match="dtype='float99' is not known; expected one of float32"):
         evaluate(dataset, **{**FAST, "dtype": "float99"})
     assert main([*base, "--variant", "sigma=[3"]) == 2
