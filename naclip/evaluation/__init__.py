@@ -1,5 +1,5 @@
 """The resumable, distributed evaluation runner behind `naclip eval`."""
 
-from naclip.evaluation.runner import evaluate, make_variants
+from naclip.evaluation.runner import Interrupted, NothingScored, evaluate, make_variants
 
-__all__ = ["evaluate", "make_variants"]
+__all__ = ["Interrupted", "NothingScored", "evaluate", "make_variants"]

@@ -212,8 +212,9 @@ class ResumeState:
         notes = []
         prefix = self.directory.name[: -len(self.key)]
         for other in sorted(self.directory.parent.glob(f"{prefix}*")):
-            if other == self.directory or not (other / KEY_JSON).is_file():
-                continue
+            key = other.name[len(prefix) :]
+            if other == self.directory or len(key) != len(self.key) or not (other / KEY_JSON).is_file():
+                continue  # ours, or another dataset's (voc21-sample-... beside voc21-...)
             try:
                 theirs = json.loads((other / KEY_JSON).read_text())
             except (OSError, json.JSONDecodeError):
