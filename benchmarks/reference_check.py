@@ -1,141 +1,196 @@
-"""Agreement with the authors' implementation on the same weights and images (fp32, CPU).
+"""Agreement with the authors' own code (SCLIP, ClearCLIP, NACLIP) on the same weights and images.
 
-Needs a checkout of the reference code (github.com/sinahmr/NACLIP), which is not shipped here.
-Its mmseg/mmengine imports are replaced by small stand-ins; none of its code is changed. Both
-sides get the same prepared image tensor, so the comparison covers everything after
-preprocessing: features, attention variants, architectures, windows, PAMR, scoring.
+Each authors' segmentor is built from their checkout and their per-benchmark config file
+(`configs/base_config.py` merged with `configs/cfg_<benchmark>.py`: class file, logit scale,
+thresholds, windows, short side) and fed what mmseg's test pipeline feeds it: the file decoded by
+`cv2.imdecode` (BGR), resized by mmcv's rule with `cv2.resize(INTER_LINEAR)` on uint8, flipped to
+RGB and normalised as `SegDataPreProcessor` does, plus `ori_shape`. That pipeline is mmcv's, not
+the authors', and is restated in `benchmarks/reference/common.py`. naclip gets the original file
+(`Segmenter.for_benchmark(benchmark, method=...).predict(path)`), so decoding and resizing are part
+of the comparison. Both sides run random ViT-B-16 (QuickGELU) weights in float32 on the CPU, from
+one OpenAI-format state dict whose values are exact in float16; the direction shared by all text
+outputs, and the one shared by all image tokens, are projected out of the two projections so that
+label maps use several classes. The images: sample photos and a 2048 x 420 image (ClearCLIP pads
+its windows to a multiple of 16 on it).
 
-Run: python benchmarks/reference_check.py --reference /path/to/NACLIP [--checkpoint ViT-B-16.pt]
-Without --checkpoint, random ViT-B-16 (QuickGELU) weights are used, rounded to float16 because
-the reference loader stores weights in float16.
+Stubbed or patched at run time (no file of a checkout is changed):
+* all: `mmengine`, `mmengine.structures.PixelData`, `mmseg`, `mmseg.models`, `mmseg.registry.MODELS`
+  (no-op decorator), `mmseg.models.segmentors.BaseSegmentor` (a plain nn.Module) and
+  `mmseg.models.data_preprocessor.SegDataPreProcessor` (unused: the harness preprocesses);
+  `pkg_resources` when not installed (OpenAI's `clip.py` compares torch versions with it). Each
+  checkout's packages (`clip`, `pamr`, `prompts`, ClearCLIP's vendored `open_clip`) are in
+  `sys.modules` only while its code runs.
+* SCLIP, NACLIP: nothing else. `device=cpu` is passed to the constructor, so `clip.load` casts the
+  model to float32 as it does on any CPU. NACLIP gets `pamr_steps` 10 (`eval.py --pamr on`) or 0.
+* ClearCLIP: `BLIP.models.blip_retrieval` and `gem` (imported, other backbones); its
+  `open_clip.openai.download_pretrained_from_url` returns the checkpoint path, so
+  `create_model('ViT-B/16', pretrained='openai')` loads it through their `load_openai_model`;
+  `create_model`'s `precision` is 'fp32' instead of 'fp16'; `torch.Tensor.half` is the identity while
+  `predict` runs (its `inputs.half()`). `model_type='ClearCLIP'` (the paper's method, `demo.py:28`)
+  replaces the committed `base_config.py`'s 'vanilla'.
+* `--fast` only: the authors' text encoding runs with one template per query and its result is
+  replaced by naclip's 80-template embeddings (their 80 templates take minutes per class file on a
+  CPU); the `text_diff` column then compares the one-template embeddings of both sides.
+
+Run: python -m benchmarks.reference_check --sclip /path/to/SCLIP --clearclip /path/to/ClearCLIP
+     [--naclip /path/to/NACLIP] [--fast] [--markdown] [--variants]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import itertools
+import importlib
+import math
+import pkgutil
 import sys
 import tempfile
+import time
 import types
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from benchmarks import reference
+from benchmarks.reference import common
 from naclip import Segmenter
 from naclip.preprocess import load_image
+from naclip.text import TEMPLATES, encode_queries
 
-SAMPLES = Path(__file__).resolve().parents[1] / "naclip" / "resources" / "samples"
-DEFAULT_IMAGES = [SAMPLES / "voc/JPEGImages/sample_0000.jpg", SAMPLES / "ade/images/validation/ADE_val_00000001.jpg"]
-
-
-class _Sample:
-    """Stands in for mmseg's SegDataSample: metadata in, predictions out."""
-
-    def __init__(self, meta: dict):
-        self.metainfo, self.data = meta, {}
-
-    def set_data(self, data: dict) -> None:
-        self.data.update(data)
+LABEL_TARGET, PROB_TARGET = 99.9, 1e-3
+DEFAULT_BENCHMARKS = ("voc21", "context59", "cityscapes")
 
 
-def _stub_frameworks() -> None:
-    """Minimal stand-ins for the mm* modules the reference imports."""
+def _method_modules() -> dict[str, types.ModuleType]:
+    """Each module of benchmarks.reference that wraps a checkout (it has METHODS), by checkout flag."""
+    found = {}
+    for info in pkgutil.iter_modules(reference.__path__):
+        module = importlib.import_module(f"{reference.__name__}.{info.name}")
+        if hasattr(module, "METHODS"):
+            found[getattr(module, "CHECKOUT", info.name)] = module
+    return found
 
-    class BaseSegmentor(torch.nn.Module):
-        def __init__(self, data_preprocessor=None):
-            super().__init__()
 
-    modules = {
-        "mmengine": {},
-        "mmengine.structures": {"PixelData": lambda **kw: types.SimpleNamespace(**kw)},
-        "mmseg": {},
-        "mmseg.models": {},
-        "mmseg.models.data_preprocessor": {"SegDataPreProcessor": lambda **kw: None},
-        "mmseg.models.segmentors": {"BaseSegmentor": BaseSegmentor},
-        "mmseg.registry": {"MODELS": types.SimpleNamespace(register_module=lambda: lambda cls: cls)},
-        "pkg_resources": {"packaging": types.SimpleNamespace(version=types.SimpleNamespace(parse=lambda v: (2,)))},
-    }
-    for name, attributes in modules.items():
-        module = types.ModuleType(name)
-        module.__dict__.update(attributes)
-        sys.modules.setdefault(name, module)
+MODULES = _method_modules()
+FAMILY = {method: name for name, module in MODULES.items() for method in module.METHODS}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference", type=Path, required=True, help="checkout of the authors' NACLIP code")
-    parser.add_argument("--checkpoint", type=Path, help="OpenAI-format ViT-B/16 checkpoint (default: random weights)")
-    parser.add_argument("--classes", type=Path, default=SAMPLES.parent / "classes" / "voc21.txt")
-    parser.add_argument("--images", type=Path, nargs="+", default=DEFAULT_IMAGES)
+    for name in MODULES:
+        parser.add_argument(f"--{name}", type=Path, help=f"checkout of the authors' {name} code")
+    parser.add_argument("--methods", nargs="+", choices=sorted(FAMILY), help="default: those with a checkout")
+    parser.add_argument("--benchmarks", nargs="+", choices=sorted(common.CONFIG_FILES), help="default: per method")
+    parser.add_argument("--images", type=Path, nargs="+", help="default: sample photos and a 2048 x 420 image")
+    parser.add_argument("--fast", action="store_true", help="fewer cases; naclip's text embeddings on both sides")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
+    parser.add_argument("--variants", action="store_true", help="also NACLIP's attention x arch x windows x PAMR sweep")
     args = parser.parse_args()
 
+    checkouts = {name: getattr(args, name) for name in MODULES if getattr(args, name)}
+    methods = args.methods or [m for m in FAMILY if FAMILY[m] in checkouts]
+    if not methods or any(FAMILY[m] not in checkouts for m in methods):
+        flags = ", ".join(f"--{name}" for name in MODULES)
+        parser.error(f"give the checkout of every method to check ({flags})")
     warnings.simplefilter("ignore")
-    reference = _load_reference(args.reference)
-    with tempfile.TemporaryDirectory() as scratch:
-        checkpoint = args.checkpoint or _random_checkpoint(Path(scratch) / "vit-b-16.pt")
-        ours = Segmenter("ViT-B-16-quickgelu", pretrained=str(checkpoint), device="cpu", dtype=torch.float32)
-        ours.set_classes(args.classes)
-        theirs = reference.NACLIP(str(checkpoint), str(args.classes), device=torch.device("cpu"))
-    theirs.net.float()
-    theirs.dtype = torch.float32
-
-    rows = []
-    configs = itertools.product(["vanilla", "kk", "csa", "nonly", "naclip"], ["vanilla", "reduced"], [0, 224], [0, 10])
-    for attention, arch, crop, pamr_steps in configs:
-        theirs.net.visual.arch, theirs.net.visual.attn_strategy = arch, attention
-        theirs.pamr = reference.PAMR(pamr_steps, dilations=(8, 16)) if pamr_steps else None
-        theirs.slide_crop, theirs.prob_thd = crop, 0.1
-        ours.slide_crop = crop
-        for path in args.images:
-            image = load_image(path)
-            tensor = ours.prepare(image)
-            sample = _Sample({"ori_shape": image.shape[:2], "img_path": str(path)})
-            with torch.no_grad():
-                theirs.predict(tensor[None], [sample])
-            variant = {"attention": attention, "arch": arch, "pamr_steps": pamr_steps, "prob_threshold": 0.1}
-            result = ours.predict_variants(tensor, image.shape[:2], [variant])[0]
-            rows.append(
-                {
-                    "attention": attention,
-                    "arch": arch,
-                    "slide_crop": crop,
-                    "pamr_steps": pamr_steps,
-                    "image": path.name,
-                    "label_agreement_%": 100 * (result.labels == sample.data["pred_sem_seg"].data[0].numpy()).mean(),
-                    "max_prob_diff": float(np.abs(result.probs - sample.data["seg_logits"].data.numpy()).max()),
-                }
-            )
-            print(pd.DataFrame(rows[-1:]).to_string(header=len(rows) == 1, index=False), flush=True)
+    torch.set_grad_enabled(False)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as scratch_dir:
+        scratch = Path(scratch_dir)
+        checkpoint = common.random_checkpoint(scratch / "vit-b-16-random.pt")
+        images = args.images or common.test_images(scratch, args.fast)
+        loaded = {name: MODULES[name].load(root.resolve()) for name, root in checkouts.items()}
+        for method in methods:
+            module = MODULES[FAMILY[method]]
+            defaults = getattr(module, "FAST_BENCHMARKS" if args.fast else "BENCHMARKS", {})
+            for benchmark in args.benchmarks or defaults.get(method, DEFAULT_BENCHMARKS):
+                rows += compare(method, benchmark, loaded[FAMILY[method]], checkpoint, images, scratch, args.fast)
+        if args.variants and "naclip" in loaded:
+            rows += MODULES["naclip"].variant_rows(loaded["naclip"], checkpoint, images, scratch)
     frame = pd.DataFrame(rows)
+    print()
+    print(to_markdown(frame) if args.markdown else frame.to_string(index=False))
     worst_agreement, worst_diff = frame["label_agreement_%"].min(), frame["max_prob_diff"].max()
+    passed = worst_agreement >= LABEL_TARGET and worst_diff <= PROB_TARGET
     print(
-        f"worst label agreement {worst_agreement:.4f} % (target >= 99.9), "
-        f"worst probability difference {worst_diff:.2e} (target <= 1e-3)"
+        f"\n{len(frame)} comparisons: worst label agreement {worst_agreement:.4f} % (target >= {LABEL_TARGET}), "
+        f"worst probability difference {worst_diff:.2e} (target <= {PROB_TARGET:g}): {'PASS' if passed else 'FAIL'}"
     )
-    sys.exit(0 if worst_agreement >= 99.9 and worst_diff <= 1e-3 else 1)
+    sys.exit(0 if passed else 1)
 
 
-def _load_reference(root: Path) -> types.ModuleType:
-    """The reference's segmentor module (its file is also called naclip.py, hence the explicit load)."""
-    if not (root / "naclip.py").is_file() or not (root / "clip").is_dir():
-        raise SystemExit(f"{root} is not a checkout of the reference code: expected naclip.py and clip/ in it")
-    _stub_frameworks()
-    sys.path.insert(0, str(root))
-    spec = importlib.util.spec_from_file_location("naclip_reference", root / "naclip.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def compare(
+    method: str,
+    benchmark: str,
+    checkout: common.Checkout,
+    checkpoint: Path,
+    images: Sequence[Path],
+    scratch: Path,
+    fast: bool,
+) -> list[dict]:
+    """One row per image: the authors' segmentor and naclip's preset for (method, benchmark)."""
+    start = time.perf_counter()
+    ours = Segmenter.for_benchmark(
+        benchmark,
+        method=method,
+        model="ViT-B-16",
+        pretrained=str(checkpoint),
+        device="cpu",
+        dtype="float32",
+        cache_dir=str(scratch / "cache"),
+    )
+    our_text = ours._query_features()[0]  # noqa: SLF001  (the embeddings, to share them in --fast)
+    theirs = MODULES[FAMILY[method]].segmentor(checkout, method, benchmark, checkpoint, our_text if fast else None)
+    queries = list(ours.classes.queries)
+    same_queries = [q.strip() for q in theirs.queries] == queries
+    if fast and not same_queries:
+        raise SystemExit(f"{method}/{benchmark}: the class files parse to different queries; cannot share text")
+    if fast:  # their one-template embeddings against ours
+        reference = encode_queries(ours.clip, ours.tokenizer, queries, TEMPLATES[:1])
+    else:
+        reference = our_text
+    text_diff = (theirs.own_text.float() - reference.float()).abs().max().item() if same_queries else math.inf
+    rows = []
+    for path in images:
+        their_prediction = theirs.predict(path)
+        our_result = ours.predict(path)
+        inputs, _ = common.mmcv_inputs(path, theirs.short_side)
+        our_inputs = ours.prepare(load_image(path))
+        input_diff = (inputs[0] - our_inputs).abs().max().item() if inputs[0].shape == our_inputs.shape else math.inf
+        outcome = common.Outcome(
+            method,
+            benchmark,
+            path.name,
+            their_prediction,
+            (our_result.labels, our_result.probs),
+            {
+                "short_side": theirs.short_side,
+                "input_diff": input_diff,
+                "queries": len(queries) if same_queries else "differ",
+                "text_diff": text_diff,
+                "text": "1 template, shared" if fast else "80 templates",
+            },
+        )
+        rows.append(outcome.row())
+        print(pd.DataFrame(rows[-1:]).to_string(header=True, index=False), flush=True)
+    print(f"  {method}/{benchmark}: {time.perf_counter() - start:.0f} s", flush=True)
+    return rows
 
 
-def _random_checkpoint(path: Path) -> Path:
-    """Random ViT-B-16 (QuickGELU) weights, exactly representable in float16."""
-    clip = Segmenter("ViT-B-16-quickgelu", pretrained=None, device="cpu").clip
-    torch.save({k: v.half().float() if v.is_floating_point() else v for k, v in clip.state_dict().items()}, path)
-    return path
+def to_markdown(frame: pd.DataFrame) -> str:
+    """A GitHub Markdown table (pandas' own needs the tabulate package)."""
+
+    def cell(value: object) -> str:
+        if isinstance(value, float | np.floating):
+            return f"{value:.4f}" if abs(value) >= 1e-2 or value == 0 else f"{value:.1e}"
+        return str(value)
+
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
