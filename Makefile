@@ -34,6 +34,7 @@ test: lint
 
 bench: setup
 	$(PY) -m benchmarks.pamr_speed
+	$(PY) -m benchmarks.prediction_speed
 	$(PY) -m benchmarks.sliding_window
 	$(PY) -m benchmarks.naclip_overhead
 	$(PY) -m benchmarks.sigma_sweep
