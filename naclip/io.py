@@ -78,15 +78,16 @@ def save_torch(obj: object, path: str | os.PathLike) -> None:
     atomic_write_with(path, lambda file: torch.save(obj, file))
 
 
-def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files that a killed atomic write left under `folder`; returns them.
+def remove_leftovers(folder: str | os.PathLike, name: str = "*") -> list[Path]:
+    """Delete the temporary files that killed atomic writes of `name` (a glob) left in `folder`; returns them.
 
-    Only call this while no other process writes there (hold the folder's lock).
+    Only the folder itself is searched (outputs may sit in a large folder of the user's), and only
+    while no other process writes there (hold the folder's lock).
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    leftovers = [path for path in folder.rglob(f".*{TMP_SUFFIX}") if path.is_file()]
+    leftovers = [path for path in folder.glob(f".{name}.*{TMP_SUFFIX}") if path.is_file()]
     for path in leftovers:
         path.unlink(missing_ok=True)
     return leftovers

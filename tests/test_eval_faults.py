@@ -153,7 +153,7 @@ def test_output_folders_are_locked_checked_and_cleaned_before_the_model_loads(tm
     monkeypatch.undo()
 
     (out / LOCK_NAME).write_text("999999999 elsewhere\n")  # left by a killed run: taken over
-    leftovers = [out / ".summary.csv.x1.tmp", out / "partial" / ".scores.npy.x2.tmp", preds / ".im0.png.x3.tmp"]
+    leftovers = [out / ".summary.csv.x1.tmp", out / ".provenance.json.x2.tmp", preds / ".im0.png.x3.tmp"]
     for path in leftovers:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"torn")

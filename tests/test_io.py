@@ -38,12 +38,13 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_leftovers_of_killed_writes_are_removed_and_nothing_else(tmp_path):
     atomic_write(tmp_path / "keep.txt", b"x")
     (tmp_path / "deep").mkdir()
-    leftovers = [tmp_path / ".keep.txt.abc123.tmp", tmp_path / "deep" / ".p.png.zz.tmp"]
-    for path in leftovers:
+    leftovers = [tmp_path / ".keep.txt.abc123.tmp", tmp_path / ".p.png.zz.tmp"]
+    kept = [tmp_path / "deep" / ".q.png.zz.tmp", tmp_path / ".other.csv.zz.tmp", tmp_path / "user.tmp"]
+    for path in leftovers + kept:
         path.write_bytes(b"torn")
-    (tmp_path / "user.tmp").write_text("not ours")
-    assert sorted(remove_leftovers(tmp_path)) == sorted(leftovers)
-    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["keep.txt", "user.tmp"]
+    assert remove_leftovers(tmp_path, "keep.txt") == [leftovers[0]]
+    assert remove_leftovers(tmp_path, "*.png") == [leftovers[1]]
+    assert all(path.exists() for path in kept) and not any(path.exists() for path in leftovers)
     assert remove_leftovers(tmp_path / "missing") == []
 
 

@@ -14,11 +14,12 @@ import pandas as pd
 from PIL import Image
 
 from naclip.datasets import SegDataset
-from naclip.io import atomic_write, environment, write_csv, write_json
+from naclip.io import atomic_write, environment, remove_leftovers, write_csv, write_json
 from naclip.metric import scores
 from naclip.viz import label_image
 
 SUMMARY_CSV, PER_CLASS_CSV, PROVENANCE_JSON = "summary.csv", "per_class.csv", "provenance.json"
+OUTPUTS = (SUMMARY_CSV, PER_CLASS_CSV, PROVENANCE_JSON)
 
 
 @dataclass
@@ -133,6 +134,8 @@ def provenance(runs: Sequence[Run], **facts: Any) -> dict[str, Any]:
 
 def write_results(out: Path, summary: pd.DataFrame, per_class: pd.DataFrame, facts: dict[str, Any]) -> None:
     """summary.csv, per_class.csv and provenance.json in `out`, each written atomically."""
+    for name in OUTPUTS:  # what an earlier run killed while writing them left
+        remove_leftovers(out, name)
     write_csv(summary, out / SUMMARY_CSV)
     write_csv(per_class, out / PER_CLASS_CSV)
     write_json(facts, out / PROVENANCE_JSON)

@@ -25,7 +25,7 @@ import numpy as np
 
 from naclip.datasets import SegDataset
 from naclip.evaluation.distributed import Group
-from naclip.io import write_json
+from naclip.io import remove_leftovers, write_json
 
 KEY_JSON = "key.json"
 
@@ -120,7 +120,7 @@ class RecordStore:
         handle.flush()
 
     def add_saved(self, index: int, files: list[Path]) -> None:
-        self._log("saved", {"index": index, "files": [str(path) for path in files]})
+        self._log("saved", {"index": index, "files": [str(path.resolve()) for path in files]})
 
     def add_bad(self, index: int, reason: str) -> None:
         self._log("bad", {"index": index, "reason": reason})
@@ -196,10 +196,13 @@ class ResumeState:
             scored, saved, bad = self.store.load(num_classes, variants)
             for index, matrices in scored.items():
                 wanted = files(index)
-                if set(map(str, wanted)) <= saved.get(index, set()) and all(path.is_file() for path in wanted):
+                if {str(path.resolve()) for path in wanted} <= saved.get(index, set()) and all(
+                    path.is_file() for path in wanted
+                ):
                     self.matrices[index] = matrices
             self.bad = bad
             self.directory.mkdir(parents=True, exist_ok=True)
+            remove_leftovers(self.directory, KEY_JSON)
             write_json(self.content, self.directory / KEY_JSON)
             notes = self._other_configurations()
         done, self.bad = group.gather((sorted(self.matrices), self.bad))[0]

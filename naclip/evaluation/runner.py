@@ -133,6 +133,9 @@ def run_dataset(
             for v in variants
         ]
 
+    if group.main:  # before `begin`, whose barrier holds the other ranks back
+        for folder in {path.parent for index in range(len(dataset)) for path in files(index)}:
+            remove_leftovers(folder, "*.png")
     for note in state.begin(group, options.resume, dataset.num_classes, len(variants), files):
         print(f"note: {note}", file=sys.stderr)
     skipped = state.bad if options.skip_bad else {}
@@ -246,7 +249,6 @@ def _locked(folders: list[tuple[Path, str]], group: Group) -> Iterator[None]:
             try:
                 for folder, what in folders:
                     stack.enter_context(folder_lock(folder, what))
-                    remove_leftovers(folder)
             except (RuntimeError, ValueError) as refused:
                 error = refused
         errors = group.gather(str(error) if error else None)
