@@ -242,7 +242,7 @@ def check_scored(run: Run) -> None:
 
 @contextlib.contextmanager
 def _locked(folders: list[tuple[Path, str]], group: Group) -> Iterator[None]:
-    """Rank 0 locks each output folder and clears leftovers of killed writes; every rank sees a refusal."""
+    """Rank 0 locks each output folder for the run; a refusal (another run holds one) is raised on every rank."""
     with contextlib.ExitStack() as stack:
         error = None
         if group.main:
