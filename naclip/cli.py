@@ -24,9 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="naclip", description="Training-free open-vocabulary semantic segmentation (NACLIP)."
-    )
+    parser = _Parser(prog="naclip", description="Training-free open-vocabulary semantic segmentation (NACLIP).")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module in SUBCOMMANDS:
         module.register(subparsers)
