@@ -168,7 +168,8 @@ def _propagate_compiled(mask: Tensor, weights: Tensor, dilations: Sequence[int],
     weights = weights.detach().to(mask.dtype).contiguous()
     out = mask.new_empty((batch, channels, height, width + 2 * pad))
     for b in range(batch):
-        _compiled(source[b].numpy(), out[b].numpy(), weights[b].numpy(), dy, dx, steps, bounds)
+        guide = weights[min(b, len(weights) - 1)].numpy()  # one guide may serve the whole batch
+        _compiled(source[b].numpy(), out[b].numpy(), guide, dy, dx, steps, bounds)
     return out[..., pad : pad + width]
 
 

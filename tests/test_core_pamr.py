@@ -108,6 +108,8 @@ def test_pamr_batch_of_two_matches_each_image(path):
     for b in range(2):
         reference = gather_all_pamr(image[b : b + 1], logits[b : b + 1], 3, (1, 2, 5))
         assert (both[b : b + 1].double() - reference).abs().max() < 1e-5
+    shared = propagate(logits, affinity(image[:1], (1, 2, 5)), (1, 2, 5), 3)  # one guide for both
+    assert (shared[1:].double() - gather_all_pamr(image[:1], logits[1:], 3, (1, 2, 5))).abs().max() < 1e-5
 
 
 @needs_numba
