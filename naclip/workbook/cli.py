@@ -1,4 +1,4 @@
-"""`naclip workbook run`: regenerate the studies' tables and figures."""
+"""`naclip workbook run` and `naclip workbook list`: regenerate the studies' tables and figures, show their state."""
 
 from __future__ import annotations
 
@@ -6,35 +6,70 @@ import argparse
 import sys
 from pathlib import Path
 
-from naclip.workbook.regenerate import DEFAULT_PROFILE, FALLBACK_PROFILE
+from naclip.workbook.layout import Workbook
+from naclip.workbook.params import DEFAULT_PROFILE, FALLBACK_PROFILE
+
+
+def _folders(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--notebooks", type=Path, help="the study notebooks (default: notebooks/ of the workbook "
+                        "found from the working directory, else of the naclip checkout)")
+    parser.add_argument("--params", type=Path, help="the profiles' parameter files (default: params/ beside the "
+                        "notebooks)")
+    parser.add_argument("--results", type=Path, help="where runs go (default: results/ beside the notebooks)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `workbook` subcommand and its `run` action."""
+    """Add the `workbook` subcommand and its `run` and `list` actions."""
     parser = subparsers.add_parser("workbook", help="run the study notebooks (tables and figures)")
     actions = parser.add_subparsers(dest="action", required=True)
     run = actions.add_parser(
         "run",
-        help="execute study notebooks with papermill and rebuild results/index.md",
+        help="execute study notebooks with papermill and rebuild results/index.md and index.html",
         description=(
-            "Execute study notebooks with papermill into results/<study>/<run>/ and rebuild results/index.md. "
-            "Completed runs are skipped (--force redoes them); a failed run does not stop the others, and "
-            f"the exit status is 1 if any failed. Without --profile, the '{DEFAULT_PROFILE}' profile runs "
-            "(embedded samples, real ViT-B-16 weights); if those weights cannot be loaded, the "
-            f"'{FALLBACK_PROFILE}' profile runs instead and every output says the weights were random."
+            "Execute study notebooks with papermill into results/<study>/<run>/ and rebuild results/index.md and "
+            "results/index.html. Complete runs are skipped (--force redoes them); stale ones (notebook, "
+            "parameters, naclip's version or code changed) are redone; a failed run does not stop the others, "
+            f"and the exit status is 1 if any failed. Without --profile, the '{DEFAULT_PROFILE}' profile runs "
+            "(the notebooks' defaults: real ViT-B-16 weights on the embedded samples); if those weights cannot "
+            f"be loaded, the '{FALLBACK_PROFILE}' profile runs instead and every output says the weights were "
+            "random. --model, --pretrained and --device override the profile in every study that has them."
         ),
     )
-    run.add_argument("targets", nargs="*", metavar="STUDY", help="study names or study files (default: all)")
-    run.add_argument("--profile", help="profile name in params/ or a profile file (smoke, samples, paper)")
+    run.add_argument("targets", nargs="*", metavar="STUDY", help="study names (default: all)")
+    run.add_argument("--profile", help="a folder of parameter files in params/ (paper, smoke), or its path; "
+                     f"default: {DEFAULT_PROFILE}")
+    run.add_argument("--model", help="open_clip model for every study (e.g. ViT-L-14)")
+    run.add_argument("--pretrained", help="pretrained tag or checkpoint file for every study ('none': random)")
+    run.add_argument("--device", help="device for every study (auto, cpu, cuda, mps)")
     run.add_argument("--force", action="store_true", help="redo runs that are already complete")
-    run.add_argument("--results", type=Path, help="results folder (default: results/ in the repository)")
+    run.add_argument("--dry-run", action="store_true", help="show what would run, with each run's state; run nothing")
+    _folders(run)
     run.set_defaults(func=_run)
+    listing = actions.add_parser("list", help="the studies, their runs and each run's state",
+                                 description="Every study with its runs under each profile (or --profile's) and "
+                                 "any other run folder: complete, stale (and why), failed or missing.")
+    listing.add_argument("--profile", help="only this profile's runs")
+    _folders(listing)
+    listing.set_defaults(func=_list)
+
+
+def _workbook(args: argparse.Namespace) -> Workbook:
+    return Workbook.at(args.notebooks, args.params, args.results)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from naclip.workbook.regenerate import regenerate
+    from naclip.workbook.regenerate import preview, regenerate, resolve
 
-    report = regenerate(args.targets, profile=args.profile, results=args.results, force=args.force)
+    overrides = {k: getattr(args, k) for k in ("model", "pretrained", "device") if getattr(args, k) is not None}
+    if overrides.get("pretrained", "").lower() in ("none", "null", "random"):
+        overrides["pretrained"] = None
+    elif Path(overrides.get("pretrained", "")).is_file():  # the notebooks run elsewhere: make it absolute
+        overrides["pretrained"] = str(Path(overrides["pretrained"]).resolve())
+    workbook = _workbook(args)
+    if args.dry_run:
+        print("\n".join(preview(resolve(args.targets, args.profile, workbook, overrides), args.force)))
+        return 0
+    report = regenerate(args.targets, args.profile, workbook, args.force, overrides)
     print(
         f"workbook: {len(report.executed)} run(s) executed, {len(report.skipped)} skipped, "
         f"{len(report.failed)} failed"
@@ -43,3 +78,10 @@ def _run(args: argparse.Namespace) -> int:
         last = error.strip().splitlines()[-1] if error.strip() else ""
         print(f"  FAILED {run.study.name}/{run.name}: {last}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def _list(args: argparse.Namespace) -> int:
+    from naclip.workbook.regenerate import listing
+
+    print("\n".join(listing(_workbook(args), args.profile)))
+    return 0

@@ -1,8 +1,10 @@
-"""What a study notebook writes into its run folder: tidy tables (CSV) and figures (PNG + SVG).
+"""What a study notebook writes into its run folder ``results/<study>/<run>/``: tidy tables (CSV) and figures
+(PNG + SVG), listed in ``outputs.json`` with a caption and with what the model actually loaded.
 
-Every file is listed in ``outputs.json`` so the runner and the results index know what a run made, with
-a caption. When the run's weights were random, tables get a ``random_weights`` column, figures a
-watermark, and the notebook prints a banner, so no smoke output can pass for a result.
+A notebook marks its outputs from what ran, not from a flag: `RunOutputs.loaded` is given the evaluator's
+rows or the `Segmenter`, and when any weights were random every later table gets a ``random_weights`` column,
+every figure a watermark, and the notebook prints a banner. A study that uses a model must call it before
+writing anything, so no output can escape the mark.
 """
 
 from __future__ import annotations
@@ -16,54 +18,101 @@ from typing import Any
 import pandas as pd
 
 from naclip.io import atomic_write, write_csv, write_json
+from naclip.workbook.layout import find_notebooks, resolve
 
 MANIFEST = "outputs.json"
+MARKER = "run.json"  # written by the runner when a run completes
+FAILED = "failed.json"  # written by the runner when a run fails
 RANDOM_BANNER = "RANDOM WEIGHTS — not a result: the model was randomly initialised, every number is noise."
 
 
-def read_manifest(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """The tables and figures a run folder holds (empty lists when it holds none)."""
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """What a run folder holds: tables, figures, whether its weights were random, and which weights ran."""
     path = Path(run_dir) / MANIFEST
     data = json.loads(path.read_text()) if path.is_file() else {}
-    return {"tables": data.get("tables", []), "figures": data.get("figures", [])}
+    return {"tables": data.get("tables", []), "figures": data.get("figures", []),
+            "random_weights": data.get("random_weights", False), "weights": data.get("weights", [])}
 
 
 class RunOutputs:
-    """The writer a study notebook uses for every table and figure it produces."""
+    """The writer a study notebook uses for every table and figure it produces.
 
-    def __init__(self, out_dir: str | os.PathLike, random_weights: bool) -> None:
-        self.out_dir = Path(out_dir)
+    ``RunOutputs("sigma", run, results_dir)`` writes to ``<results_dir>/sigma/<run>/``; a relative
+    `results_dir` (and every path given to `path`) resolves against the workbook's root, found from the
+    working directory or the naclip checkout (`naclip.workbook.layout.find_notebooks`). `model=False`
+    declares a study without a model (nothing to mark).
+    """
+
+    def __init__(self, study: str, run: str, results_dir: str | os.PathLike, model: bool = True) -> None:
+        self.root = find_notebooks(study).parent
+        self.out_dir = resolve(results_dir, self.root) / study / run
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.random_weights = random_weights
-        self._manifest = read_manifest(self.out_dir)
-        if random_weights:
-            print(f"{'=' * 100}\n{RANDOM_BANNER}\n{'=' * 100}")
+        for stale in (MARKER, FAILED):  # a record of an earlier run no longer describes this folder
+            (self.out_dir / stale).unlink(missing_ok=True)
+        self._manifest: dict[str, Any] = {"tables": [], "figures": [], "random_weights": False, "weights": []}
+        self._loaded = not model
+        self._save()
+        print(f"outputs: {self.out_dir}")
 
-    def table(self, frame: pd.DataFrame, name: str, caption: str = "") -> Path:
+    def path(self, value: str | os.PathLike | None) -> Path | None:
+        """An input path parameter (an image, a data root) resolved against the workbook's root."""
+        return None if value is None else resolve(value, self.root)
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(self._manifest["random_weights"])
+
+    def loaded(self, source: Any) -> None:
+        """Record what ran: evaluator rows (a frame with ``model``, ``pretrained`` and ``random_weights``
+        columns) or a `Segmenter`. Random weights mark every later output and print a banner."""
+        if isinstance(source, pd.DataFrame):
+            pairs = source[["model", "pretrained"]].drop_duplicates().itertuples(index=False)
+            weights = [(m, None if pd.isna(p) else p) for m, p in pairs]
+            random = bool(source["random_weights"].astype(bool).any())
+        else:
+            weights = [(source.settings.model, source.settings.pretrained)]
+            random = bool(source.random_weights)
+        from naclip.workbook.studies import weights_label
+
+        labels = [weights_label(m, p) for m, p in weights]
+        self._manifest["weights"] = list(dict.fromkeys([*self._manifest["weights"], *labels]))
+        if random and not self.random_weights:
+            print(f"{'=' * 100}\n{RANDOM_BANNER}\n{'=' * 100}")
+        self._manifest["random_weights"] = self.random_weights or random
+        self._loaded = True
+        self._save()
+
+    def _check_loaded(self) -> None:
+        if not self._loaded:
+            raise RuntimeError("call out.loaded(...) with what ran (the evaluator's rows or the Segmenter) before "
+                               "writing outputs, so that random weights are marked")
+
+    def table(self, frame: pd.DataFrame, name: str, caption: str = "") -> None:
         """Write `frame` as ``<name>.csv`` (tidy: one row per observation)."""
+        self._check_loaded()
         if self.random_weights:
             frame = frame.assign(random_weights=True)
         path = self.out_dir / f"{name}.csv"
         write_csv(frame, path)
         self._record("tables", {"name": name, "file": path.name, "caption": caption, "rows": len(frame)})
-        return path
 
-    def figure(self, fig: Any, name: str, caption: str = "") -> list[Path]:
+    def figure(self, fig: Any, name: str, caption: str = "") -> None:
         """Save a matplotlib figure as ``<name>.png`` and ``<name>.svg`` (watermarked if weights were random)."""
-        from naclip.plots import mark_random
+        from naclip.workbook.plots import mark_random
 
+        self._check_loaded()
         if self.random_weights:
             mark_random(fig)
-        paths = []
         for ext in ("png", "svg"):
             buffer = io.BytesIO()
             fig.savefig(buffer, format=ext, dpi=120, bbox_inches="tight")
-            paths.append(self.out_dir / f"{name}.{ext}")
-            atomic_write(paths[-1], buffer.getvalue())
-        self._record("figures", {"name": name, "png": paths[0].name, "svg": paths[1].name, "caption": caption})
-        return paths
+            atomic_write(self.out_dir / f"{name}.{ext}", buffer.getvalue())
+        self._record("figures", {"name": name, "png": f"{name}.png", "svg": f"{name}.svg", "caption": caption})
 
     def _record(self, kind: str, entry: dict[str, Any]) -> None:
         entries = [e for e in self._manifest[kind] if e["name"] != entry["name"]]
         self._manifest[kind] = [*entries, entry]
+        self._save()
+
+    def _save(self) -> None:
         write_json(self._manifest, self.out_dir / MANIFEST)

@@ -1,46 +1,95 @@
-"""Study parameter files, profiles and grids: what the workbook runs, resolved into a list of runs.
+"""Parameters: the notebook's parameters cell, the profiles' parameter files, and the runs they make.
 
-A study file (``params/<study>.yaml``) names its notebook and holds the paper protocol::
+A notebook declares every parameter, with its default, in its cell tagged ``parameters``; the defaults are
+the default profile (``samples``: ViT-B-16 / openai on the embedded samples). A profile is a folder
+``params/<profile>/`` of papermill parameter files (flat YAML mappings, `papermill -f`), one per study::
 
-    notebook: 03_sigma_sweep.ipynb
-    title: Sigma sweep
-    parameters: {model: ViT-B-16, pretrained: openai, sigmas: [1, 2, 3, 5, 8]}
-    grid: {benchmark: [voc21, ade20k]}      # optional: one run per combination
+    params/paper/sigma.yaml            # one run of study `sigma`, named by its `run` (default: the profile)
+    params/paper/backbones/ViT-L-14.yaml   # a folder: one run per file, named <profile>-<file stem>
 
-A grid expands into separate runs (``results/<study>/<run>/``), each with its own notebook, so a failed or
-interrupted run is redone alone. Sweeps that share the frozen trunk (sigma, attention, architecture) are
-parameters *inside* one run instead, so the evaluator computes the trunk once for every setting. A grid
-value that is a mapping sets several parameters at once (``{model: ViT-L-14, pretrained: openai}``).
-
-A profile file (``params/smoke.yaml``) has no notebook; it overrides studies: ``parameters`` apply to every
-study that declares the key, ``studies: {<study>: {parameters: ..., grid: ...}}`` to one study.
+A file holds only what differs from the notebook's defaults. Every key is checked against the parameters
+cell (an unknown key is an error naming the closest one), and each value against its default's kind.
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
+import ast
+import difflib
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import yaml
 
-DEFAULT_RUN = "default"
+from naclip.workbook.layout import Study, Workbook, discover
+
+DEFAULT_PROFILE = "samples"
+FALLBACK_PROFILE = "smoke"
+# Set by the runner for every run, never by a parameter file.
+RUN, RESULTS_DIR = "run", "results_dir"
 
 
-@dataclass(frozen=True)
-class Study:
-    """One study: its name (the params file stem), notebook, title, parameters and grid."""
+def notebook_parameters(nb: nbformat.NotebookNode, name: str = "notebook") -> dict[str, Any]:
+    """The names and default values the cell tagged ``parameters`` assigns (literal values only)."""
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"{name}: expected one cell tagged 'parameters', found {len(cells)}")
+    parameters = {}
+    for node in ast.parse(cells[0].source).body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise ValueError(f"{name}: the parameters cell may only assign literal values to names")
+        try:
+            parameters[node.targets[0].id] = ast.literal_eval(node.value)
+        except ValueError:
+            raise ValueError(f"{name}: parameter {node.targets[0].id!r} is not a literal value") from None
+    return parameters
 
-    name: str
-    notebook: str
-    title: str
-    parameters: dict[str, Any]
-    grid: dict[str, list[Any]] = field(default_factory=dict)
+
+def _kind(value: Any) -> str | None:
+    """What a parameter holds, for checking a value against its default (None: anything goes)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return None
+
+
+def closest(name: str, known: Sequence[str]) -> str:
+    """'; did you mean X?' for the closest of `known`, else the list of them."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else f"; expected one of: {', '.join(known)}"
+
+
+def check_parameters(values: Mapping[str, Any], study: Study, where: str) -> None:
+    """ValueError for a key the study's notebook does not declare, or a value of another kind than its default."""
+    for key, value in values.items():
+        if key not in study.parameters:
+            raise ValueError(
+                f"{where}: unknown parameter {key!r} for study {study.name!r}{closest(key, list(study.parameters))}"
+            )
+        expected = _kind(study.parameters[key])
+        if value is not None and expected is not None and _kind(value) != expected:
+            raise ValueError(f"{where}: {key}={value!r}; {study.notebook.name} expects {expected} "
+                             f"(default {study.parameters[key]!r})")
+
+
+def read_parameters(path: Path) -> dict[str, Any]:
+    """A parameter file: a flat YAML mapping of parameter names to values."""
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of parameter names to values")
+    return data
 
 
 @dataclass(frozen=True)
@@ -49,113 +98,89 @@ class Run:
 
     study: Study
     name: str
-    parameters: dict[str, Any]
-
-    def key(self, notebook: Path) -> str:
-        """A digest of the notebook's text and the parameters: when either changes, a completed run is stale."""
-        payload = json.dumps(self.parameters, sort_keys=True, default=str).encode() + notebook.read_bytes()
-        return hashlib.sha256(payload).hexdigest()[:16]
+    profile: str
+    parameters: dict[str, Any]  # every declared parameter, results_dir aside
+    source: Path | None = None  # the parameter file it comes from (None: the notebook's defaults)
 
     @property
-    def random_weights(self) -> bool:
-        """True when the run's model has random weights (``pretrained: null``): its numbers mean nothing."""
-        return "pretrained" in self.parameters and self.parameters["pretrained"] is None
+    def changed(self) -> dict[str, Any]:
+        """The parameters that differ from the notebook's defaults."""
+        return {k: v for k, v in self.parameters.items() if self.study.parameters.get(k) != v}
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    return data
+def profiles(params_dir: Path) -> list[str]:
+    """The profiles of a workbook: the default one and every folder of `params_dir`."""
+    found = sorted(p.name for p in params_dir.iterdir() if p.is_dir()) if params_dir.is_dir() else []
+    return [DEFAULT_PROFILE, *(p for p in found if p != DEFAULT_PROFILE)]
 
 
-def is_study_file(path: Path) -> bool:
-    """A study file names a notebook; a profile file does not."""
-    return "notebook" in _read_yaml(path)
+def profile_folder(profile: str, params_dir: Path) -> Path | None:
+    """The folder of `profile` (a name in `params_dir` or a folder path); None for a default without a folder."""
+    path = Path(profile)
+    folder = path if len(path.parts) > 1 or path.is_absolute() else params_dir / profile
+    if folder.is_dir():
+        return folder.resolve()
+    if profile == DEFAULT_PROFILE:
+        return None
+    known = profiles(params_dir)
+    raise FileNotFoundError(f"no profile {profile!r} ({folder} is not a folder){closest(profile, known)}")
 
 
-def load_study(path: Path) -> Study:
-    """Read a study file."""
-    data = _read_yaml(path)
-    if "notebook" not in data:
-        raise ValueError(f"{path}: a study file needs a 'notebook' key")
-    grid = data.get("grid") or {}
-    _check_grid(grid, path)
-    return Study(
-        name=path.stem,
-        notebook=data["notebook"],
-        title=data.get("title", path.stem),
-        parameters=dict(data.get("parameters") or {}),
-        grid=grid,
-    )
-
-
-def _check_grid(grid: Any, where: Path | str) -> None:
-    if not isinstance(grid, Mapping) or not all(isinstance(v, list) and v for v in grid.values()):
-        raise ValueError(f"{where}: 'grid' must map each parameter to a non-empty list of values")
-
-
-def discover_studies(params_dir: Path) -> list[Study]:
-    """Every study file in `params_dir`, in notebook order."""
-    studies = [load_study(p) for p in sorted(params_dir.glob("*.yaml")) if is_study_file(p)]
-    return sorted(studies, key=lambda s: s.notebook)
-
-
-def apply_profile(study: Study, profile: Mapping[str, Any]) -> Study:
-    """The study with a profile's overrides: global parameters the study declares, then the study's own."""
-    parameters = dict(study.parameters)
-    for key, value in (profile.get("parameters") or {}).items():
-        if key in parameters:
-            parameters[key] = value
-    own = (profile.get("studies") or {}).get(study.name) or {}
-    unknown = set(own.get("parameters") or {}) - set(parameters)
-    if unknown:
-        raise ValueError(f"profile sets parameters {sorted(unknown)} that study {study.name!r} does not declare")
-    parameters.update(own.get("parameters") or {})
-    grid = own.get("grid", study.grid) or {}
-    _check_grid(grid, f"profile override of {study.name}")
-    return Study(study.name, study.notebook, study.title, parameters, grid)
-
-
-def load_profile(path: Path) -> dict[str, Any]:
-    """Read a profile file (a params file without a notebook)."""
-    data = _read_yaml(path)
-    if "notebook" in data:
-        raise ValueError(f"{path} is a study file, not a profile")
-    return data
+def _files(folder: Path | None, studies: Mapping[str, Study]) -> dict[str, list[Path]]:
+    """The parameter files of a profile folder by study; an entry naming no study is an error."""
+    files: dict[str, list[Path]] = {}
+    for entry in sorted(folder.iterdir()) if folder else []:
+        if entry.is_dir():
+            stem, paths = entry.name, sorted(p for p in entry.iterdir() if p.suffix in (".yaml", ".yml"))
+        elif entry.suffix in (".yaml", ".yml"):
+            stem, paths = entry.stem, [entry]
+        else:
+            continue
+        if stem not in studies:
+            raise ValueError(f"{entry}: no study {stem!r} in this workbook{closest(stem, list(studies))}")
+        files.setdefault(stem, []).extend(paths)
+    return files
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.,=+-]+", "_", text).strip("_") or "run"
 
 
-def _text(value: Any) -> str:
-    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-
-
-def _label(key: str, value: Any) -> str:
-    if isinstance(value, Mapping):
-        return "_".join(f"{k}={_text(v)}" for k, v in value.items())
-    return f"{key}={_text(value)}"
-
-
-def expand(study: Study) -> list[Run]:
-    """One run per grid combination (one run named ``default`` without a grid)."""
-    if not study.grid:
-        return [Run(study, DEFAULT_RUN, dict(study.parameters))]
-    keys = list(study.grid)
+def _runs(study: Study, profile: str, files: list[Path], overrides: Mapping[str, Any]) -> list[Run]:
+    """The runs of one study under a profile: one per file (the notebook's defaults without a file)."""
+    applied = {k: v for k, v in overrides.items() if k in study.parameters}
+    suffix = "".join(f"-{k}={_slug(str(v))}" for k, v in applied.items())
     runs = []
-    for values in itertools.product(*(study.grid[k] for k in keys)):
-        parameters = dict(study.parameters)
-        for key, value in zip(keys, values, strict=True):
-            update = dict(value) if isinstance(value, Mapping) else {key: value}
-            unknown = set(update) - set(study.parameters)
-            if unknown:
-                raise ValueError(f"study {study.name!r}: grid sets undeclared parameters {sorted(unknown)}")
-            parameters.update(update)
-        name = _slug("_".join(_label(k, v) for k, v in zip(keys, values, strict=True)))
-        runs.append(Run(study, name, parameters))
+    for path in files or [None]:
+        values = read_parameters(path) if path else {}
+        check_parameters(values, study, str(path or study.notebook))
+        if RESULTS_DIR in values:
+            raise ValueError(f"{path}: {RESULTS_DIR} is set by the runner (--results), not by a parameter file")
+        default = profile if path is None or path.parent.name != study.name else f"{profile}-{path.stem}"
+        name = _slug(str(values.get(RUN) or default)) + suffix
+        parameters = {**study.parameters, **values, **applied, RUN: name}
+        parameters.pop(RESULTS_DIR, None)
+        runs.append(Run(study, name, profile, parameters, path))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
-        raise ValueError(f"study {study.name!r}: grid values give duplicate run names {names}")
+        raise ValueError(f"study {study.name!r}, profile {profile!r}: runs with the same name {names}")
     return runs
+
+
+def plan(
+    workbook: Workbook, targets: Sequence[str] = (), profile: str = DEFAULT_PROFILE,
+    overrides: Mapping[str, Any] | None = None,
+) -> list[Run]:
+    """The runs of `targets` (study names; every study when empty) under `profile`, with `overrides` (e.g.
+    ``{"model": "ViT-L-14"}``) applied to every study that declares them (and named in the run)."""
+    studies = {s.name: s for s in discover(workbook.notebooks)}
+    if not studies:
+        raise FileNotFoundError(f"no study notebooks in {workbook.notebooks}")
+    for target in targets:
+        if target not in studies:
+            raise ValueError(f"no study {target!r}{closest(target, list(studies))}")
+    folder = profile_folder(profile, workbook.params)
+    name = folder.name if folder else profile
+    files = _files(folder, studies)
+    chosen = [studies[t] for t in dict.fromkeys(targets)] if targets else list(studies.values())
+    return [run for study in chosen for run in _runs(study, name, files.get(study.name, []), overrides or {})]

@@ -3,6 +3,13 @@
 Functions take tidy pandas tables (or arrays for images) and return a matplotlib Figure; saving is the
 caller's job (`naclip.workbook.outputs.RunOutputs.figure`). `mark_random` watermarks a figure whose model
 had random weights.
+
+Palette: bars and lines take matplotlib's ``tab10`` colours in the order their levels first appear, so a
+level keeps its colour in every panel and in the legend. Published numbers are black marks: a diamond for a
+run without post-processing, a star for one with PAMR. Label maps use `naclip.viz.palette` (PASCAL VOC's
+bit-interleaved colours, shifted by one so class 0 shows too; void pixels white). Heat maps have a colour
+bar: attention ``jet`` (each panel on its own scale), the Gaussian bias ``viridis`` and class probabilities
+``magma`` (both on a fixed 0..1 scale).
 """
 
 from __future__ import annotations
@@ -17,7 +24,33 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 RANDOM_MARK = "RANDOM WEIGHTS — not a result"
-PUBLISHED_STYLE = dict(marker="D", color="black", markersize=6, linestyle="none", zorder=5)
+PUBLISHED_STYLE = dict(color="black", markeredgecolor="black", linestyle="none", zorder=5)
+# Published marks by post-processing: (marker, size, legend label).
+PUBLISHED_MARKS = {False: ("D", 6, "published, no post-processing"), True: ("*", 11, "published, with PAMR")}
+
+
+def _published_handles(published: pd.DataFrame | None) -> list:
+    """Legend entries for the kinds of published marks that `published` holds."""
+    if published is None or not len(published):
+        return []
+    kinds = sorted(set(published["pamr"])) if "pamr" in published else [False]
+    return [plt.Line2D([], [], marker=PUBLISHED_MARKS[k][0], markersize=PUBLISHED_MARKS[k][1],
+                       label=PUBLISHED_MARKS[k][2], **PUBLISHED_STYLE) for k in kinds]
+
+
+def _plot_published(ax, xs: Sequence[float], rows: pd.DataFrame, y: str, colour="black") -> None:
+    """Published values at `xs`, a diamond or a star per row's ``pamr`` flag."""
+    pamr = rows["pamr"] if "pamr" in rows else pd.Series(False, index=rows.index)
+    for x, value, with_pamr in zip(xs, rows[y], pamr, strict=True):
+        marker, size, _ = PUBLISHED_MARKS[bool(with_pamr)]
+        ax.plot([x], [value], marker=marker, markersize=size, **{**PUBLISHED_STYLE, "color": colour})
+
+
+def footnote(fig: Figure, text: str, below: float = 0.0) -> None:
+    """A note under the figure (what a reader must know to read it: samples, protocols), `below` inches lower."""
+    if text:
+        y = -0.01 - below / fig.get_figheight()
+        fig.text(0.01, y, text, ha="left", va="top", fontsize=9, wrap=True, color="dimgrey")
 
 
 def mark_random(fig: Figure) -> None:
@@ -56,11 +89,16 @@ def metric_bars(
     title: str = "",
     xlabel: str | None = None,
     ylabel: str = "mIoU (%)",
+    labels: Mapping[str, str] | None = None,
+    note: str = "",
 ) -> Figure:
-    """Grouped bars of `y` by `x` and `hue` (one panel per `col` value), published values as black diamonds.
+    """Grouped bars of `y` by `x` and `hue` (one panel per `col` value), published values as black marks.
 
-    `published` has the same `x`, `hue` (and `col`) columns and `y`; its values sit on the matching bars.
+    `published` has the same `x`, `hue` (and `col`) columns, `y`, and optionally ``pamr`` (star rather than
+    diamond); its values sit on the matching bars. `labels` renames hue levels in the legend; `note` goes
+    under the figure.
     """
+    labels = labels or {}
     with sns.axes_style("whitegrid"):
         panels = list(data[col].unique()) if col else [None]
         fig, axes = _panels(len(panels), width=max(5.0, 0.9 * data[x].nunique() + 2.5), sharey=True)
@@ -78,22 +116,20 @@ def metric_bars(
                 values = [rows[v] for v in xs if v in rows.index]
                 ax.bar(pos, values, width=width * 0.95, color=colours[level], label=str(level))
                 if ref is not None and len(ref):
-                    marks = ref[ref[hue] == level].set_index(x)[y]
-                    pos = [i + offset for i, v in enumerate(xs) if v in marks.index]
-                    if pos:
-                        ax.plot(pos, [marks[v] for v in xs if v in marks.index], **PUBLISHED_STYLE)
+                    marks = ref[(ref[hue] == level) & ref[x].isin(xs)]
+                    _plot_published(ax, [xs.index(v) + offset for v in marks[x]], marks, y)
             ax.set_xticks(range(len(xs)), [str(v) for v in xs], rotation=30 if len(xs) > 4 else 0, ha="right"
                           if len(xs) > 4 else "center")
             ax.set_xlabel(xlabel or x)
             ax.set_ylabel(ylabel)
             if panel is not None:
                 ax.set_title(f"{col} = {panel}")
-        handles = [Patch(color=colours[h], label=str(h)) for h in hues]
-        if published is not None and len(published):
-            handles.append(plt.Line2D([], [], label="published", **PUBLISHED_STYLE))
+        handles = [Patch(color=colours[h], label=labels.get(h, str(h))) for h in hues]
+        handles += _published_handles(published)
         fig.legend(handles=handles, title=hue, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
         fig.suptitle(title)
         fig.tight_layout()
+        footnote(fig, note)
     return fig
 
 
@@ -108,10 +144,12 @@ def sweep_lines(
     title: str = "",
     xlabel: str | None = None,
     ylabel: str = "mIoU (%)",
+    note: str = "",
 ) -> Figure:
     """`y` against a swept parameter `x`, a line per `hue` (dash `style`); the default value as a dotted line.
 
-    `published` (columns `hue`, `x`, `y`) is drawn as diamonds in the colour of their `hue` line.
+    `published` (columns `hue`, `x`, `y`, optionally ``pamr``) is drawn as marks in the colour of their `hue`
+    line: a diamond without post-processing, a star with PAMR.
     """
     with sns.axes_style("whitegrid"):
         fig, ax = plt.subplots(figsize=(7.5, 4.5))
@@ -121,14 +159,18 @@ def sweep_lines(
             ax.axvline(default, color="grey", linestyle=":", label=f"default {x} = {default:g}")
         if published is not None and len(published):
             for level, part in published.groupby(hue, sort=False):
-                style_kw = {**PUBLISHED_STYLE, "color": colours.get(level, "black"), "markeredgecolor": "black"}
-                ax.plot(part[x], part[y], **style_kw)
-            ax.plot([], [], label="published (colour: " + hue + ")", **PUBLISHED_STYLE)
+                _plot_published(ax, list(part[x]), part, y, colour=colours.get(level, "black"))
+        handles, names = ax.get_legend_handles_labels()
+        extra = _published_handles(published)
+        for handle in extra:
+            handle.set_label(f"{handle.get_label()} (colour: {hue})")
+        ax.legend(handles=[*handles, *extra], labels=[*names, *(h.get_label() for h in extra)],
+                  loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
         ax.set_xlabel(xlabel or x)
         ax.set_ylabel(ylabel)
-        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
         fig.suptitle(title)
         fig.tight_layout()
+        footnote(fig, note)
     return fig
 
 
@@ -139,9 +181,14 @@ def image_grid(
     legend: Mapping[str, Sequence[float]] | None = None,
     title: str = "",
     cell: float = 2.6,
+    note: str = "",
 ) -> Figure:
-    """A grid of RGB images (rows x columns) with column and row titles, and a legend of 0-255 RGB colours."""
+    """A grid of RGB images (rows x columns) with column and row titles, and a legend of 0-255 RGB colours.
+
+    Titles and legend text grow with `cell` (inches per image), so they stay readable on large images.
+    """
     count = len(column_titles)
+    size = max(9.0, 3.4 * cell)
     fig, axes = plt.subplots(len(rows), count, figsize=(cell * count, cell * len(rows)), squeeze=False)
     for r, images in enumerate(rows):
         for c, image in enumerate(images):
@@ -150,15 +197,19 @@ def image_grid(
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(column_titles[c], fontsize=10)
+                ax.set_title(column_titles[c], fontsize=size)
         if r < len(row_titles):
-            axes[r, 0].set_ylabel(row_titles[r], fontsize=9)
+            axes[r, 0].set_ylabel(row_titles[r], fontsize=0.9 * size)
+    fig.suptitle(title, fontsize=1.1 * size)
+    fig.tight_layout()
+    lines = 0
     if legend:
+        columns = max(1, min(len(legend), int(1.6 * count)))
+        lines = -(-len(legend) // columns)
         handles = [Patch(color=np.asarray(colour) / 255, label=name) for name, colour in legend.items()]
-        fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), frameon=False,
-                   bbox_to_anchor=(0.5, -0.02), fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.06 if legend else 0, 1, 1))
+        fig.legend(handles=handles, loc="upper center", ncol=columns, frameon=False, bbox_to_anchor=(0.5, 0.0),
+                   fontsize=size, handlelength=1.5)
+    footnote(fig, note, below=lines * 1.6 * size / 72)
     return fig
 
 

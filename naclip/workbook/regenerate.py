@@ -1,52 +1,30 @@
-"""`naclip workbook run`: resolve studies and a profile into runs, execute them, rebuild the index."""
+"""`naclip workbook run` and `list`: resolve studies and a profile into runs, show their states, execute them,
+rebuild the index."""
 
 from __future__ import annotations
 
+import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from naclip.workbook.index import write_index
-from naclip.workbook.params import (
-    Run,
-    apply_profile,
-    discover_studies,
-    expand,
-    is_study_file,
-    load_profile,
-    load_study,
+from naclip.workbook.layout import Study, Workbook, discover
+from naclip.workbook.outputs import MARKER
+from naclip.workbook.params import DEFAULT_PROFILE, FALLBACK_PROFILE, Run, plan, profiles
+from naclip.workbook.runner import (
+    COMPLETE,
+    Executor,
+    Report,
+    State,
+    execute_runs,
+    notebook_kernel,
+    papermill_executor,
+    run_dir,
+    run_state,
 )
-from naclip.workbook.runner import Executor, Report, execute_runs, notebook_kernel, papermill_executor
-
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_PROFILE = "samples"
-FALLBACK_PROFILE = "smoke"
-
-
-def _params_file(target: str, params_dir: Path, kind: str, known: list[str]) -> Path:
-    """A params file given by path or by its name in `params_dir`; FileNotFoundError listing `known`."""
-    path = Path(target)
-    if path.suffix not in (".yaml", ".yml"):
-        path = params_dir / f"{target}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"no {kind} {target!r} ({path} does not exist); {kind}s: {', '.join(known)}")
-    return path
-
-
-def resolve_profile(profile: str, params_dir: Path) -> tuple[str, dict]:
-    """A profile's name and overrides, from a name in `params_dir` or a file path."""
-    names = sorted(p.stem for p in params_dir.glob("*.yaml") if not is_study_file(p))
-    path = _params_file(profile, params_dir, "profile", names)
-    return path.stem, load_profile(path)
-
-
-def plan(targets: Sequence[str], profile: dict, params_dir: Path) -> list[Run]:
-    """The runs for `targets` (study names or study files; every study when empty) under `profile`."""
-    studies = discover_studies(params_dir)
-    if targets:
-        known = [s.name for s in studies]
-        studies = [load_study(_params_file(t, params_dir, "study", known)) for t in targets]
-    return [run for study in studies for run in expand(apply_profile(study, profile))]
 
 
 def weights_error(model: str, pretrained: str | None) -> str | None:
@@ -55,48 +33,121 @@ def weights_error(model: str, pretrained: str | None) -> str | None:
 
     try:
         load_clip(model, pretrained)
-    except (RuntimeError, OSError) as error:
+    except (RuntimeError, OSError, ValueError) as error:
         return str(error)
     return None
 
 
-def regenerate(
+@dataclass
+class Plan:
+    """The runs an invocation would make, and the banner and note when it fell back to random weights."""
+
+    workbook: Workbook
+    runs: list[Run]
+    banner: str | None = None
+    note: str | None = None
+
+
+def _weights(runs: Sequence[Run]) -> list[tuple[str, str | None]]:
+    pairs = {(r.parameters["model"], r.parameters["pretrained"]) for r in runs if "pretrained" in r.parameters}
+    return sorted(pairs, key=str)
+
+
+def resolve(
     targets: Sequence[str] = (),
     profile: str | None = None,
-    results: Path | None = None,
-    force: bool = False,
-    params_dir: Path = ROOT / "params",
-    notebooks: Path = ROOT / "notebooks",
-    executor: Executor | None = None,
-    log: Callable[[str], None] = print,
-) -> Report:
-    """Run the studies and rebuild ``index.md``.
+    workbook: Workbook | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Plan:
+    """The runs of `targets` under `profile` with `overrides` (model, pretrained, device).
 
-    Without `profile`, the embedded samples are run with the real weights; when those cannot be loaded
-    (offline, no cached weights) the smoke profile runs instead, under a banner in every output.
+    Without `profile` the default profile runs (the notebooks' defaults: real weights on the embedded samples);
+    when those weights cannot be loaded (offline, nothing cached), the fallback profile runs instead, under a
+    banner. Weights named on the command line must load: their error is raised at once.
     """
-    results = Path(results or ROOT / "results")
-    name, overrides = resolve_profile(profile or DEFAULT_PROFILE, params_dir)
-    banner = note = None
-    if profile is None:
-        model = (overrides.get("parameters") or {}).get("model", "ViT-B-16")
-        pretrained = (overrides.get("parameters") or {}).get("pretrained", "openai")
-        error = weights_error(model, pretrained)
+    workbook = workbook or Workbook.at()
+    overrides = dict(overrides or {})
+    runs = plan(workbook, targets, profile or DEFAULT_PROFILE, overrides)
+    if {"model", "pretrained"} & set(overrides):
+        for model, pretrained in _weights(runs):
+            error = pretrained is not None and weights_error(model, pretrained)
+            if error:
+                raise RuntimeError(f"{model}/{pretrained}: {error}")
+        return Plan(workbook, runs)
+    if profile is not None:
+        return Plan(workbook, runs)
+    for model, pretrained in _weights(runs):
+        error = pretrained is not None and weights_error(model, pretrained)
         if error:
             banner = (
                 f"RANDOM WEIGHTS — not a result: the {model}/{pretrained} weights could not be loaded, so the "
                 f"'{FALLBACK_PROFILE}' profile ran instead (tiny random model). Reason: {error}"
             )
             note = f"Ran the '{FALLBACK_PROFILE}' profile: the {model}/{pretrained} weights could not be loaded."
-            print(f"\n{'!' * 100}\n{banner}\n{'!' * 100}\n", file=sys.stderr)
-            name, overrides = resolve_profile(FALLBACK_PROFILE, params_dir)
-    runs = plan(targets, overrides, params_dir)
-    results.mkdir(parents=True, exist_ok=True)
+            return Plan(workbook, plan(workbook, targets, FALLBACK_PROFILE, overrides), banner, note)
+    return Plan(workbook, runs)
+
+
+def regenerate(
+    targets: Sequence[str] = (),
+    profile: str | None = None,
+    workbook: Workbook | None = None,
+    force: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    executor: Executor | None = None,
+    log: Callable[[str], None] = print,
+) -> Report:
+    """Run the studies that are not complete (all with `force`) and rebuild ``index.md`` and ``index.html``."""
+    chosen = resolve(targets, profile, workbook, overrides)
+    if chosen.banner:
+        print(f"\n{'!' * 100}\n{chosen.banner}\n{'!' * 100}\n", file=sys.stderr)
+    chosen.workbook.results.mkdir(parents=True, exist_ok=True)
     with notebook_kernel() as kernel:
-        report = execute_runs(
-            runs, results, notebooks, executor or papermill_executor(kernel),
-            force=force, profile=name, note=note, log=log,
-        )
-    index = write_index(results, banner)
-    log(f"index: {index}")
+        report = execute_runs(chosen.runs, chosen.workbook, executor or papermill_executor(kernel), force=force,
+                              note=chosen.note, log=log)
+    for index in write_index(chosen.workbook, chosen.banner):
+        log(f"index: {index}")
     return report
+
+
+def preview(chosen: Plan, force: bool = False) -> list[str]:
+    """What `regenerate` would do with `chosen`, one line per run (and its changed parameters)."""
+    lines = [f"> {chosen.banner}"] if chosen.banner else []
+    for run in chosen.runs:
+        state = run_state(run_dir(chosen.workbook.results, run), run)
+        action = "skip" if state.state == COMPLETE and not force else "run "
+        source = run.source or f"{run.study.notebook.name} defaults"
+        lines.append(f"{action} {run.study.name}/{run.name}: {state}; parameters from {source}")
+        changed = {k: v for k, v in run.changed.items() if k != "run"}
+        if changed:
+            lines.append("       " + ", ".join(f"{k}={v!r}" for k, v in changed.items()))
+    return lines
+
+
+def listing(workbook: Workbook, profile: str | None = None) -> list[str]:
+    """Every study with its runs (each profile's, or `profile`'s, and any other run folder) and their states."""
+    names = [profile] if profile else profiles(workbook.params)
+    planned: dict[str, list[Run]] = {}
+    for name in names:
+        for run in plan(workbook, (), name):
+            planned.setdefault(run.study.name, []).append(run)
+    lines = []
+    for study in discover(workbook.notebooks):
+        lines.append(f"{study.name}: {study.title}")
+        runs = planned.get(study.name, [])
+        for run in runs:
+            lines.append(f"  {run.name:<28} {run_state(run_dir(workbook.results, run), run)}")
+        if profile is None:
+            known = {r.name for r in runs}
+            folder = workbook.results / study.name
+            for other in sorted(p for p in folder.glob("*") if p.is_dir() and p.name not in known):
+                lines.append(f"  {other.name:<28} {_unplanned_state(other, study)}")
+    return lines
+
+
+def _unplanned_state(folder: Path, study: Study) -> State:
+    """The state of a run folder that no profile makes: its record is checked against today's notebook and code."""
+    parameters = {}
+    if (folder / MARKER).is_file():
+        parameters = json.loads((folder / MARKER).read_text()).get("key", {}).get("parameters") or {}
+    return run_state(folder, Run(study, folder.name, "", parameters))

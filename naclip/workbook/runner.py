@@ -1,16 +1,22 @@
-"""Execute study runs with papermill: skip completed runs, keep going past failures, record provenance.
+"""Execute study runs with papermill: skip complete runs, keep going past failures, record what made each run.
 
-A run folder ``results/<study>/<run>/`` holds the executed notebook, the tables and figures the notebook
-wrote, and, written last and atomically, ``run.json``: the completion marker with the configuration and
-provenance. A run counts as complete only when ``run.json`` exists and its key (a digest of the notebook's text
-and the parameters) matches, so an interrupted run, or one whose notebook or parameters changed, is redone,
-and nothing else is. A failed run leaves ``failed.json`` with the error instead.
+A run folder ``results/<study>/<run>/`` holds ``parameters.yaml`` (every parameter of the run, a file
+``papermill -f`` reads), the executed notebook, the tables and figures the notebook wrote, and, written last,
+``run.json``: the completion record. A run is *complete* when ``run.json`` exists and the notebook, the
+parameters, naclip's version and naclip's code (a digest of the installed package) are those that made it;
+*stale* when one of them changed (or the folder holds outputs but no record: interrupted, or run by hand);
+*failed* when it left ``failed.json``; *missing* otherwise. Only complete runs are skipped.
+
+While a notebook runs, its progress bars (tqdm's notebook widgets) are mirrored as text on the console.
 """
 
 from __future__ import annotations
 
+import hashlib
+import html
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -20,18 +26,87 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+import yaml
+
+import naclip
 from naclip.io import environment, write_json
-from naclip.workbook.outputs import MANIFEST
-from naclip.workbook.params import Run
+from naclip.workbook.layout import Workbook
+from naclip.workbook.outputs import FAILED, MANIFEST, MARKER, read_manifest
+from naclip.workbook.params import RESULTS_DIR, Run
 
-MARKER = "run.json"
-FAILED = "failed.json"
+PARAMETERS = "parameters.yaml"
 KERNEL_NAME = "naclip-workbook"
+COMPLETE, STALE, FAILED_STATE, MISSING = "complete", "stale", "failed", "missing"
 
 Executor = Callable[[Path, Path, dict[str, Any], Path], None]
+
+
+@cache
+def code_digest() -> str:
+    """A digest of the naclip package's files (code and resources): any edit to the library changes it."""
+    package = Path(naclip.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def run_key(run: Run) -> dict[str, Any]:
+    """What a complete run must still match: its notebook, its parameters, naclip's version and code."""
+    return {"notebook": _digest(run.study.notebook), "parameters": run.parameters,
+            "naclip_version": naclip.__version__, "code": code_digest()}
+
+
+@dataclass(frozen=True)
+class State:
+    """A run's state (complete, stale, failed, missing) and why."""
+
+    state: str
+    reason: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.state} ({self.reason})" if self.reason else self.state
+
+
+def _changed(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
+
+
+def run_state(folder: Path, run: Run) -> State:
+    """The state of `run` given what its folder holds."""
+    if (folder / MARKER).is_file():
+        try:
+            key = json.loads((folder / MARKER).read_text()).get("key", {})
+        except json.JSONDecodeError:
+            return State(STALE, "unreadable run record")
+        now = run_key(run)
+        if key.get("notebook") != now["notebook"]:
+            return State(STALE, "the notebook changed")
+        if key.get("parameters") != now["parameters"]:
+            return State(STALE, f"parameters changed: {_changed(key.get('parameters') or {}, now['parameters'])}")
+        if key.get("naclip_version") != now["naclip_version"]:
+            return State(STALE, f"naclip {key.get('naclip_version')} -> {now['naclip_version']}")
+        if key.get("code") != now["code"]:
+            return State(STALE, "naclip's code changed")
+        return State(COMPLETE)
+    if (folder / FAILED).is_file():
+        try:
+            error = json.loads((folder / FAILED).read_text()).get("error", "")
+        except json.JSONDecodeError:
+            error = ""
+        return State(FAILED_STATE, error.strip().splitlines()[-1] if error.strip() else "")
+    if (folder / MANIFEST).is_file():
+        return State(STALE, "outputs without a run record: interrupted, or run outside `naclip workbook run`")
+    return State(MISSING)
 
 
 @dataclass
@@ -52,15 +127,97 @@ def run_dir(results: Path, run: Run) -> Path:
     return results / run.study.name / run.name
 
 
-def is_complete(folder: Path, key: str) -> bool:
-    """True when `folder` holds a finished run whose key (notebook and parameters) is `key`."""
-    marker = folder / MARKER
-    if not marker.is_file():
-        return False
-    try:
-        return json.loads(marker.read_text()).get("key") == key
-    except json.JSONDecodeError:
-        return False
+def parameters_file(run: Run, workbook: Workbook) -> dict[str, Any]:
+    """Every parameter of `run` as papermill gets it: results_dir relative to the workbook when inside it."""
+    results = workbook.results
+    value = results.relative_to(workbook.root).as_posix() if results.is_relative_to(workbook.root) else str(results)
+    return {**run.parameters, RESULTS_DIR: value}
+
+
+# -- progress on the console -----------------------------------------------------------------------------
+
+
+class ConsoleBars:
+    """Mirrors the kernel's tqdm notebook bars as text lines on a console stream.
+
+    tqdm's notebook bar is an ipywidgets box of [description HTML, FloatProgress, counts HTML]; the kernel
+    sends every change of those widgets to the client, which hands the messages to `message`. A line is
+    written when the counts change (at most every `interval` seconds, every 10 s when the stream is not a
+    terminal), and once more when the bar is full.
+    """
+
+    def __init__(self, stream: TextIO, interval: float = 0.5) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.interval = interval if self.tty else 10.0
+        self.models: dict[str, dict[str, Any]] = {}
+        self.shown: dict[str, tuple[float, str]] = {}  # bar id -> (time, text) last written
+        self.done: set[str] = set()
+
+    def message(self, msg: dict[str, Any]) -> None:
+        """Take one comm_open / comm_msg message of the kernel."""
+        content = msg.get("content", {})
+        state = content.get("data", {}).get("state")
+        if msg.get("msg_type") not in ("comm_open", "comm_msg") or not isinstance(state, dict):
+            return
+        self.models.setdefault(content["comm_id"], {}).update(state)
+        for box_id, children in self._bars():
+            if content["comm_id"] == children[2]:  # tqdm sets the counts text last, after the bar and description
+                self._show(box_id, children)
+
+    def _bars(self) -> Iterator[tuple[str, list[str]]]:
+        for box_id, state in self.models.items():
+            children = [str(c).removeprefix("IPY_MODEL_") for c in state.get("children", [])]
+            names = [self.models.get(c, {}).get("_model_name") for c in children]
+            if names == ["HTMLModel", "FloatProgressModel", "HTMLModel"]:
+                yield box_id, children
+
+    def _show(self, box_id: str, children: list[str]) -> None:
+        if box_id in self.done:
+            return
+        left, bar, right = (self.models[c] for c in children)
+        total, value = float(bar.get("max") or 1), float(bar.get("value") or 0)
+        filled = int(20 * min(1.0, value / total)) if total else 0
+        text = html.unescape(f"{left.get('value', '')} |{'█' * filled}{' ' * (20 - filled)}| {right.get('value', '')}")
+        text = re.sub(r"<[^>]+>", "", text).replace("\u2007", " ").strip()
+        finished = bar.get("bar_style") in ("success", "danger") or (total and value >= total)
+        last_time, last_text = self.shown.get(box_id, (0.0, ""))
+        now = time.monotonic()
+        if text == last_text or (not finished and now - last_time < self.interval):
+            return
+        self.shown[box_id] = (now, text)
+        if finished:
+            self.done.add(box_id)
+        self.stream.write(f"\r    {text}\x1b[K" + ("\n" if finished else "") if self.tty else f"    {text}\n")
+        self.stream.flush()
+
+
+@cache
+def _engine() -> str:
+    """Register the papermill engine that mirrors the kernel's progress bars on its `console` argument; its name."""
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    class Client(PapermillNotebookClient):
+        bars: ConsoleBars | None = None
+
+        def handle_comm_msg(self, outs, msg, cell_index):
+            super().handle_comm_msg(outs, msg, cell_index)
+            if self.bars is not None:
+                self.bars.message(msg)
+
+    class Engine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, start_timeout=60,
+                                     execution_timeout=None, console=None, **kwargs):
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("input_path", "timeout", "startup_timeout")}
+            client = Client(nb_man, kernel_name=kernel_name, log_output=log_output, startup_timeout=start_timeout,
+                            timeout=execution_timeout, **kwargs)
+            client.bars = ConsoleBars(console) if console is not None else None
+            return client.execute()
+
+    papermill_engines.register("naclip", Engine)
+    return "naclip"
 
 
 @contextmanager
@@ -91,23 +248,21 @@ def notebook_kernel() -> Iterator[str]:
                 os.environ["JUPYTER_PATH"] = previous
 
 
-def papermill_executor(kernel_name: str) -> Executor:
-    """An executor running a notebook with papermill on `kernel_name`."""
+def papermill_executor(kernel_name: str, console: TextIO | None = sys.stderr) -> Executor:
+    """An executor running a notebook with papermill on `kernel_name`, its progress bars mirrored on `console`."""
 
     def execute(notebook: Path, output: Path, parameters: dict[str, Any], cwd: Path) -> None:
         import papermill
 
         papermill.execute_notebook(
-            str(notebook),
-            str(output),
-            parameters=parameters,
-            kernel_name=kernel_name,
-            cwd=str(cwd),
-            progress_bar=False,
-            log_output=False,
+            str(notebook), str(output), parameters=parameters, kernel_name=kernel_name, cwd=str(cwd),
+            progress_bar=False, log_output=False, engine_name=_engine(), console=console,
         )
 
     return execute
+
+
+# -- running ---------------------------------------------------------------------------------------------
 
 
 def _reset(folder: Path, force: bool) -> None:
@@ -127,50 +282,44 @@ def _error_text(error: BaseException) -> str:
 
 def execute_runs(
     runs: Sequence[Run],
-    results: Path,
-    notebooks: Path,
+    workbook: Workbook,
     execute: Executor,
     *,
     force: bool = False,
-    profile: str = "paper",
     note: str | None = None,
     log: Callable[[str], None] = print,
 ) -> Report:
-    """Execute every run not already complete (all of them with `force`); failures are recorded, not raised."""
+    """Execute every run that is not complete (all of them with `force`); failures are recorded, not raised."""
     report = Report()
     env = environment()
     for number, run in enumerate(runs, 1):
-        folder = run_dir(results, run)
+        folder = run_dir(workbook.results, run)
         label = f"[{number}/{len(runs)}] {run.study.name}/{run.name}"
-        notebook = notebooks / run.study.notebook
-        if not notebook.is_file():
-            report.failed.append((run, f"notebook {notebook} does not exist"))
-            log(f"{label}: FAILED, no notebook {notebook}")
-            continue
-        key = run.key(notebook)
-        if not force and is_complete(folder, key):
+        state = run_state(folder, run)
+        if not force and state.state == COMPLETE:
             report.skipped.append(run)
             log(f"{label}: complete, skipped")
             continue
         _reset(folder, force)
+        parameters = parameters_file(run, workbook)
+        (folder / PARAMETERS).write_text(yaml.safe_dump(parameters, sort_keys=False))
         record = {
             "study": run.study.name,
             "title": run.study.title,
             "run": run.name,
-            "notebook": run.study.notebook,
+            "profile": run.profile,
+            "notebook": run.study.notebook.name,
             "parameters": run.parameters,
-            "key": key,
-            "random_weights": run.random_weights,
-            "profile": profile,
+            "source": str(run.source) if run.source else None,
+            "key": run_key(run),
             "note": note,
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "provenance": env,
         }
-        parameters = {**run.parameters, "out_dir": str(folder.resolve()), "random_weights": run.random_weights}
-        log(f"{label}: running {run.study.notebook}")
+        log(f"{label}: running {run.study.notebook.name} ({state})")
         start = time.perf_counter()
         try:
-            execute(notebook, folder / notebook.name, parameters, notebooks)
+            execute(run.study.notebook, folder / run.study.notebook.name, parameters, workbook.notebooks)
         except Exception as error:  # noqa: BLE001 - any notebook error is reported, and the others still run
             record["error"] = _error_text(error)
             record["traceback"] = traceback.format_exc(limit=5)
@@ -178,7 +327,9 @@ def execute_runs(
             report.failed.append((run, record["error"]))
             log(f"{label}: FAILED after {time.perf_counter() - start:.1f}s")
             continue
-        record["seconds"] = round(time.perf_counter() - start, 2)
+        manifest = read_manifest(folder)
+        record.update(seconds=round(time.perf_counter() - start, 2), random_weights=manifest["random_weights"],
+                      weights=manifest["weights"])
         write_json(record, folder / MARKER)
         report.executed.append(run)
         log(f"{label}: done in {record['seconds']:.1f}s")

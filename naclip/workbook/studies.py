@@ -1,4 +1,5 @@
-"""The computations behind the workbook studies: method definitions, result tables, gaps to published numbers.
+"""The computations behind the workbook studies: runs of the method presets, variant lists, comparisons with the
+published numbers, kernel and attention maps.
 
 Notebooks only glue these together and plot; each function here has a test.
 """
@@ -6,12 +7,28 @@ Notebooks only glue these together and plot; each function here has a test.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
-from naclip.attention import gaussian_bias
+from naclip.attention import gaussian_bias, get_attention
+from naclip.datasets import PRESETS, SegDataset, get_preset
+from naclip.methods import METHODS, get_method
+from naclip.settings import coerce
+from naclip.workbook.published import BACKBONE, BENCHMARKS, IMAGES, ROWS
+
+NO_AUTHORS_RUN = "NACLIP's protocol (no authors' run published)"
+NOT_PUBLISHED = "no paper ran this variant"
+
+
+def weights_label(model: str, pretrained: str | None) -> str:
+    """``ViT-B-16 / openai``; random weights said in words (never ``None``)."""
+    return f"{model} / {'random weights' if pretrained is None else pretrained}"
 
 
 def patch_bias(grid: tuple[int, int], patch: tuple[int, int], sigma: float) -> np.ndarray:
@@ -36,43 +53,260 @@ def kernel_table(grid: tuple[int, int], patch: tuple[int, int], sigmas: Sequence
     return pd.concat(frames, ignore_index=True)
 
 
-# The methods the paper compares, as settings of the last block (SPEC section 1).
-METHODS: dict[str, dict[str, str]] = {
-    "CLIP": {"attention": "vanilla", "arch": "vanilla"},
-    "SCLIP": {"attention": "csa", "arch": "vanilla"},
-    "ClearCLIP": {"attention": "qq", "arch": "reduced"},
-    "NACLIP": {"attention": "naclip", "arch": "reduced"},
-}
+# -- runs of the method presets --------------------------------------------------------------------------
 
 
-def method_variants(methods: Sequence[str], pamr_steps: int = 0) -> list[dict]:
-    """Segmenter variants (overrides) for named methods of `METHODS`, each with `pamr_steps`."""
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; expected some of {list(METHODS)}")
-    return [{**METHODS[m], "pamr_steps": int(pamr_steps)} for m in methods]
+def protocol_label(method: str) -> str:
+    """Whose protocol a method preset runs under: its authors', or NACLIP's where no authors' run is public."""
+    chosen = get_method(method)
+    return f"authors' protocol ({chosen.source})" if chosen.authors_protocol else NO_AUTHORS_RUN
+
+
+def method_label(method: str) -> str:
+    """A method's name for legends and tables, saying so where it borrows NACLIP's protocol."""
+    return method if get_method(method).authors_protocol else f"{method} ({NO_AUTHORS_RUN})"
+
+
+def evaluate_methods(
+    methods: Sequence[str], benchmarks: Sequence[str], out: str | os.PathLike | None = None, **options: Any
+) -> pd.DataFrame:
+    """Each method preset as its authors ran it: one `evaluate` per method, since their protocols differ.
+
+    `options` go to `naclip.evaluation.evaluate` (data_root, limit, model, pretrained, device, ...); with `out`,
+    each method keeps its own resumable evaluation folder ``<out>/<method>``. The rows are concatenated;
+    ``attrs["per_class"]`` holds every method's per-class rows.
+    """
+    from naclip.evaluation import evaluate
+
+    for method in methods:
+        get_method(method)  # refuse a typo before the first evaluation
+    frames, per_class = [], []
+    for method in methods:
+        folder = None if out is None else Path(out) / method
+        frame = evaluate(benchmarks, method=method, out=folder, **options)
+        per_class.append(frame.attrs.pop("per_class").assign(method=method))
+        frame.attrs = {}  # concat compares attrs; the provenance is in each evaluation folder
+        frames.append(frame)
+    result = pd.concat(frames, ignore_index=True)
+    result.attrs = {"per_class": pd.concat(per_class, ignore_index=True)}
+    return result
+
+
+def label_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Evaluator rows with ``post-processing`` ("none" / "PAMR") and ``protocol`` (whose protocol ran) columns."""
+    pamr = frame["pamr_steps"].astype(int) > 0
+    labelled = frame.assign(**{"post-processing": np.where(pamr, "PAMR", "none"),
+                               "protocol": [protocol_label(m) for m in frame["method"]]})
+    labelled.attrs = {}  # the evaluator's per-class table stays with `frame`; concat cannot compare attrs
+    return labelled
+
+
+# -- variants on one trunk -------------------------------------------------------------------------------
+
+
+def component_variants() -> list[dict]:
+    """The 8 on/off combinations of NACLIP's components: Gaussian bias, key-key similarity, reduced block."""
+    attention = {(False, False): "vanilla", (False, True): "kk", (True, False): "vanilla_gauss",
+                 (True, True): "naclip"}
+    variants = []
+    for gauss, key_key, reduced in itertools.product((False, True), repeat=3):
+        parts = [name for name, on in (("Gauss", gauss), ("KK", key_key), ("reduced", reduced)) if on]
+        variants.append({"name": " + ".join(parts) or "none (CLIP)", "attention": attention[gauss, key_key],
+                         "arch": "reduced" if reduced else "vanilla", "pamr_steps": 0})
+    return variants
+
+
+def sweep_variants(key: str, values: Sequence, pamr_steps: int = 0, **fixed: Any) -> list[dict]:
+    """One variant per value of `key` (e.g. sigma, attention), without and, if `pamr_steps`, with PAMR."""
+    steps = [0, int(pamr_steps)] if pamr_steps else [0]
+    return [
+        {"name": f"{key}={value}" + (" + PAMR" if step else ""), **fixed, key: value, "pamr_steps": step}
+        for step in steps
+        for value in values
+    ]
+
+
+def grid_variants(attentions: Sequence[str], archs: Sequence[str]) -> list[dict]:
+    """Every (attention, architecture) pair, without PAMR."""
+    return [{"name": f"{att}/{arch}", "attention": att, "arch": arch, "pamr_steps": 0}
+            for arch in archs for att in attentions]
+
+
+# -- comparison with the published numbers ---------------------------------------------------------------
+
+# The settings a published run is matched on; the others (device, window batch, ...) never change a label.
+_MATCHED = ("attention", "arch", "sigma", "logit_scale", "prob_threshold", "area_threshold", "pamr_steps",
+            "pamr_dilations", "short_side", "long_side", "slide_crop", "slide_stride", "pad_windows")
+
+
+def published_method(attention: str, arch: str, pamr: bool) -> str | None:
+    """The method preset whose last block and post-processing these are (None: no paper ran them)."""
+    for method in METHODS.values():
+        settings = method.settings()
+        if (settings.attention, settings.arch, settings.pamr_steps > 0) == (attention, arch, pamr):
+            return method.name
+    return None
+
+
+def _differences(row: pd.Series, method: str, protocol: str) -> list[str]:
+    """How the settings and class names of `row` differ from `method` as published on `protocol`."""
+    expected = get_method(method).settings(protocol)
+    skip = set()
+    if not get_attention(expected.attention).neighbourhood:
+        skip.add("sigma")
+    if expected.pamr_steps == 0:
+        skip.add("pamr_dilations")
+    if expected.slide_crop == 0:
+        skip.add("slide_stride")
+    found = [
+        f"{key} {coerce(key, row[key])!s} (published {getattr(expected, key)!s})"
+        for key in _MATCHED
+        if key not in skip and key in row.index and coerce(key, row[key]) != getattr(expected, key)
+    ]
+    if "method" in row.index and get_method(row["method"]).class_file(protocol) != get_method(method).class_file(
+        protocol
+    ):
+        found.append(f"class names of {row['method']} (published: {method}'s)")
+    return found
+
+
+def _compare_row(row: pd.Series) -> dict[str, Any]:
+    """The published number `row` is compared with, whose it is, and why no gap is computed (empty: comparable)."""
+    protocol = get_preset(row["benchmark"]).protocol if row["benchmark"] in PRESETS else ""
+    method = published_method(row["attention"], row["arch"], int(row["pamr_steps"]) > 0)
+    entry = next((r for r in ROWS if r.method == method), None)
+    match = {"protocol_key": protocol, "published": np.nan, "published_as": "", "source": ""}
+    if method is None:
+        return {**match, "reasons": [NOT_PUBLISHED]}
+    if entry is None or protocol not in BENCHMARKS:
+        return {**match, "reasons": [f"no published number for {method}"]}
+    differences = _differences(row, method, protocol)
+    if differences:
+        return {**match, "reasons": [f"{NOT_PUBLISHED}: differs from {method} as published ({'; '.join(differences)})"]}
+    reasons = [] if get_method(method).authors_protocol else [NO_AUTHORS_RUN]
+    if pd.isna(row["pretrained"]):
+        reasons.append("random weights")
+    elif (row["model"], row["pretrained"]) != BACKBONE:
+        reasons.append(f"backbone {weights_label(row['model'], row['pretrained'])}; published: "
+                       f"{weights_label(*BACKBONE)}")
+    if int(row["n_images"]) != IMAGES[protocol]:
+        reasons.append(f"sample: {int(row['n_images'])} of {IMAGES[protocol]} images")
+    published = entry.values[list(BENCHMARKS).index(protocol)]
+    return {**match, "published": published, "published_as": method, "source": entry.source, "reasons": reasons}
+
+
+def _average(group: pd.DataFrame, keys: list[str]) -> dict[str, Any]:
+    """The ``avg`` row of one group of benchmark rows; the published average only when all eight ran."""
+    reasons = list(dict.fromkeys(r for rs in group["reasons"] for r in rs))
+    methods = set(group["published_as"])
+    complete = sorted(group["protocol_key"]) == sorted(BENCHMARKS) and len(methods) == 1
+    entry = next((r for r in ROWS if r.method in methods), None) if complete else None
+    if entry is None and group["published"].notna().any():
+        reasons.append(f"average over {len(group)} benchmark(s); the published average is over all eight")
+    return {**group.iloc[0][keys].to_dict(), "benchmark": "avg", "protocol_key": "",
+            "n_images": int(group["n_images"].sum()), "mIoU": group["mIoU"].mean(),
+            "published": entry.average if entry else np.nan,
+            "published_as": entry.method if entry else "", "source": entry.source if entry else "",
+            "reasons": reasons}
+
+
+def compare_published(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Measured mIoU beside the published one, with the gap (measured - published) only where comparable.
+
+    `frame` is `label_rows` output; `keys` are the columns that tell its rows apart (e.g. ``["method"]`` or
+    ``["sigma"]``; ``post-processing`` and ``protocol`` are always kept). A row is matched with the published
+    method of the same last block and post-processing; the gap is left empty, and ``note`` says why, when the
+    run is not what was published: a variant no paper ran, other settings or class names, NACLIP's protocol
+    standing in for the authors', another backbone or random weights, or a sample of a benchmark (published
+    numbers cover the full validation set). An ``avg`` row per group averages the benchmarks run; it has the
+    published average only when all eight benchmarks ran.
+    """
+    keys = list(dict.fromkeys([*keys, "post-processing", "protocol"]))
+    table = pd.DataFrame([
+        {**{k: row[k] for k in keys}, "benchmark": row["benchmark"], "n_images": int(row["n_images"]),
+         "mIoU": row["mIoU"], **_compare_row(row)}
+        for _, row in frame.iterrows()
+    ])
+    averages = [_average(group, keys) for _, group in table.groupby(keys, sort=False, dropna=False)]
+    table = pd.concat([table, pd.DataFrame(averages)], ignore_index=True)
+    comparable = (table["reasons"].map(len) == 0) & table["published"].notna()
+    table["gap"] = (table["mIoU"] - table["published"]).where(comparable)
+    table["note"] = table["reasons"].map("; ".join)
+    table["images"] = [f"{n} of {IMAGES[p]}" if p in IMAGES else str(n)
+                       for n, p in zip(table["n_images"], table["protocol_key"], strict=True)]
+    return table[["benchmark", *keys, "images", "mIoU", "published", "gap", "published_as", "source", "note"]]
+
+
+def overview(comparison: pd.DataFrame, index: Sequence[str], values: Sequence[str] = ("mIoU", "published", "gap")
+             ) -> pd.DataFrame:
+    """`compare_published` output as one row per `index` and a column per (value, benchmark), benchmarks in the
+    order run and ``avg`` last."""
+    benchmarks = list(dict.fromkeys(comparison["benchmark"]))
+    table = comparison.set_index([*index, "benchmark"])[list(values)].unstack("benchmark")
+    order = list(dict.fromkeys(map(tuple, comparison[list(index)].to_numpy())))
+    table = table.reindex(pd.MultiIndex.from_tuples(order, names=index) if len(index) > 1 else [o[0] for o in order])
+    return table.reindex(columns=[(v, b) for v in values for b in benchmarks]).round(2)
+
+
+def figure_note(comparison: pd.DataFrame) -> str:
+    """What a reader of a figure drawn from `comparison` must know: samples, borrowed protocols, unpublished
+    variants."""
+    notes = comparison["note"]
+    parts = []
+    if notes.str.contains("sample:").any():
+        parts.append("Sample benchmarks hold a handful of images: the published marks are on the full validation "
+                     "sets, shown beside them, not compared.")
+    if "method" in comparison:
+        borrowed = comparison.loc[comparison["protocol"] == NO_AUTHORS_RUN, "method"].unique()
+        if len(borrowed):
+            parts.append(f"{', '.join(borrowed)}: {NO_AUTHORS_RUN}.")
+    if notes.str.startswith(NOT_PUBLISHED).any():
+        parts.append("No mark: no paper ran that variant with these settings.")
+    if notes.str.contains("random weights").any():
+        parts.append("Random weights: every number is noise.")
+    return " ".join(parts)
+
+
+def published_marks(comparison: pd.DataFrame) -> pd.DataFrame:
+    """The `compare_published` rows that have a published number, with that number as `mIoU` and a `pamr` flag
+    (the published run's post-processing), for the marks on a figure."""
+    marks = comparison[comparison["published"].notna()].copy()
+    pamr = {r.method: r.pamr for r in ROWS}
+    marks["pamr"] = marks["published_as"].map(pamr)
+    return marks.assign(mIoU=marks["published"]).drop(columns=["published", "gap"])
+
+
+# -- images ----------------------------------------------------------------------------------------------
 
 
 def qualitative_rows(
-    segmenter, dataset, indices: Sequence[int], methods: Sequence[str]
+    dataset: SegDataset,
+    indices: Sequence[int],
+    methods: Sequence[str],
+    on_load: Callable[[Any], None] | None = None,
+    **backbone: Any,
 ) -> tuple[list[list[np.ndarray]], dict[str, np.ndarray]]:
     """Per image: the RGB image, its colourised ground truth, then each method's colourised prediction.
 
-    Also returns the legend: the colour of every class shown in a ground truth or a prediction.
-    `segmenter` has the dataset's classes set; the trunk runs once per image for all methods.
+    Each method runs as its authors ran it on the dataset's benchmark (`Segmenter.for_benchmark`, with
+    `backbone` options: model, pretrained, device); `on_load` is called with each segmenter once loaded (e.g.
+    `RunOutputs.loaded`). Also returns the legend: the colour of every class shown.
     """
+    from naclip import Segmenter
     from naclip.preprocess import load_image
     from naclip.viz import colorize
 
-    rows, shown = [], []
-    variants = method_variants(methods, segmenter.method["pamr_steps"])
-    for index in indices:
-        image = load_image(dataset[index].image)
-        predictions = segmenter.predict_variants(segmenter.prepare(image), image.shape[:2], variants)
-        labels = [dataset.read_mask(index), *(p.labels for p in predictions)]
-        shown += labels
-        rows.append([image, *(colorize(lab, dataset.num_classes) for lab in labels)])
-    return rows, legend(shown, dataset.class_names)
+    images = [load_image(dataset[i].image) for i in indices]
+    labels = [[dataset.read_mask(i)] for i in indices]
+    for method in tqdm(methods, desc="methods", unit="method"):
+        segmenter = Segmenter.for_benchmark(dataset.name, method=method, **backbone)
+        if on_load is not None:
+            on_load(segmenter)
+        for row, image in zip(labels, images, strict=True):
+            row.append(segmenter.predict(image).labels)
+    rows = [[image, *(colorize(lab, dataset.num_classes) for lab in row)]
+            for image, row in zip(images, labels, strict=True)]
+    return rows, legend([lab for row in labels for lab in row], dataset.class_names)
 
 
 def legend(label_maps: Sequence[np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -87,17 +321,18 @@ def legend(label_maps: Sequence[np.ndarray], names: Sequence[str]) -> dict[str, 
 def patch_attention_maps(
     segmenter, image: np.ndarray, points: Sequence[tuple[float, float]], methods: Sequence[str]
 ) -> tuple[dict[str, np.ndarray], list[tuple[int, int]], tuple[int, int]]:
-    """Last-block attention of the patches under `points` over the patch grid, per method.
+    """Last-block attention of the patches under `points` over the patch grid, per method preset.
 
     `points` are (y, x) fractions of the image height and width, so they mean the same place on any
-    backbone's grid. Returns ({method: (len(points), h, w)} head-averaged weights, the patches (row, col),
-    the grid (h, w)).
+    backbone's grid. Each method's attention variant (and sigma) comes from its preset. Returns
+    ({method: (len(points), h, w)} head-averaged weights, the patches (row, col), the grid (h, w)).
     """
     if any(not (0 <= y <= 1 and 0 <= x <= 1) for y, x in points):
         raise ValueError(f"points must be (y, x) fractions in [0, 1], got {list(points)}")
     maps, patches, grid = {}, [], (0, 0)
     for method in methods:
-        weights = segmenter.patch_attention(image, attention=METHODS[method]["attention"])
+        settings = get_method(method).settings()
+        weights = segmenter.patch_attention(image, attention=settings.attention, sigma=settings.sigma)
         grid = tuple(weights.shape[1:])
         patches = [(min(int(y * grid[0]), grid[0] - 1), min(int(x * grid[1]), grid[1] - 1)) for y, x in points]
         maps[method] = np.stack([weights[row * grid[1] + col] for row, col in patches])
@@ -127,91 +362,3 @@ def class_summary(probs: np.ndarray, labels: np.ndarray, names: Sequence[str]) -
         "mean_probability": probs.reshape(len(names), -1).mean(1),
         "max_probability": probs.reshape(len(names), -1).max(1),
     }).sort_values(["pixel_share", "mean_probability"], ascending=False, ignore_index=True)
-
-
-# -- evaluation studies ----------------------------------------------------------------------------------
-
-
-def main_variants(methods: Sequence[str], pamr_steps: int) -> list[dict]:
-    """Evaluator variants for the main table: each method without, then with PAMR (named ``<method> + PAMR``)."""
-    without = [{"name": m, **v} for m, v in zip(methods, method_variants(methods, 0), strict=True)]
-    with_pamr = [{"name": f"{m} + PAMR", **v} for m, v in zip(methods, method_variants(methods, pamr_steps),
-                                                                strict=True)]
-    return without + (with_pamr if pamr_steps > 0 else [])
-
-
-def component_variants() -> list[dict]:
-    """The 8 on/off combinations of NACLIP's components: Gaussian bias, key-key similarity, reduced block."""
-    attention = {(False, False): "vanilla", (False, True): "kk", (True, False): "vanilla_gauss",
-                 (True, True): "naclip"}
-    variants = []
-    for gauss, key_key, reduced in itertools.product((False, True), repeat=3):
-        parts = [name for name, on in (("Gauss", gauss), ("KK", key_key), ("reduced", reduced)) if on]
-        variants.append({"name": " + ".join(parts) or "none (CLIP)", "attention": attention[gauss, key_key],
-                         "arch": "reduced" if reduced else "vanilla", "pamr_steps": 0})
-    return variants
-
-
-def sweep_variants(key: str, values: Sequence, pamr_steps: int = 0, **fixed) -> list[dict]:
-    """One variant per value of `key` (e.g. sigma, attention), without and, if `pamr_steps`, with PAMR."""
-    steps = [0, int(pamr_steps)] if pamr_steps else [0]
-    return [
-        {"name": f"{key}={value}" + (" + PAMR" if step else ""), **fixed, key: value, "pamr_steps": step}
-        for step in steps
-        for value in values
-    ]
-
-
-def grid_variants(attentions: Sequence[str], archs: Sequence[str]) -> list[dict]:
-    """Every (attention, architecture) pair, without PAMR."""
-    return [{"name": f"{att}/{arch}", "attention": att, "arch": arch, "pamr_steps": 0}
-            for arch in archs for att in attentions]
-
-
-def base_benchmark(name: str) -> str:
-    """The published benchmark a sample stands in for (``voc21-sample`` -> ``voc21``)."""
-    return name.removesuffix("-sample")
-
-
-def tag_methods(frame: pd.DataFrame) -> pd.DataFrame:
-    """Evaluator rows with `method` (its `METHODS` name, else ``attention/arch``), `pamr` (bool) and
-    `post-processing` ("none" / "PAMR") columns."""
-    names = {(v["attention"], v["arch"]): name for name, v in METHODS.items()}
-    method = [names.get((a, r), f"{a}/{r}") for a, r in zip(frame["attention"], frame["arch"], strict=True)]
-    pamr = frame["pamr_steps"].astype(int) > 0
-    tagged = frame.assign(method=method, pamr=pamr, **{"post-processing": np.where(pamr, "PAMR", "none")})
-    tagged.attrs = {}  # the evaluator's per-class table and provenance stay with `frame`; concat cannot compare them
-    return tagged
-
-
-def compare_published(frame: pd.DataFrame, extra: Sequence[str] = ()) -> pd.DataFrame:
-    """Measured mIoU beside the published one: a column per source, and the gap (measured - published).
-
-    `frame` is `tag_methods` output; `extra` columns (e.g. ``sigma``) are kept. Adds a benchmark ``avg``
-    row per (method, pamr, extra), the mean over the benchmarks run; its published value is the paper's
-    average only when all eight benchmarks were run. Sample benchmarks are matched with their full
-    benchmark's published number.
-    """
-    from naclip.workbook.published import BENCHMARKS, published
-
-    keys = ["method", "pamr", "post-processing", *extra]
-    rows = frame[["benchmark", *keys, "mIoU"]].copy()
-    means = rows.groupby(keys, as_index=False, sort=False)["mIoU"].mean().assign(benchmark="avg")
-    rows = pd.concat([rows, means[rows.columns]], ignore_index=True)
-    complete = set(map(base_benchmark, frame["benchmark"])) >= set(BENCHMARKS)
-    rows["published_benchmark"] = [
-        base_benchmark(b) if b != "avg" or complete else None for b in rows["benchmark"]
-    ]
-    reference = published().pivot_table(index=["method", "pamr", "benchmark"], columns="source", values="mIoU")
-    reference.columns = [f"published ({source})" for source in reference.columns]
-    merged = rows.merge(reference, how="left", left_on=["method", "pamr", "published_benchmark"],
-                        right_index=True)
-    merged["gap"] = merged["mIoU"] - merged[list(reference.columns)].bfill(axis=1).iloc[:, 0]
-    return merged.drop(columns="published_benchmark")
-
-
-def published_marks(comparison: pd.DataFrame) -> pd.DataFrame:
-    """The `compare_published` rows that have a published number, with that number as `mIoU` (for plots)."""
-    sources = [c for c in comparison.columns if c.startswith("published (")]
-    value = comparison[sources].bfill(axis=1).iloc[:, 0]
-    return comparison.assign(mIoU=value)[value.notna()].drop(columns=[*sources, "gap"])
