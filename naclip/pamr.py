@@ -42,18 +42,17 @@ def _offsets(dilations: Sequence[int]) -> list[tuple[int, int]]:
     return [(dy * d, dx * d) for d in dilations for dy, dx in DIRECTIONS]
 
 
-def affinity(image: Tensor, dilations: Sequence[int]) -> Tensor:
-    """(B, 8 x D, H, W) neighbour weights of an image (B, K, H, W), summing to 1 over neighbours.
+def _pooled_offsets(dilations: Sequence[int]) -> list[tuple[int, int]]:
+    """(dy, dx) of the 9 x D pixels pooled into a pixel's standard deviation, the centre once per dilation."""
+    return [(dy * d, dx * d) for d in dilations for dy, dx in ((0, 0), *DIRECTIONS)]
 
-    score = -|I_p - I_n| / (1e-8 + 0.1 std_p) per channel, std_p the unbiased standard deviation
-    of the 3x3 neighbourhoods at all dilations pooled (centre included); averaged over channels,
-    soft-maxed over the neighbours. Built in place: a few image-sized buffers besides the result.
-    """
+
+def _scores_torch(image: Tensor, dilations: Sequence[int]) -> Tensor:
+    """(B, 8 x D, H, W) affinity scores before the softmax, with torch operations built in place."""
     height, width = image.shape[-2:]
     pad = max(dilations)
     padded = F.pad(image, [pad] * 4, mode="replicate")  # replicate padding is clamping, whatever its width
-    centred = ((0, 0), *DIRECTIONS)
-    pooled = [_shifted(padded, pad, dy * d, dx * d, height, width) for d in dilations for dy, dx in centred]
+    pooled = [_shifted(padded, pad, dy, dx, height, width) for dy, dx in _pooled_offsets(dilations)]
     mean = torch.zeros_like(image)
     for view in pooled:
         mean.add_(view)
@@ -67,6 +66,73 @@ def affinity(image: Tensor, dilations: Sequence[int]) -> Tensor:
     for k, (dy, dx) in enumerate(offsets):
         difference = (image - _shifted(padded, pad, dy, dx, height, width)).abs_().div_(denominator).neg_()
         scores[:, k] = difference.mean(1)
+    return scores
+
+
+def _score_rows(image: np.ndarray, scores: np.ndarray, pooled: np.ndarray, offsets: np.ndarray) -> None:
+    """`_scores_torch` for one image (K, H, W + 2 pad), column-padded by replication, into `scores` (8 x D, H, W).
+
+    Rows are independent; each is built from rows of the image, in the same order of operations.
+    """
+    channels, height, padded = image.shape
+    width = scores.shape[2]
+    pad = (padded - width) // 2
+    for y in prange(height):
+        mean = np.empty(width, image.dtype)
+        denominator = np.empty(width, image.dtype)
+        scores[:, y] = 0
+        for c in range(channels):
+            centre = image[c, y, pad : pad + width]
+            mean[:] = 0
+            for j in range(len(pooled)):
+                start = pad + pooled[j, 1]
+                view = image[c, min(max(y + pooled[j, 0], 0), height - 1), start : start + width]
+                for x in range(width):
+                    mean[x] += view[x]
+            mean /= len(pooled)
+            denominator[:] = 0
+            for j in range(len(pooled)):
+                start = pad + pooled[j, 1]
+                view = image[c, min(max(y + pooled[j, 0], 0), height - 1), start : start + width]
+                for x in range(width):
+                    denominator[x] += (view[x] - mean[x]) ** 2
+            for x in range(width):
+                denominator[x] = np.sqrt(denominator[x] / (len(pooled) - 1)) * 0.1 + 1e-8
+            for k in range(len(offsets)):
+                start = pad + offsets[k, 1]
+                view = image[c, min(max(y + offsets[k, 0], 0), height - 1), start : start + width]
+                row = scores[k, y]
+                for x in range(width):
+                    row[x] += abs(centre[x] - view[x]) / denominator[x]
+        for k in range(len(offsets)):
+            row = scores[k, y]
+            for x in range(width):
+                row[x] = -row[x] / channels
+
+
+def _scores_compiled(image: Tensor, dilations: Sequence[int]) -> Tensor:
+    """The compiled `_scores_torch`: rows in parallel, a few rows of buffers."""
+    batch, _, height, width = image.shape
+    pad = max(dilations)
+    padded = F.pad(image.detach(), [pad, pad, 0, 0], mode="replicate").contiguous()
+    pooled = np.array(_pooled_offsets(dilations), dtype=np.int64)
+    offsets = np.array(_offsets(dilations), dtype=np.int64)
+    scores = image.new_empty((batch, len(offsets), height, width))
+    set_num_threads(_threads())
+    for b in range(batch):
+        _compiled_scores(padded[b].numpy(), scores[b].numpy(), pooled, offsets)
+    return scores
+
+
+def affinity(image: Tensor, dilations: Sequence[int]) -> Tensor:
+    """(B, 8 x D, H, W) neighbour weights of an image (B, K, H, W), summing to 1 over neighbours.
+
+    score = -|I_p - I_n| / (1e-8 + 0.1 std_p) per channel, std_p the unbiased standard deviation
+    of the 3x3 neighbourhoods at all dilations pooled (centre included); averaged over channels,
+    soft-maxed over the neighbours.
+    """
+    dilations = tuple(int(d) for d in dilations)
+    scores = _scores_compiled(image, dilations) if compiled_applies(image, image) else _scores_torch(image, dilations)
     scores.sub_(scores.amax(1, keepdim=True)).exp_()  # the softmax, in place
     return scores.div_(scores.sum(1, keepdim=True))
 
@@ -131,9 +197,9 @@ def _propagate_planes(
                         row[pad + width :] = row[pad + width - 1]
 
 
-_compiled = (
-    njit(parallel=True, cache=True, fastmath={"contract"}, boundscheck=False)(_propagate_planes) if njit else None
-)
+_JIT = {"parallel": True, "cache": True, "fastmath": {"contract"}, "boundscheck": False}
+_compiled = njit(**_JIT)(_propagate_planes) if njit else None
+_compiled_scores = njit(**_JIT)(_score_rows) if njit else None
 
 
 def compiled_applies(mask: Tensor, weights: Tensor) -> bool:
@@ -145,6 +211,11 @@ def compiled_applies(mask: Tensor, weights: Tensor) -> bool:
         and mask.dtype in (torch.float32, torch.float64)
         and not (torch.is_grad_enabled() and (mask.requires_grad or weights.requires_grad))
     )
+
+
+def _threads() -> int:
+    """Threads for the compiled kernels: torch's count, as far as numba has them."""
+    return max(1, min(torch.get_num_threads(), _numba_config.NUMBA_NUM_THREADS))
 
 
 def _part_bounds(channels: int, threads: int) -> np.ndarray:
@@ -161,7 +232,7 @@ def _propagate_compiled(mask: Tensor, weights: Tensor, dilations: Sequence[int],
     dy = np.array([o[0] for o in offsets], dtype=np.int64)
     dx = np.array([o[1] for o in offsets], dtype=np.int64)
     pad = max(dilations)
-    threads = max(1, min(torch.get_num_threads(), _numba_config.NUMBA_NUM_THREADS))
+    threads = _threads()
     set_num_threads(threads)
     bounds = _part_bounds(channels, threads)
     source = mask.detach().contiguous()

@@ -57,11 +57,14 @@ def gather_all_pamr(image: torch.Tensor, logits: torch.Tensor, steps: int, dilat
     return mask[None]
 
 
-def test_affinity_matches_pixelwise_definition():
+def test_affinity_matches_pixelwise_definition(path):
     image = torch.randn(1, 3, 9, 11, dtype=torch.float64)
     ours = affinity(image, (1, 2))[0].numpy()
     np.testing.assert_allclose(ours, naive_affinity(image[0].numpy(), (1, 2)), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(ours.sum(0), 1.0)
+    single = affinity(image.float(), (1, 2))
+    assert single.dtype == torch.float32
+    np.testing.assert_allclose(single[0].numpy(), ours, rtol=1e-4, atol=1e-6)
 
 
 @pytest.fixture(params=["compiled", "torch"])
@@ -115,11 +118,15 @@ def test_pamr_batch_of_two_matches_each_image(path):
 @needs_numba
 def test_paths_agree_at_a_realistic_size():
     generator = torch.Generator().manual_seed(3)
-    image, logits = torch.randn(1, 3, 70, 90, generator=generator), torch.randn(1, 21, 70, 90, generator=generator)
+    image, logits = torch.randn(2, 3, 70, 90, generator=generator), torch.randn(2, 21, 70, 90, generator=generator)
+    scores = module._scores_compiled(image, (8, 16))
+    expected = module._scores_torch(image, (8, 16))
+    assert ((scores - expected).abs() / expected.abs().clamp_min(1)).max() < 1e-6
     weights = affinity(image, (8, 16))
+    before = logits.clone()
     compiled = propagate(logits, weights, (8, 16), 10)
+    assert torch.equal(logits, before)  # the input is left as it was
     assert (compiled - module._propagate_torch(logits, weights, (8, 16), 10)).abs().max() < 1e-5
-    assert torch.equal(logits, logits.clone())  # the input is left as it was
 
 
 @needs_numba
@@ -142,11 +149,15 @@ def test_compiled_parts_cover_every_plane(threads):
 
 
 def test_kernel_logic_in_plain_python():
-    """The compiled kernel's own source, run by the interpreter on a small case, equals the torch path."""
+    """The compiled kernels' own source, run by the interpreter on a small case, equals the torch path."""
     generator = torch.Generator().manual_seed(5)
     image, logits = torch.randn(1, 3, 7, 6, generator=generator), torch.randn(1, 3, 7, 6, generator=generator)
+    scores = np.empty((16, 7, 6), dtype=np.float32)
+    padded = torch.nn.functional.pad(image, [2, 2, 0, 0], mode="replicate")[0].numpy()
+    pooled, offsets = np.array(module._pooled_offsets((1, 2))), np.array(module._offsets((1, 2)))
+    module._score_rows(padded, scores, pooled, offsets)
+    np.testing.assert_allclose(scores, module._scores_torch(image, (1, 2))[0].numpy(), rtol=1e-5)
     weights = affinity(image, (1, 2))
-    offsets = np.array(module._offsets((1, 2)))
     out = np.empty((3, 7, 6 + 4), dtype=np.float32)
     dy, dx = offsets[:, 0], offsets[:, 1]
     module._propagate_planes(logits[0].numpy(), out, weights[0].numpy(), dy, dx, 2, np.array([0, 3]))
