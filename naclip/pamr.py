@@ -2,10 +2,12 @@
 
 Each pixel's mask becomes a weighted sum of its 8 neighbours at each dilation, weighted by
 image similarity. The affinities depend only on the image, so they are computed once; the
-propagation then runs on one of two paths that agree to float rounding:
+propagation, linear in the logits, then runs per setting. Both run on one of two paths that
+agree to float rounding (tests/test_core_pamr.py holds them to a pixel-wise reference):
 
-- a compiled kernel (numba, CPU, float32/float64): each group of planes runs every step in
-  place, row by row, so a plane's rows stay in cache and the logits are copied once;
+- compiled kernels (numba, CPU, float32/float64): affinity scores row by row in parallel; the
+  propagation runs every step of a group of planes in place, row by row, so a plane's rows
+  stay in cache and the logits are copied once;
 - torch operations everywhere else (CUDA, MPS, other dtypes, autograd, numba missing): one
   replicate padding per step and one multiply-add per neighbour.
 """
