@@ -115,6 +115,42 @@ class Settings:
     )
     renormalise: bool = option(True, "method", "rescale the returned class probabilities to sum to 1 per pixel")
     # method: ResCLIP's head (naclip/methods/resclip.py)
+    resclip_rcs_layers: tuple[int, ...] = option(
+        (5, 6, 7, 8),
+        "method",
+        "ResCLIP: trunk blocks (0-based) whose q-k attention maps RCS averages",
+        lambda v: len(v) > 0 and min(v) >= 0,
+        "block indices >= 0",
+    )
+    resclip_rcs_weights: tuple[float, ...] = option(
+        (2.0, 0.6),
+        "method",
+        "ResCLIP: (tau, lambda) of RCS, attention <- tau ((1 - lambda) attention + lambda RCS); 1,0 turns RCS off",
+        lambda v: len(v) == 2 and v[0] > 0 and 0 <= v[1] <= 1,
+        "tau > 0 and 0 <= lambda <= 1, like 2,0.3",
+    )
+    resclip_sfr_weights: tuple[float, ...] = option(
+        (2.1, 0.6),
+        "method",
+        "ResCLIP: (tau, lambda) of SFR, logits <- tau ((1 - lambda) logits + lambda prior); 1,0: off, no first pass",
+        lambda v: len(v) == 2 and v[0] > 0 and 0 <= v[1] <= 1,
+        "tau > 0 and 0 <= lambda <= 1, like 1.8,0.7",
+    )
+    resclip_temp_threshold: float = option(
+        0.1,
+        "method",
+        "ResCLIP: first-pass pixels whose top query probability is below this take query 0",
+        lambda v: 0 <= v <= 1,
+        "0..1",
+    )
+    resclip_delete_same_entity: bool = option(
+        True, "method", "ResCLIP: decay the prior between patches of one query whose path leaves that query"
+    )
+    resclip_whole_path: bool = option(
+        False,
+        "method",
+        "ResCLIP: check the whole path between two patches (the authors' code checks only its first distance/max part)",
+    )
     # method: SC-CLIP's head (naclip/methods/scclip.py)
     # runtime
     window_batch: int = option(16, "runtime", "windows encoded together (bounds memory)", _positive, "> 0")

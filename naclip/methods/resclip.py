@@ -1,0 +1,302 @@
+"""ResCLIP (Yang, Deng, Li, Duan, CVPR 2025): residual cross-correlation self-attention (RCS) and
+semantic feedback refinement (SFR) on NACLIP's last block.
+
+Settings from github:yvhangyang/ResCLIP at 0e085f7, run as its README's `test_all.sh wo_resi
+resclip 5` (arch 'wo_resi': reduced block; attention 'resclip': k-k logits plus the Gaussian bias,
+sigma 5): segmentor defaults `resclip_segmentor.py:23-26` (logit scale 40, prob_thd 0, 224/112
+windows, no final PAMR), per-benchmark lines in `configs/cfg_*.py` (short side, temp_thd, weights,
+prob_thd, whole image on VOC), the benchmarks' own class files (NACLIP's, identical). Where the
+segmentor has no default (temp_thd, the weights), the default protocol takes `demo.py:41-45`.
+
+The head follows `clip/model.py`:
+- RCS (`:325-332`): the mean of the q-k attention maps of blocks 6-9 (indices 5..8) is mixed into
+  the last block's attention after its softmax, A <- tau ((1 - lambda) A + lambda RCS) (`:489-494`).
+- SFR (`:335-347`): a first pass through the last block with RCS (`create_logit_temp`, `:242-290`)
+  scores the window's patches against every query, upsamples them to the window, refines them by
+  PAMR (10 steps, dilations 8/16, guided by the window image) and applies softmax(logit_scale).
+  Each pixel takes its top query, query 0 below temp_thd; each patch the most frequent query of its
+  pixels (`create_patch_matrix`, `:106-126`). The prior (`generate_attention_sfr`, `:152-240`) is 1
+  between patches of one query, decayed by exp(-d / d_max) (Chebyshev distances) where the path
+  between them leaves that query (delete_same_entity), smoothed along each row by a 1-D Gaussian
+  (sigma), clipped at 0 and normalised per row. Divided by its maximum and rounded to float16, it is
+  mixed into the last block's logits before the bias and softmax: tau ((1 - lambda) L + lambda P)
+  (`:473-487`).
+
+Reproduced as their code computes it on the CPU in float32, including what changes numbers:
+- the prior is rounded to float16 and lambda * prior computed in float16 (`:477-484`), whatever
+  the model's precision;
+- the path check (`check_path`, `:132-148`) samples a path at t = k / d_max for k <= d, so between
+  patches at distance d it covers only the first d / d_max of the way (`resclip_whole_path` checks
+  the whole way: not their behaviour);
+- first-pass labels are query indices (a class's synonyms are different entities) and unsure
+  pixels take query 0, a real class on benchmarks without background;
+- the smoothing runs along the row-major patch order, wrapping from one patch row to the next;
+- a tie for a patch's most frequent query goes as `torch.mode` decides on the device in use (the
+  CPU takes the smallest query).
+Their first pass runs in the model's precision (float16 on their GPUs); here it is scored in float32.
+Not reproduced: PAMR of the first pass is moved to CUDA (`.cuda()`) and skipped without a word on
+any RuntimeError (`:279-284`): here it always runs. `self.use_rcs=use_rcs,` (`resclip_segmentor.py:61-62`)
+stores a tuple, always true, so RCS and SFR cannot be switched off there: here (tau, lambda) =
+(1, 0) switches either off (SFR's first pass then does not run). Their area_thd branch
+(`resclip_segmentor.py:175-180`) changes logits that nothing reads; no config sets area_thd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from naclip.encoder import ARCHITECTURES, DenseEncoder, Taps, Trunk
+from naclip.heads import HeadInput, register_head
+from naclip.methods.registry import Method, Protocol, register_method
+from naclip.pamr import pamr
+from naclip.settings import Settings
+
+SFR_PAMR_STEPS, SFR_PAMR_DILATIONS = 10, (8, 16)  # the first pass's PAMR, fixed (model.py:279)
+
+
+def _kk(q: Tensor, k: Tensor) -> Tensor:
+    return (k @ k.transpose(-2, -1)) * k.shape[-1] ** -0.5
+
+
+def _qq(q: Tensor, k: Tensor) -> Tensor:
+    return (q @ q.transpose(-2, -1)) * q.shape[-1] ** -0.5
+
+
+def _qk(q: Tensor, k: Tensor) -> Tensor:
+    return (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+
+
+# Their attention strategies (custom_attn, model.py:473-585) by our attention name: the logits that
+# each take the SFR prior and a softmax (summed when two). Only 'naclip' adds the Gaussian bias.
+STRATEGIES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], ...]] = {
+    "naclip": (_kk,),  # their 'resclip' (and 'naclip', the same code)
+    "csa": (_qq, _kk),  # their 'sclip'
+    "qq": (_qq,),  # their 'clearclip'
+    "vanilla": (_qk,),  # their 'vanilla'
+}
+
+
+def residual_mix(x: Tensor, other: Tensor | None, weights: Sequence[float]) -> Tensor:
+    """tau ((1 - lambda) x + lambda other) for weights (tau, lambda); tau x when lambda is 0."""
+    tau, share = weights
+    return tau * ((1 - share) * x + share * other) if share else tau * x
+
+
+def resclip_attention(
+    q: Tensor,
+    k: Tensor,
+    omega: Tensor | None,
+    attention: str,
+    rcs: Tensor | None = None,
+    rcs_weights: Sequence[float] = (1.0, 0.0),
+    prior: Tensor | None = None,
+    sfr_weights: Sequence[float] = (1.0, 0.0),
+) -> Tensor:
+    """Attention weights (n, heads, T, T) from q, k (n, heads, T, d): each strategy's logits mixed with
+    the SFR prior (n, 1, T, T), plus omega, soft-maxed (and summed), then mixed with RCS (n, heads, T, T)."""
+    weights = 0
+    for logits_of in STRATEGIES[attention]:
+        logits = logits_of(q, k)
+        logits = residual_mix(logits, prior, sfr_weights).to(logits.dtype)
+        if omega is not None:
+            logits = logits + omega
+        weights = weights + logits.softmax(-1)
+    return residual_mix(weights, rcs, rcs_weights)
+
+
+def last_block(
+    encoder: DenseEncoder,
+    tokens: Tensor,
+    grid: tuple[int, int],
+    settings: Settings,
+    rcs: Tensor | None,
+    prior: Tensor | None,
+) -> Tensor:
+    """Patch features (n, h*w, embed_dim) of the last block with ResCLIP's attention on trunk tokens (n, T, width)."""
+    block = encoder.visual.transformer.resblocks[-1]
+    sfr_weights = settings.resclip_sfr_weights if prior is not None else (1.0, 0.0)
+
+    def attend(x: Tensor) -> Tensor:
+        q, k, v = encoder._qkv(x)
+        omega = encoder._omega(settings.attention, grid, settings.sigma, q)
+        weights = resclip_attention(
+            q, k, omega, settings.attention, rcs, settings.resclip_rcs_weights, prior, sfr_weights
+        )
+        return block.attn.out_proj((weights @ v).transpose(1, 2).reshape(x.shape))
+
+    x = ARCHITECTURES[settings.arch](block, tokens, attend)
+    x = encoder.visual.ln_post(x)
+    if encoder.visual.proj is not None:
+        x = x @ encoder.visual.proj
+    return x[:, 1:]
+
+
+def residual_attention(encoder: DenseEncoder, trunk: Trunk, layers: Sequence[int]) -> Tensor:
+    """RCS: the mean of the trunk blocks' attention weights, (n, heads, T, T)."""
+    missing = [i for i in layers if i not in trunk.attention]
+    if missing:
+        last = len(encoder.visual.transformer.resblocks) - 2
+        raise ValueError(
+            f"resclip_rcs_layers={tuple(layers)} asks for blocks {missing}, but this model's trunk has blocks "
+            f"0..{last}; expected indices up to {last}"
+        )
+    return torch.stack([trunk.attention[i] for i in layers]).mean(0)
+
+
+def patch_mode(labels: Tensor, patch: tuple[int, int], grid: tuple[int, int]) -> Tensor:
+    """(n, h, w) the most frequent value of each patch's pixels in labels (n, H, W), from the top left."""
+    (ph, pw), (h, w) = patch, grid
+    blocks = labels[:, : h * ph, : w * pw].reshape(len(labels), h, ph, w, pw)
+    blocks = blocks.transpose(2, 3).reshape(len(labels), h, w, ph * pw)  # (n, h, w, pixels of a patch)
+    return blocks.mode(-1).values
+
+
+def first_pass_labels(inputs: HeadInput, settings: Settings, rcs: Tensor | None) -> Tensor:
+    """(n, h, w) SFR's patch labels: the first pass's window segmentation (PAMR, softmax, temp_thd) per patch."""
+    encoder, grid, queries = inputs.encoder, inputs.grid, inputs.queries
+    features = last_block(encoder, inputs.trunk.tokens, grid, settings, rcs, None)
+    features = F.normalize(features.to(queries.dtype), dim=-1)
+    logits = (features @ queries.T).transpose(1, 2).reshape(len(features), -1, *grid)  # (n, Q, h, w)
+    size = tuple(inputs.windows.shape[-2:])
+    logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)  # (n, Q, H, W)
+    logits = pamr(inputs.windows.to(logits.dtype), logits, SFR_PAMR_STEPS, SFR_PAMR_DILATIONS)
+    probs = (logits * settings.logit_scale).softmax(1)
+    labels = probs.argmax(1)  # (n, H, W) query indices
+    labels[probs.amax(1) < settings.resclip_temp_threshold] = 0
+    return patch_mode(labels, encoder.patch_size, grid)
+
+
+def paths_stay(labels: Tensor, whole: bool = False) -> Tensor:
+    """(h, w, h, w) whether every patch sampled on the way from patch (i, j) to patch (k, l) of the
+    patch labels (h, w) carries the label of (i, j).
+
+    Step s = 1..d of a path of Chebyshev length d samples t = s / d_max, as their `check_path` does
+    (only the first d / d_max of the way), or t = s / d with `whole`; the points are rounded half to
+    even from float32, as theirs.
+    """
+    h, w = labels.shape
+    rows = torch.arange(h, device=labels.device).view(h, 1, 1, 1)
+    cols = torch.arange(w, device=labels.device).view(1, w, 1, 1)
+    to_rows, to_cols = rows.view(1, 1, h, 1), cols.view(1, 1, 1, w)
+    distance = torch.maximum((rows - to_rows).abs(), (cols - to_cols).abs())  # (h, w, h, w)
+    longest = max(h, w) - 1
+    fractions = torch.linspace(0, 1, longest + 1, device=labels.device)
+    start = labels.view(h, w, 1, 1)
+    stays = torch.ones_like(distance, dtype=torch.bool)
+    for step in range(1, longest + 1):
+        t = (step / distance.clamp(min=1)).clamp(max=1) if whole else fractions[step]
+        row = (rows * (1 - t) + to_rows * t).round().long()  # (h, 1, h, 1), or (h, w, h, w) with `whole`
+        col = (cols * (1 - t) + to_cols * t).round().long()
+        stays &= (labels[row, col] == start) | (distance < step)
+    return stays
+
+
+def smooth_rows(prior: Tensor, sigma: float) -> Tensor:
+    """Rows of (P, P) convolved with a normalised 1-D Gaussian (odd size near 6 sigma + 1, zero padded),
+    clipped at 0 and normalised to sum to 1."""
+    size = min(len(prior), int(6 * sigma + 1))
+    size += 1 - size % 2
+    offsets = torch.arange(size, device=prior.device) - size // 2
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    smoothed = F.conv1d(prior[:, None], kernel.view(1, 1, -1), padding=size // 2)[:, 0].relu()  # (P, P)
+    return smoothed / (smoothed.sum(1, keepdim=True) + 1e-8)
+
+
+def semantic_prior(labels: Tensor, sigma: float, delete_same_entity: bool, whole_path: bool = False) -> Tensor:
+    """SFR's attention prior (1 + h*w, 1 + h*w), float32, zero [CLS] row and column, from patch labels (h, w)."""
+    h, w = labels.shape
+    flat = labels.flatten()  # (P,) row-major
+    same = (flat[:, None] == flat[None, :]).float()  # (P, P)
+    if delete_same_entity:
+        positions = torch.arange(h * w, device=labels.device)
+        rows, cols = positions // w, positions % w
+        distance = torch.maximum((rows[:, None] - rows).abs(), (cols[:, None] - cols).abs())  # (P, P) Chebyshev
+        stays = paths_stay(labels, whole_path).view(h * w, h * w)
+        same = torch.where(stays, same, same * torch.exp(-distance / (max(h, w) - 1)))
+    prior = same.new_zeros(h * w + 1, h * w + 1)
+    prior[1:, 1:] = smooth_rows(same, sigma)
+    return prior
+
+
+def _taps(settings: Settings) -> Taps:
+    uses_rcs = settings.resclip_rcs_weights[1] > 0
+    return Taps(attention=frozenset(settings.resclip_rcs_layers if uses_rcs else ()))
+
+
+@register_head("resclip", taps=_taps)
+@torch.no_grad()
+def resclip_head(inputs: HeadInput, settings: Settings) -> Tensor:
+    """ResCLIP's patch features (n, h*w, embed_dim): RCS from the trunk, SFR from a first pass."""
+    if settings.attention not in STRATEGIES:
+        raise ValueError(
+            f"the resclip head runs ResCLIP's attention strategies, expected attention naclip (their "
+            f"'resclip'), csa ('sclip'), qq ('clearclip') or vanilla; got {settings.attention!r}"
+        )
+    rcs = None
+    if settings.resclip_rcs_weights[1] > 0:
+        rcs = residual_attention(inputs.encoder, inputs.trunk, settings.resclip_rcs_layers)
+    prior = None
+    if settings.resclip_sfr_weights[1] > 0:
+        labels = first_pass_labels(inputs, settings, rcs)
+        delete, whole = settings.resclip_delete_same_entity, settings.resclip_whole_path
+        priors = [semantic_prior(window, settings.sigma, delete, whole) for window in labels]
+        prior = torch.stack([p / p.amax() for p in priors])[:, None].to(torch.float16)  # (n, 1, T, T)
+    return last_block(inputs.encoder, inputs.trunk.tokens, inputs.grid, settings, rcs, prior)
+
+
+DEFAULTS = dict(
+    head="resclip",
+    attention="naclip",
+    arch="reduced",
+    sigma=5.0,
+    logit_scale=40.0,
+    prob_threshold=0.0,
+    area_threshold=0.0,
+    short_side=336,
+    slide_crop=224,
+    slide_stride=112,
+    pamr_steps=0,
+    renormalise=True,
+    resclip_rcs_layers=(5, 6, 7, 8),
+    resclip_rcs_weights=(2.0, 0.6),
+    resclip_sfr_weights=(2.1, 0.6),
+    resclip_temp_threshold=0.1,
+    resclip_delete_same_entity=True,
+    resclip_whole_path=False,
+)
+
+
+def _protocol(temp: float, rcs: tuple[float, float], sfr: tuple[float, float], source: str, **more: object) -> Protocol:
+    settings = dict(resclip_temp_threshold=temp, resclip_rcs_weights=rcs, resclip_sfr_weights=sfr, **more)
+    return Protocol(settings, source=source)
+
+
+@register_method
+def resclip() -> Method:
+    """The README's main results: `test_all.sh wo_resi resclip 5`, each benchmark's config."""
+    return Method(
+        "resclip",
+        "ResCLIP (RCS and SFR on NACLIP's last block)",
+        DEFAULTS,
+        {
+            "voc21": _protocol(
+                0.5, (2.0, 0.3), (2.2, 0.7), "configs/cfg_voc21.py:6-11,20", prob_threshold=0.1, slide_crop=0
+            ),
+            "voc20": _protocol(0.1, (2.0, 0.6), (2.1, 0.6), "configs/cfg_voc20.py:6-10,19", slide_crop=0),
+            "context60": _protocol(0.3, (2.0, 0.3), (1.8, 0.7), "configs/cfg_context60.py:6-10,19", prob_threshold=0.1),
+            "context59": _protocol(0.25, (2.0, 0.4), (1.8, 0.7), "configs/cfg_context59.py:6-9,18"),
+            "coco_object": _protocol(
+                0.11, (2.0, 0.4), (1.8, 0.7), "configs/cfg_coco_object.py:6-10,19", prob_threshold=0.1
+            ),
+            "coco_stuff": _protocol(0.11, (2.0, 0.4), (1.8, 0.7), "configs/cfg_coco_stuff164k.py:6-9,18"),
+            "cityscapes": _protocol(0.1, (2.0, 0.2), (2.1, 0.6), "configs/cfg_city_scapes.py:6-9,18", short_side=560),
+            "ade20k": _protocol(0.25, (2.0, 0.3), (2.1, 0.7), "configs/cfg_ade20k.py:6-9,18"),
+        },
+        source="github:yvhangyang/ResCLIP@0e085f7",
+        note="RCS and SFR on the reduced k-k block with the Gaussian bias; no final PAMR; whole image on VOC.",
+    )
