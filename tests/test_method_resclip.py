@@ -254,3 +254,6 @@ def test_settings_and_head_refuse_what_resclip_cannot_run():
         seg.predict_prepared(torch.randn(3, 32, 32), (32, 32))
     with pytest.raises(ValueError, match="ResCLIP's attention strategies"):
         seg.predict_variants(torch.randn(3, 32, 32), (32, 32), [{"attention": "kk", "resclip_rcs_layers": (0, 1)}])
+    unsmoothed = {"attention": "csa", "sigma": 0.0, "resclip_rcs_layers": (0, 1)}
+    with pytest.raises(ValueError, match="expected sigma > 0"):
+        seg.predict_variants(torch.randn(3, 32, 32), (32, 32), [unsmoothed])

@@ -98,14 +98,14 @@ def resclip_attention(
 ) -> Tensor:
     """Attention weights (n, heads, T, T) from q, k (n, heads, T, d): each strategy's logits mixed with
     the SFR prior (n, 1, T, T), plus omega, soft-maxed (and summed), then mixed with RCS (n, heads, T, T)."""
-    weights = 0
+    parts = []
     for logits_of in STRATEGIES[attention]:
         logits = logits_of(q, k)
         logits = residual_mix(logits, prior, sfr_weights).to(logits.dtype)
         if omega is not None:
             logits = logits + omega
-        weights = weights + logits.softmax(-1)
-    return residual_mix(weights, rcs, rcs_weights)
+        parts.append(logits.softmax(-1))
+    return residual_mix(sum(parts[1:], parts[0]), rcs, rcs_weights)
 
 
 def last_block(
@@ -114,11 +114,12 @@ def last_block(
     grid: tuple[int, int],
     settings: Settings,
     rcs: Tensor | None,
-    prior: Tensor | None,
+    prior: Tensor | None = None,
+    sfr_weights: Sequence[float] = (1.0, 0.0),
 ) -> Tensor:
-    """Patch features (n, h*w, embed_dim) of the last block with ResCLIP's attention on trunk tokens (n, T, width)."""
+    """Patch features (n, h*w, embed_dim) of the last block with ResCLIP's attention on trunk tokens (n, T, width);
+    without `sfr_weights` no SFR (the first pass)."""
     block = encoder.visual.transformer.resblocks[-1]
-    sfr_weights = settings.resclip_sfr_weights if prior is not None else (1.0, 0.0)
 
     def attend(x: Tensor) -> Tensor:
         q, k, v = encoder._qkv(x)
@@ -158,7 +159,7 @@ def patch_mode(labels: Tensor, patch: tuple[int, int], grid: tuple[int, int]) ->
 def first_pass_labels(inputs: HeadInput, settings: Settings, rcs: Tensor | None) -> Tensor:
     """(n, h, w) SFR's patch labels: the first pass's window segmentation (PAMR, softmax, temp_thd) per patch."""
     encoder, grid, queries = inputs.encoder, inputs.grid, inputs.queries
-    features = last_block(encoder, inputs.trunk.tokens, grid, settings, rcs, None)
+    features = last_block(encoder, inputs.trunk.tokens, grid, settings, rcs)
     features = F.normalize(features.to(queries.dtype), dim=-1)
     logits = (features @ queries.T).transpose(1, 2).reshape(len(features), -1, *grid)  # (n, Q, h, w)
     size = tuple(inputs.windows.shape[-2:])
@@ -242,11 +243,16 @@ def resclip_head(inputs: HeadInput, settings: Settings) -> Tensor:
         rcs = residual_attention(inputs.encoder, inputs.trunk, settings.resclip_rcs_layers)
     prior = None
     if settings.resclip_sfr_weights[1] > 0:
+        if not settings.sigma > 0:
+            raise ValueError(
+                f"SFR smooths its prior with a Gaussian of std sigma; expected sigma > 0, got {settings.sigma}"
+            )
         labels = first_pass_labels(inputs, settings, rcs)
         delete, whole = settings.resclip_delete_same_entity, settings.resclip_whole_path
         priors = [semantic_prior(window, settings.sigma, delete, whole) for window in labels]
         prior = torch.stack([p / p.amax() for p in priors])[:, None].to(torch.float16)  # (n, 1, T, T)
-    return last_block(inputs.encoder, inputs.trunk.tokens, inputs.grid, settings, rcs, prior)
+    sfr_weights = settings.resclip_sfr_weights
+    return last_block(inputs.encoder, inputs.trunk.tokens, inputs.grid, settings, rcs, prior, sfr_weights)
 
 
 DEFAULTS = dict(
