@@ -81,6 +81,27 @@ def resize_image(image: np.ndarray, short_side: int = 336, long_side: int = 2048
     return cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=cv2.INTER_LINEAR)
 
 
+def check_size(path: str | os.PathLike, size: tuple[int, int], short_side: int, long_side: int, min_side: int) -> None:
+    """ValueError unless an (H, W) image resizes per the protocol to at least `min_side` on each side.
+
+    `min_side` is the model's patch size (1 when windows are padded): a thinner image has no patch
+    to encode. The message names the file, both sizes, and the smallest usable short side.
+    """
+    height, width = size
+    if min(height, width) < MIN_SIDE:
+        raise ValueError(f"{path}: image is {width}x{height} pixels; expected at least {MIN_SIDE}x{MIN_SIDE}")
+    resized = resized_size(height, width, short_side, long_side)
+    if min(resized) >= min_side:
+        return
+    short, long = min(height, width), max(height, width)
+    need = next(s for s in range(short, long + 1) if min(resized_size(s, long, short_side, long_side)) >= min_side)
+    raise ValueError(
+        f"{path}: image is {width}x{height} pixels, resized to {resized[1]}x{resized[0]} (short side {short_side}, "
+        f"long side at most {long_side}), thinner than one {min_side}-pixel patch of the model; expected a short "
+        f"side of at least {need} pixels for a long side of {long} (or a larger --long-side)"
+    )
+
+
 def prepare(image: np.ndarray, short_side: int = 336, long_side: int = 2048) -> torch.Tensor:
     """(3, h, w) float32 CLIP-normalised tensor of an (H, W, 3) uint8 RGB image, resized per the protocol.
 

@@ -11,10 +11,9 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from naclip.evaluation.loader import check_size
 from naclip.io import atomic_write_with, writable_folder
 from naclip.options import add_settings_arguments, settings_overrides
-from naclip.preprocess import load_image
+from naclip.preprocess import check_size, load_image
 from naclip.segmenter import Segmenter
 from naclip.viz import label_image, overlay
 
@@ -80,12 +79,11 @@ def run(args: argparse.Namespace) -> int:
     segmenter = Segmenter(method=args.method, **settings_overrides(args))
     segmenter.set_classes(classes)
     names, settings = segmenter.class_names, segmenter.settings
-    min_side = 1 if settings.pad_windows else max(segmenter.encoder.patch_size)
     done = 0
     try:
         for path, stem in tqdm(stems.items(), desc="segment", unit="image", disable=len(stems) < 2):
             image = load_image(path)
-            check_size(path, image.shape[:2], settings.short_side, settings.long_side, min_side)
+            check_size(path, image.shape[:2], settings.short_side, settings.long_side, segmenter.min_side)
             result = segmenter.predict(image)
             _save_image(label_image(result.labels, len(names)), Path(f"{stem}_labels.png"))
             _save_image(overlay(image, result.labels, names, alpha=args.alpha), Path(f"{stem}_overlay.png"))

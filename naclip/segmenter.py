@@ -20,7 +20,7 @@ from naclip.encoder import DenseEncoder, Taps, Trunk
 from naclip.heads import HeadInput, get_head
 from naclip.methods import get_method
 from naclip.pamr import affinity, propagate
-from naclip.preprocess import load_image, prepare
+from naclip.preprocess import check_size, load_image, prepare
 from naclip.settings import Settings, check_variant
 from naclip.sliding import crop_windows, stitch, window_boxes
 from naclip.text import ClassSet, QueryCache, parse_classes, read_class_file
@@ -84,6 +84,12 @@ class Segmenter:
             clip, self.tokenizer = load_clip(settings.model, settings.pretrained, self.device, settings.cache_dir)
         self.clip = clip.to(self.dtype)
         self.encoder = DenseEncoder(self.clip.visual)
+        patch = max(self.encoder.patch_size)
+        if 0 < settings.slide_crop < patch and not settings.pad_windows:
+            raise ValueError(
+                f"slide_crop={settings.slide_crop} is smaller than the {patch}-pixel patch of {settings.model}; "
+                f"expected 0 (whole image) or at least {patch}"
+            )
         cache_dir = Path(settings.cache_dir) if settings.cache_dir else None
         self.text_cache = QueryCache(self._weights_key(), directory=cache_dir)
         self.classes: ClassSet | None = None
@@ -102,6 +108,11 @@ class Segmenter:
     @property
     def random_weights(self) -> bool:
         return self.settings.random_weights
+
+    @property
+    def min_side(self) -> int:
+        """The smallest usable side of a resized image: one patch (1 when windows are padded to patches)."""
+        return 1 if self.settings.pad_windows else max(self.encoder.patch_size)
 
     def _weights_key(self) -> str | None:
         """What the text embeddings depend on: the weights, and the precision and device type they ran in."""
@@ -158,6 +169,8 @@ class Segmenter:
     def predict(self, image: str | os.PathLike | Image.Image | np.ndarray) -> Prediction:
         """Segment one original-size image (path, PIL image or (H, W, 3) uint8 RGB array) per the protocol."""
         array = load_image(image)
+        name = str(image) if isinstance(image, (str, os.PathLike)) else "image"
+        check_size(name, array.shape[:2], self.settings.short_side, self.settings.long_side, self.min_side)
         return self.predict_prepared(self.prepare(array), array.shape[:2])
 
     def prepare(self, image: np.ndarray) -> Tensor:

@@ -220,3 +220,15 @@ def test_unreadable_checkpoint(tmp_path):
     path.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="broken.pt' cannot be read"):
         make_segmenter(pretrained=str(path))
+
+
+def test_images_thinner_than_a_patch_and_windows_smaller_than_a_patch_are_refused(tmp_path):
+    seg = make_segmenter(pamr_steps=0, slide_crop=0, short_side=64)
+    seg.set_classes(["cat", "dog"])
+    path = tmp_path / "thin.png"
+    Image.fromarray(np.zeros((4, 3000, 3), dtype=np.uint8)).save(path)
+    with pytest.raises(ValueError, match=r"thin\.png: image is 3000x4 pixels, resized to 2048x3 .*patch"):
+        seg.predict(path)
+    with pytest.raises(ValueError, match="slide_crop=8 is smaller than the 16-pixel patch of naclip-tiny"):
+        make_segmenter(slide_crop=8, slide_stride=8)
+    assert make_segmenter(slide_crop=8, slide_stride=8, pad_windows=True).min_side == 1

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from naclip.datasets.base import BadSample, SegDataset, check_sample, image_size
-from naclip.preprocess import MIN_SIDE, load_image, prepare, resized_size
+from naclip.preprocess import check_size, load_image, prepare
 
 PR_SET_DEATHSIG = 1  # linux/prctl.h
 
@@ -35,27 +35,6 @@ class Loaded:
     size: tuple[int, int] | None = None
     mask: np.ndarray | None = None
     error: str | None = None
-
-
-def check_size(path: str | os.PathLike, size: tuple[int, int], short_side: int, long_side: int, min_side: int) -> None:
-    """BadSample unless an (H, W) image resizes per the protocol to at least `min_side` on each side.
-
-    `min_side` is the model's patch size (1 when windows are padded): a thinner image has no patch
-    to encode. The message names the file, both sizes, and the smallest usable short side.
-    """
-    height, width = size
-    if min(height, width) < MIN_SIDE:
-        raise BadSample(f"{path}: image is {width}x{height} pixels; expected at least {MIN_SIDE}x{MIN_SIDE}")
-    resized = resized_size(height, width, short_side, long_side)
-    if min(resized) >= min_side:
-        return
-    short, long = min(height, width), max(height, width)
-    need = next(s for s in range(short, long + 1) if min(resized_size(s, long, short_side, long_side)) >= min_side)
-    raise BadSample(
-        f"{path}: image is {width}x{height} pixels, resized to {resized[1]}x{resized[0]} (short side {short_side}, "
-        f"long side at most {long_side}), thinner than one {min_side}-pixel patch of the model; expected a short "
-        f"side of at least {need} pixels for a long side of {long} (or a larger --long-side)"
-    )
 
 
 def _die_with_parent(worker: int, parent: int) -> None:
@@ -103,11 +82,11 @@ class _Prepared(Dataset):
         index = self.indices[position]
         item = self.dataset.items[index]
         try:
-            check_size(item.image, image_size(item.image), self.short_side, self.long_side, self.min_side)
             try:
+                check_size(item.image, image_size(item.image), self.short_side, self.long_side, self.min_side)
                 image = load_image(item.image)
-            except ValueError as error:
-                raise BadSample(f"{item.image}: cannot read image; expected a JPEG/PNG file ({error})") from error
+            except ValueError as error:  # the message names the file and what was expected
+                raise BadSample(str(error)) from error
             mask = check_sample(self.dataset, index, image.shape[:2])
         except BadSample as error:
             return Loaded(index, error=str(error))

@@ -114,12 +114,6 @@ def run_dataset(
     settings = get_method(method).settings(dataset.protocol, **overrides)
     segmenter = Segmenter(settings.replace(device=str(group.device(settings.device))), method=method)
     segmenter.set_classes(dataset.class_file)
-    patch = max(segmenter.encoder.patch_size)
-    if 0 < settings.slide_crop < patch and not settings.pad_windows:
-        raise ValueError(
-            f"slide_crop={settings.slide_crop} is smaller than the {patch}-pixel patch of {settings.model}; "
-            f"expected 0 (whole image) or at least {patch}"
-        )
     base = {**segmenter.config, "random_weights": segmenter.random_weights}
     configs = [{**base, **segmenter.variant(variant.overrides).to_dict(("method",))} for variant in variants]
     state = ResumeState(options.partial_root, dataset.name, run_content(dataset, segmenter, variants), group.rank)
@@ -189,11 +183,12 @@ def score(
     skipped as bad (with `skip_bad`; otherwise the first bad image raises BadSample).
     """
     settings = segmenter.settings
-    min_side = 1 if settings.pad_windows else max(segmenter.encoder.patch_size)
     bad: dict[int, str] = {}
     bar = tqdm(total=len(todo), desc=dataset.name, unit="img", disable=not options.progress)
     try:
-        loaded_images = load_prepared(dataset, todo, settings.short_side, settings.long_side, options.workers, min_side)
+        loaded_images = load_prepared(
+            dataset, todo, settings.short_side, settings.long_side, options.workers, segmenter.min_side
+        )
         for loaded in loaded_images:
             if loaded.error is not None:
                 if not options.skip_bad:
