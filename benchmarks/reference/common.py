@@ -309,6 +309,10 @@ class Outcome:
             "max_prob_diff": float(np.abs(their_probs - our_probs).max()) if same_shape else float("inf"),
             "classes_theirs": len(np.unique(their_labels)),
             "classes_ours": len(np.unique(our_labels)),
+            # how much the thresholds did on the authors' side: classes whose scores were all zeroed
+            # (SCLIP's area threshold) and pixels sent to class 0 by the probability threshold
+            "zeroed_classes": int((their_probs.reshape(len(their_probs), -1).max(1) == 0).sum()),
+            "thresholded_%": 100 * float(((their_labels == 0) & (their_probs.argmax(0) != 0)).mean()),
             **self.extra,
         }
 
