@@ -14,7 +14,8 @@ agree to float rounding (tests/test_core_pamr.py holds them to a pixel-wise refe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -120,9 +121,9 @@ def _scores_compiled(image: Tensor, dilations: Sequence[int]) -> Tensor:
     pooled = np.array(_pooled_offsets(dilations), dtype=np.int64)
     offsets = np.array(_offsets(dilations), dtype=np.int64)
     scores = image.new_empty((batch, len(offsets), height, width))
-    set_num_threads(_threads())
-    for b in range(batch):
-        _compiled_scores(padded[b].numpy(), scores[b].numpy(), pooled, offsets)
+    with _kernel_threads():
+        for b in range(batch):
+            _compiled_scores(padded[b].numpy(), scores[b].numpy(), pooled, offsets)
     return scores
 
 
@@ -215,9 +216,20 @@ def compiled_applies(mask: Tensor, weights: Tensor) -> bool:
     )
 
 
-def _threads() -> int:
-    """Threads for the compiled kernels: torch's count, as far as numba has them."""
-    return max(1, min(torch.get_num_threads(), _numba_config.NUMBA_NUM_THREADS))
+@contextmanager
+def _kernel_threads() -> Iterator[int]:
+    """Run numba's kernels on torch's thread count (as far as numba has threads), and leave torch's as it was.
+
+    numba's OpenMP pool, when it starts, can change the count that torch reads from OpenMP.
+    """
+    torch_threads = torch.get_num_threads()
+    threads = max(1, min(torch_threads, _numba_config.NUMBA_NUM_THREADS))
+    set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
 
 
 def _part_bounds(channels: int, threads: int) -> np.ndarray:
@@ -234,15 +246,14 @@ def _propagate_compiled(mask: Tensor, weights: Tensor, dilations: Sequence[int],
     dy = np.array([o[0] for o in offsets], dtype=np.int64)
     dx = np.array([o[1] for o in offsets], dtype=np.int64)
     pad = max(dilations)
-    threads = _threads()
-    set_num_threads(threads)
-    bounds = _part_bounds(channels, threads)
     source = mask.detach().contiguous()
     weights = weights.detach().to(mask.dtype).contiguous()
     out = mask.new_empty((batch, channels, height, width + 2 * pad))
-    for b in range(batch):
-        guide = weights[min(b, len(weights) - 1)].numpy()  # one guide may serve the whole batch
-        _compiled(source[b].numpy(), out[b].numpy(), guide, dy, dx, steps, bounds)
+    with _kernel_threads() as threads:
+        bounds = _part_bounds(channels, threads)
+        for b in range(batch):
+            guide = weights[min(b, len(weights) - 1)].numpy()  # one guide may serve the whole batch
+            _compiled(source[b].numpy(), out[b].numpy(), guide, dy, dx, steps, bounds)
     return out[..., pad : pad + width]
 
 

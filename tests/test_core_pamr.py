@@ -143,6 +143,7 @@ def test_compiled_parts_cover_every_plane(threads):
     try:
         torch.set_num_threads(threads)
         compiled = propagate(logits, weights, (1, 3), 4)
+        assert torch.get_num_threads() == threads  # numba's pool leaves torch's count alone
     finally:
         torch.set_num_threads(previous)
     assert (compiled - module._propagate_torch(logits, weights, (1, 3), 4)).abs().max() < 1e-5
