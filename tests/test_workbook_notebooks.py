@@ -1,78 +1,84 @@
-"""Every study notebook through papermill with the smoke profile, and an interrupted sweep resumed."""
+"""The study notebooks for real: every study through the runner with the smoke profile (and the HTML index of it),
+a notebook run by hand with papermill from another folder, one with `papermill -f`, an interrupted run resumed."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import nbformat
 import pandas as pd
 import pytest
 from PIL import Image
 
-from naclip.workbook.outputs import RANDOM_BANNER, read_manifest
-from naclip.workbook.regenerate import ROOT, regenerate
-from naclip.workbook.runner import MARKER
+from naclip.workbook.index import INDEX_HTML
+from naclip.workbook.layout import ROOT_ENV, Workbook
+from naclip.workbook.outputs import MARKER, RANDOM_BANNER, read_manifest
+from naclip.workbook.regenerate import regenerate
 
-SMOKE_RUN = "default"
-# study -> run folder, {table: (columns it must have, rows)}, figures
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS, PARAMS = ROOT / "notebooks", ROOT / "params"
+PAPERMILL = [sys.executable, "-m", "papermill", "--kernel", "python3", "--no-progress-bar"]
+# study -> {table: (columns it must have, rows)}, figures (the smoke profile: one voc20 sample image)
 EXPECTED = {
-    "main": (SMOKE_RUN, {"results": ({"benchmark", "method", "post-processing", "mIoU", "aAcc", "mAcc",
-                                      "attention", "arch", "pamr_steps", "n_images"}, 2 * 3 * 2),
-                         "per_class": ({"benchmark", "variant", "class_name", "IoU"}, (21 + 20) * 3 * 2),
-                         "comparison": ({"benchmark", "method", "mIoU", "published (NACLIP paper)",
-                                         "published (NACLIP authors' code (v2))", "gap"}, 12 + 6)},
+    "main": ({"results": ({"benchmark", "method", "post-processing", "protocol", "mIoU", "n_images"}, 6),
+              "per_class": ({"benchmark", "method", "class_name", "IoU"}, 20 * 6),
+              "comparison": ({"benchmark", "method", "images", "mIoU", "published", "gap", "note"}, 12)},
              ["main"]),
-    "components": (SMOKE_RUN, {"results": ({"variant", "attention", "arch", "mIoU"}, 8),
-                               "comparison": ({"variant", "gap"}, 16)}, ["components"]),
-    "sigma": (SMOKE_RUN, {"results": ({"sigma", "post-processing", "mIoU"}, 6),
-                          "comparison": ({"sigma", "gap"}, 12)}, ["sigma"]),
-    "attention": (SMOKE_RUN, {"results": ({"attention", "mIoU"}, 6), "comparison": ({"attention", "gap"}, 12)},
+    "components": ({"results": ({"variant", "attention", "arch", "mIoU"}, 8), "per_class": ({"IoU"}, 8 * 20),
+                    "comparison": ({"variant", "gap", "note"}, 16)}, ["components"]),
+    "sigma": ({"results": ({"sigma", "post-processing", "mIoU"}, 6), "comparison": ({"sigma", "gap"}, 12)},
+              ["sigma"]),
+    "attention": ({"results": ({"attention", "mIoU"}, 6), "comparison": ({"attention", "note"}, 12)},
                   ["attention"]),
-    "architecture": (SMOKE_RUN, {"results": ({"attention", "arch", "mIoU"}, 6),
-                                 "comparison": ({"attention", "arch", "gap"}, 12)}, ["architecture"]),
-    "backbones": ("model=naclip-tiny_pretrained=None", {"results": ({"model", "method", "mIoU"}, 4),
-                                                        "comparison": ({"method", "gap"}, 8)}, ["backbone"]),
-    "qualitative": (SMOKE_RUN, {}, ["qualitative"]),
-    "attention_maps": (SMOKE_RUN, {"attention_maps": ({"method", "query_row", "query_col", "row", "col",
-                                                       "weight"}, 3 * 3 * 21 * 21)}, ["attention_maps"]),
-    "kernel": (SMOKE_RUN, {"kernel": ({"sigma", "row", "col", "distance", "omega"}, 3 * 14 * 14)}, ["kernel"]),
-    "demo": (SMOKE_RUN, {"classes": ({"class", "pixel_share", "mean_probability"}, 7)},
-             ["overlay", "probabilities"]),
+    "architecture": ({"results": ({"attention", "arch", "mIoU"}, 6), "comparison": ({"attention", "arch"}, 12)},
+                     ["architecture"]),
+    "backbones": ({"results": ({"model", "method", "mIoU"}, 2), "comparison": ({"method", "gap"}, 4)},
+                  ["backbone"]),
+    "qualitative": ({}, ["qualitative"]),
+    "attention_maps": ({"attention_maps": ({"method", "query_row", "row", "weight"}, 3 * 3 * 21 * 21)},
+                       ["attention_maps"]),
+    "kernel": ({"kernel": ({"sigma", "row", "col", "distance", "omega"}, 3 * 14 * 14)}, ["kernel"]),
+    "demo": ({"classes": ({"class", "pixel_share", "mean_probability"}, 7)}, ["overlay", "probabilities"]),
 }
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    results = tmp_path_factory.mktemp("smoke") / "results"
-    report = regenerate(profile="smoke", results=results, log=lambda _: None)
-    return report, results
+    workbook = Workbook(NOTEBOOKS, PARAMS, tmp_path_factory.mktemp("smoke") / "results")
+    report = regenerate(profile="smoke", workbook=workbook, jobs=2, log=lambda _: None)
+    return report, workbook.results
 
 
 def test_every_study_runs(smoke):
     report, _ = smoke
     assert report.ok, report.failed
-    assert sorted(r.study.name for r in report.executed) == sorted(EXPECTED)
+    assert [r.study.name for r in report.executed] == list(EXPECTED)
 
 
-@pytest.mark.parametrize("study", sorted(EXPECTED))
-def test_study_outputs(smoke, study):
+@pytest.mark.parametrize("study", list(EXPECTED))
+def test_study_outputs_are_marked_from_what_loaded(smoke, study):
     _, results = smoke
-    run, tables, figures = EXPECTED[study]
-    folder = results / study / run
+    tables, figures = EXPECTED[study]
+    folder = results / study / "smoke"
     record = json.loads((folder / MARKER).read_text())
-    assert record["profile"] == "smoke" and record["random_weights"] == (study != "kernel")
+    random = study != "kernel"
+    assert record["profile"] == "smoke" and record["random_weights"] == random
     manifest = read_manifest(folder)
+    assert manifest["random_weights"] == random
+    assert manifest["weights"] == (["naclip-tiny / random weights"] if random else [])
     assert {t["name"] for t in manifest["tables"]} == set(tables)
     for name, (columns, rows) in tables.items():
         frame = pd.read_csv(folder / f"{name}.csv")
         assert columns <= set(frame.columns), (name, sorted(frame.columns))
         assert len(frame) == rows, name
-        assert ("random_weights" in frame) == (study != "kernel")
+        assert ("random_weights" in frame) == random and (not random or frame.random_weights.all())
     assert [f["name"] for f in manifest["figures"]] == figures
     for name in figures:
         with Image.open(folder / f"{name}.png") as image:
@@ -82,60 +88,105 @@ def test_study_outputs(smoke, study):
     executed = nbformat.read(folder / record["notebook"], as_version=4)
     outputs = [o for cell in executed.cells if cell.cell_type == "code" for o in cell.outputs]
     assert outputs and not [o for o in outputs if o.output_type == "error"]
-    if study != "kernel":
-        assert any(RANDOM_BANNER in o.get("text", "") for o in outputs)
+    texts = [o.get("text", "") for o in outputs]
+    assert any(RANDOM_BANNER in t for t in texts) == random
+    assert not any("TqdmWarning" in t or "PosixPath(" in t for t in texts)
 
 
-def test_index_links_everything(smoke):
+def test_the_main_study_is_each_method_beside_its_published_row(smoke):
     _, results = smoke
-    index = (results / "index.md").read_text()
-    assert RANDOM_BANNER in index
-    for study, (run, tables, figures) in EXPECTED.items():
-        folder = f"{study}/{run}"
-        record = json.loads((results / folder / MARKER).read_text())
-        links = [f"{name}.csv" for name in tables] + [f"{n}.{e}" for n in figures for e in ("png", "svg")]
-        for link in [*links, record["notebook"]]:
-            assert f"]({folder}/{link})" in index, link
-        assert f"`model={record['parameters'].get('model')}`" in index or study == "kernel"
+    comparison = pd.read_csv(results / "main" / "smoke" / "comparison.csv")
+    rows = comparison[comparison.benchmark == "voc20-sample"].set_index("method")
+    assert list(rows.index) == ["clip", "maskclip", "sclip", "clearclip", "naclip-nopamr", "naclip"]
+    assert rows.gap.isna().all()  # a sample of random weights is never compared
+    assert rows.loc["naclip", "published"] == 83.03 and "sample: 1 of 1449 images" in rows.loc["naclip", "note"]
+    assert rows.loc["clip", "protocol"] == rows.loc["maskclip", "protocol"] == "NACLIP's protocol (no authors' " \
+                                                                              "run published)"
+
+
+def test_the_html_index_shows_every_table_and_figure_of_the_smoke_run(smoke):
+    _, results = smoke
+    page = (results / INDEX_HTML).read_text()
+    figures = tables = 0
+    for study in EXPECTED:
+        folder = results / study / "smoke"
+        manifest = read_manifest(folder)
+        assert f'id="{study}-smoke"' in page
+        for table in manifest["tables"]:
+            assert f"<b>{table['name']}</b> ({table['rows']} rows)" in page
+            assert f'href="{study}/smoke/{table["file"]}"' in page
+        for figure in manifest["figures"]:
+            assert f"<b>{figure['name']}</b>: {figure['caption']}" in page.replace("&#x27;", "'")
+        figures += len(manifest["figures"])
+        tables += len(manifest["tables"])
+    assert page.count("src=\"data:image/png;base64,") == figures
+    assert page.count('<table class="dataframe data"') == tables
+    assert page.count('class="run random"') == len(EXPECTED) - 1 and "commit " in page
 
 
 def test_a_second_run_skips_everything(smoke):
     _, results = smoke
-    report = regenerate(profile="smoke", results=results, log=lambda _: None)
+    report = regenerate(profile="smoke", workbook=Workbook(NOTEBOOKS, PARAMS, results), log=lambda _: None)
     assert not report.executed and len(report.skipped) == len(EXPECTED)
 
 
-def test_a_killed_sweep_resumes_with_only_what_was_missing(tmp_path):
-    """Kill `naclip workbook run` after the first of three runs finished; the rerun does the other two."""
-    study = tmp_path / "kernel_sweep.yaml"
-    study.write_text(
-        "notebook: 09_gaussian_kernel.ipynb\n"
-        "parameters: {grid: [8, 8], patch: [3, 3], sigmas: [1.0]}\n"
-        "grid: {sigmas: [[1.0], [2.0], [4.0]]}\n"
-    )
-    results = tmp_path / "results"
-    first = results / "kernel_sweep" / "sigmas=1.0" / MARKER
+@pytest.fixture
+def workbook(tmp_path, monkeypatch) -> Path:
+    """A copy of two study notebooks in a workbook of its own, and no NACLIP_WORKBOOK."""
+    monkeypatch.delenv(ROOT_ENV, raising=False)
+    (tmp_path / "notebooks").mkdir()
+    for study in ("demo", "kernel"):
+        shutil.copy(NOTEBOOKS / f"{study}.ipynb", tmp_path / "notebooks")
+    return tmp_path
+
+
+def papermill(args: list[str], cwd: Path) -> None:
+    done = subprocess.run([*PAPERMILL, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_a_notebook_run_by_hand_from_another_folder_lands_in_the_results_and_is_marked(workbook):
+    elsewhere = workbook / "data" / "photos"  # not the notebooks' folder: relative paths still mean the workbook
+    elsewhere.mkdir(parents=True)
+    papermill([str(workbook / "notebooks" / "demo.ipynb"), "out.ipynb", "-p", "model", "naclip-tiny", "-p",
+               "pretrained", "None", "-p", "device", "cpu", "-p", "pamr_steps", "0", "-p", "run", "by-hand"], elsewhere)
+    folder = workbook / "results" / "demo" / "by-hand"
+    manifest = read_manifest(folder)
+    assert manifest["random_weights"] and [f["name"] for f in manifest["figures"]] == ["overlay", "probabilities"]
+    assert pd.read_csv(folder / "classes.csv").random_weights.all()
+    executed = (elsewhere / "out.ipynb").read_text()
+    assert RANDOM_BANNER in executed and "naclip-tiny / random weights" in executed
+
+
+def test_papermill_reads_the_shipped_parameter_files(workbook):
+    papermill([str(workbook / "notebooks" / "kernel.ipynb"), "out.ipynb", "-f", str(PARAMS / "smoke" / "kernel.yaml")],
+              workbook)
+    folder = workbook / "results" / "kernel" / "smoke"  # `run: smoke` in the file
+    assert len(pd.read_csv(folder / "kernel.csv")) == 3 * 14 * 14 and not read_manifest(folder)["random_weights"]
+
+
+def test_a_killed_run_resumes_with_only_what_was_missing(workbook):
+    """Kill `naclip workbook run` once the first of two runs finished; the rerun does only the second."""
+    for name, sigma in (("a", 1.0), ("b", 2.0)):
+        path = workbook / "params" / "p" / "kernel" / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"grid: [8, 8]\npatch: [3, 3]\nsigmas: [{sigma}]\n")
+    first = workbook / "results" / "kernel" / "p-a" / MARKER
     process = subprocess.Popen(
-        [sys.executable, "-m", "naclip", "workbook", "run", str(study), "--profile", "paper", "--results",
-         str(results)],
+        [sys.executable, "-m", "naclip", "workbook", "run", "kernel", "--profile", "p", "--notebooks",
+         str(workbook / "notebooks")],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while not first.is_file() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-    assert first.is_file()
-    done = sorted(p.parent.name for p in (results / "kernel_sweep").glob(f"*/{MARKER}"))
-    assert done[0] == "sigmas=1.0" and len(done) < 3
+    assert first.is_file() and not (workbook / "results" / "kernel" / "p-b" / MARKER).is_file()
 
     log: list[str] = []
-    report = regenerate([str(study)], profile="paper", results=results, log=log.append)
-    assert report.ok
-    assert [r.name for r in report.skipped] == done
-    assert sorted(r.name for r in report.executed) == sorted({"sigmas=1.0", "sigmas=2.0", "sigmas=4.0"} -
-                                                             set(done))
-    assert len(list((results / "kernel_sweep").glob(f"*/{MARKER}"))) == 3
+    report = regenerate(["kernel"], profile="p", workbook=Workbook.at(workbook / "notebooks"), log=log.append)
+    assert report.ok and [r.name for r in report.skipped] == ["p-a"] and [r.name for r in report.executed] == ["p-b"]

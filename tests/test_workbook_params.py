@@ -1,116 +1,53 @@
-"""Study files, profiles and grids: how the workbook turns parameter files into runs."""
+"""Parameters: the notebooks' parameters cells, the profiles' papermill files, their validation, the runs they make."""
 
 from __future__ import annotations
 
-import ast
+import re
 from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
-from naclip.workbook.params import Study, apply_profile, discover_studies, expand, load_profile, load_study
-from naclip.workbook.regenerate import ROOT, plan, resolve_profile
+from naclip.workbook.layout import ROOT_ENV, Workbook, discover, find_notebooks
+from naclip.workbook.params import RESULTS_DIR, RUN, notebook_parameters, plan, profiles
 
-PARAMS, NOTEBOOKS = ROOT / "params", ROOT / "notebooks"
-
-
-def study(grid=None, **parameters) -> Study:
-    return Study("s", "01_s.ipynb", "S", parameters or {"model": "m", "pretrained": "openai", "sigma": 5.0},
-                 grid or {})
-
-
-def test_no_grid_is_one_default_run():
-    (run,) = expand(study())
-    assert run.name == "default" and run.parameters == {"model": "m", "pretrained": "openai", "sigma": 5.0}
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS, PARAMS = ROOT / "notebooks", ROOT / "params"
+STUDIES = ["main", "components", "sigma", "attention", "architecture", "backbones", "qualitative", "attention_maps",
+           "kernel", "demo"]
 
 
-def test_grid_expands_to_the_product_with_readable_names():
-    runs = expand(study(grid={"sigma": [1, 3], "model": ["a", "b"]}))
-    assert [r.name for r in runs] == ["sigma=1_model=a", "sigma=1_model=b", "sigma=3_model=a", "sigma=3_model=b"]
-    assert runs[1].parameters == {"model": "b", "pretrained": "openai", "sigma": 1}
+def workbook(tmp_path: Path, files: dict[str, str]) -> Workbook:
+    """The shipped notebooks with parameter files of our own under tmp_path/params."""
+    for name, text in files.items():
+        path = tmp_path / "params" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return Workbook(NOTEBOOKS, tmp_path / "params", tmp_path / "results")
 
 
-def test_mapping_grid_values_set_several_parameters():
-    runs = expand(study(grid={"backbone": [{"model": "ViT-B-32", "pretrained": None}, {"model": "ViT-L-14"}]}))
-    assert [r.name for r in runs] == ["model=ViT-B-32_pretrained=None", "model=ViT-L-14"]
-    assert runs[0].random_weights and not runs[1].random_weights
-    assert runs[0].parameters["model"] == "ViT-B-32"
+def test_the_shipped_studies_one_name_each():
+    studies = discover(NOTEBOOKS)
+    assert [s.name for s in studies] == STUDIES
+    for study in studies:
+        nb = nbformat.read(study.notebook, as_version=4)
+        code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+        assert re.search(rf'RunOutputs\("{study.name}", run, results_dir', code), study.name
+        assert study.parameters[RUN] == "samples" and study.parameters[RESULTS_DIR] == "results"
+        assert "random_weights" not in study.parameters and "out_dir" not in study.parameters
+        intro = nb.cells[0].source
+        assert intro.startswith(f"# {study.title}") and f"naclip workbook run {study.name}" in intro
+        assert f"papermill notebooks/{study.name}.ipynb out.ipynb -f params/smoke/{study.name}.yaml" in intro
 
 
-def test_list_grid_values_name_runs_by_their_items():
-    runs = expand(study(grid={"sigma": [[1.0, 2.0], [3.0]]}))
-    assert [r.name for r in runs] == ["sigma=1.0,2.0", "sigma=3.0"]
-
-
-def test_grid_of_undeclared_parameter_is_an_error():
-    with pytest.raises(ValueError, match="undeclared"):
-        expand(study(grid={"sigmaa": [1, 2]}))
-
-
-def test_grid_with_duplicate_run_names_is_an_error():
-    with pytest.raises(ValueError, match="duplicate"):
-        expand(study(grid={"model": ["a/b", "a_b"]}))
-
-
-def test_profile_overrides_only_declared_parameters_then_per_study():
-    profile = {"parameters": {"model": "tiny", "limit": 2}, "studies": {"s": {"parameters": {"sigma": 1.0}}}}
-    resolved = apply_profile(study(), profile)
-    assert resolved.parameters == {"model": "tiny", "pretrained": "openai", "sigma": 1.0}
-    with pytest.raises(ValueError, match="does not declare"):
-        apply_profile(study(), {"studies": {"s": {"parameters": {"limit": 1}}}})
-
-
-def test_profile_replaces_a_grid():
-    base = study(grid={"model": ["a", "b"]})
-    resolved = apply_profile(base, {"studies": {"s": {"grid": {"model": ["tiny"]}}}})
-    assert [r.name for r in expand(resolved)] == ["model=tiny"]
-
-
-def test_random_weights_follow_pretrained():
-    assert expand(study(pretrained=None))[0].random_weights
-    assert not expand(study(sigma=1.0))[0].random_weights  # no model at all
-
-
-def test_study_file_needs_a_notebook_and_a_well_formed_grid(tmp_path):
-    (tmp_path / "bad.yaml").write_text("parameters: {a: 1}\n")
-    with pytest.raises(ValueError, match="notebook"):
-        load_study(tmp_path / "bad.yaml")
-    (tmp_path / "grid.yaml").write_text("notebook: x.ipynb\nparameters: {a: 1}\ngrid: {a: 3}\n")
-    with pytest.raises(ValueError, match="grid"):
-        load_study(tmp_path / "grid.yaml")
-    with pytest.raises(ValueError, match="study file"):
-        load_profile(tmp_path / "grid.yaml")
-
-
-def test_unknown_study_and_profile_name_the_known_ones():
-    with pytest.raises(FileNotFoundError, match="kernel"):
-        plan(["nope"], {}, PARAMS)
-    with pytest.raises(FileNotFoundError, match="smoke"):
-        resolve_profile("nope", PARAMS)
-
-
-def test_the_shipped_studies():
-    names = [s.name for s in discover_studies(PARAMS)]
-    assert names == ["main", "components", "sigma", "attention", "architecture", "backbones", "qualitative",
-                     "attention_maps", "kernel", "demo"]
-
-
-def _parameter_cell(notebook: Path) -> set[str]:
-    nb = nbformat.read(notebook, as_version=4)
-    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(cells) == 1, f"{notebook.name}: one cell tagged 'parameters'"
-    return {t.id for node in ast.parse(cells[0].source).body for t in node.targets}
-
-
-@pytest.mark.parametrize("profile", ["paper", "samples", "smoke"])
-def test_every_study_and_profile_fits_its_notebook(profile):
-    """Each run's parameters are exactly what its notebook's parameters cell declares."""
-    _, overrides = resolve_profile(profile, PARAMS)
-    for run in plan([], overrides, PARAMS):
-        declared = _parameter_cell(NOTEBOOKS / run.study.notebook)
-        assert declared == set(run.parameters) | {"out_dir", "random_weights"}, run.study.name
-        if profile == "smoke":
-            assert run.random_weights or "pretrained" not in run.parameters, run.study.name
+def test_notebook_defaults_are_the_samples_profile():
+    for study in discover(NOTEBOOKS):
+        parameters = study.parameters
+        if "model" in parameters:
+            assert (parameters["model"], parameters["pretrained"]) == ("ViT-B-16", "openai"), study.name
+        names = parameters.get("benchmarks", []) + [parameters.get("benchmark", "x-sample")]
+        assert all(n.endswith("-sample") for n in names), study.name  # no dataset needed
 
 
 def test_notebooks_are_stored_without_outputs():
@@ -120,3 +57,116 @@ def test_notebooks_are_stored_without_outputs():
         for cell in nb.cells:
             if cell.cell_type == "code":
                 assert not cell.outputs and cell.execution_count is None, path.name
+
+
+@pytest.mark.parametrize("profile", ["samples", "paper", "smoke"])
+def test_every_shipped_file_is_a_flat_papermill_file_that_names_its_run(profile):
+    runs = plan(Workbook(NOTEBOOKS, PARAMS, ROOT / "results"), (), profile)
+    assert sorted({r.study.name for r in runs}) == sorted(STUDIES)
+    for run in runs:
+        if profile == "samples":
+            assert run.source is None and run.name == "samples"
+            continue
+        values = yaml.safe_load(run.source.read_text())
+        assert isinstance(values, dict) and values[RUN] == run.name, run.source
+        assert run.name == profile or run.name == f"{profile}-{run.source.stem}"
+        if profile == "smoke":
+            assert run.parameters.get("pretrained", None) is None and run.parameters.get("limit", 1) == 1
+    if profile == "paper":
+        assert [r.name for r in runs if r.study.name == "backbones"] == ["paper-ViT-B-16", "paper-ViT-B-32",
+                                                                         "paper-ViT-L-14"]
+
+
+def test_profiles_and_run_names(tmp_path):
+    wb = workbook(tmp_path, {"mine/sigma.yaml": "sigmas: [1.0, 2.0]\n",
+                             "mine/kernel/a.yaml": "sigmas: [1.0]\n", "mine/kernel/b.yaml": "run: bee\n"})
+    assert profiles(wb.params) == ["samples", "mine"]
+    runs = {f"{r.study.name}/{r.name}": r for r in plan(wb, ["sigma", "kernel", "demo"], "mine")}
+    assert list(runs) == ["sigma/mine", "kernel/mine-a", "kernel/bee", "demo/mine"]
+    assert runs["sigma/mine"].changed == {"sigmas": [1.0, 2.0], RUN: "mine"}
+    assert runs["demo/mine"].source is None  # no file: the notebook's defaults
+    overridden = plan(wb, ["sigma", "kernel"], "mine", {"model": "ViT-L-14", "pretrained": None})
+    assert [r.name for r in overridden] == ["mine-model=ViT-L-14-pretrained=None", "mine-a", "bee"]
+    assert overridden[0].parameters["model"] == "ViT-L-14" and "model" not in overridden[1].parameters
+
+
+# -- one test per validation error -----------------------------------------------------------------------
+
+
+def test_an_unknown_key_names_the_closest_parameter(tmp_path):
+    wb = workbook(tmp_path, {"typo/sigma.yaml": "sigmaz: [1.0]\n"})
+    with pytest.raises(ValueError, match=r"unknown parameter 'sigmaz' for study 'sigma'; did you mean 'sigmas'\?"):
+        plan(wb, (), "typo")
+
+
+def test_a_misspelt_key_is_not_silently_ignored(tmp_path):
+    wb = workbook(tmp_path, {"typo/sigma.yaml": "pamr_step: 0\n"})
+    with pytest.raises(ValueError, match="did you mean 'pamr_steps'"):
+        plan(wb, ["sigma"], "typo")
+
+
+def test_a_value_of_the_wrong_kind(tmp_path):
+    wb = workbook(tmp_path, {"kind/sigma.yaml": "sigmas: 5\n"})
+    with pytest.raises(ValueError, match=r"sigmas=5; sigma.ipynb expects a list"):
+        plan(wb, ["sigma"], "kind")
+
+
+def test_a_file_for_an_unknown_study(tmp_path):
+    wb = workbook(tmp_path, {"typo/sigmaa.yaml": "run: x\n"})
+    with pytest.raises(ValueError, match="no study 'sigmaa' in this workbook; did you mean 'sigma'"):
+        plan(wb, (), "typo")
+
+
+def test_an_unknown_study_or_profile(tmp_path):
+    wb = workbook(tmp_path, {"smoke/sigma.yaml": "run: smoke\n"})
+    with pytest.raises(ValueError, match="no study 'sigmaz'; did you mean 'sigma'"):
+        plan(wb, ["sigmaz"], "smoke")
+    with pytest.raises(FileNotFoundError, match="no profile 'smok'.*did you mean 'smoke'"):
+        plan(wb, (), "smok")
+
+
+def test_the_results_folder_is_not_a_file_parameter(tmp_path):
+    wb = workbook(tmp_path, {"p/kernel.yaml": "results_dir: /elsewhere\n"})
+    with pytest.raises(ValueError, match="set by the runner"):
+        plan(wb, ["kernel"], "p")
+
+
+def test_two_runs_with_one_name(tmp_path):
+    wb = workbook(tmp_path, {"p/kernel/a.yaml": "run: same\n", "p/kernel/b.yaml": "run: same\n"})
+    with pytest.raises(ValueError, match="same name"):
+        plan(wb, ["kernel"], "p")
+
+
+def test_a_file_that_is_not_a_mapping(tmp_path):
+    wb = workbook(tmp_path, {"p/kernel.yaml": "- 1\n- 2\n"})
+    with pytest.raises(ValueError, match="expected a mapping"):
+        plan(wb, ["kernel"], "p")
+
+
+def test_a_parameters_cell_that_is_not_literal():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("a = 1\nb = a + 1", metadata={"tags": ["parameters"]})]
+    with pytest.raises(ValueError, match="'b' is not a literal"):
+        notebook_parameters(nb, "x.ipynb")
+    nb.cells = []
+    with pytest.raises(ValueError, match="one cell tagged 'parameters', found 0"):
+        notebook_parameters(nb, "x.ipynb")
+
+
+# -- where the workbook is -------------------------------------------------------------------------------
+
+
+def test_the_workbook_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv(ROOT_ENV, raising=False)
+    assert find_notebooks("sigma", start=NOTEBOOKS) == NOTEBOOKS  # JupyterLab: the notebook's folder
+    assert find_notebooks("sigma", start=ROOT / "naclip" / "workbook") == NOTEBOOKS
+    assert find_notebooks("sigma", start=tmp_path) == NOTEBOOKS  # elsewhere: the checkout naclip runs from
+    mine = tmp_path / "mine" / "notebooks"
+    mine.mkdir(parents=True)
+    (mine / "x.ipynb").write_text("{}")
+    assert find_notebooks(start=tmp_path / "mine") == mine
+    assert Workbook.at(mine).results == tmp_path / "mine" / "results"
+    with pytest.raises(FileNotFoundError, match="no workbook found"):
+        find_notebooks("nope", start=tmp_path)
+    monkeypatch.setenv(ROOT_ENV, str(tmp_path / "mine"))
+    assert find_notebooks("anything") == mine

@@ -1,169 +1,238 @@
-"""The runner: skip completed runs, --force, failures reported at the end, provenance and the index."""
+"""The runner on a stand-in executor: complete runs skipped, stale ones redone (and why), failures reported,
+parameter files written, the index (Markdown and HTML), the command line, progress on the console."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import nbformat
 import pandas as pd
 import pytest
+import yaml
 from jupyter_client.kernelspec import KernelSpecManager
-from PIL import Image
 
+import naclip
+from naclip import cli
 from naclip.workbook import regenerate as regen
-from naclip.workbook.cli import _run
-from naclip.workbook.index import write_index
-from naclip.workbook.outputs import RANDOM_BANNER, RunOutputs
-from naclip.workbook.params import Study, expand
-from naclip.workbook.runner import FAILED, MARKER, execute_runs, is_complete, notebook_kernel
+from naclip.workbook import runner
+from naclip.workbook.layout import ROOT_ENV, Workbook
+from naclip.workbook.outputs import FAILED, MANIFEST, MARKER, RANDOM_BANNER, RunOutputs
+from naclip.workbook.params import plan
+from naclip.workbook.runner import ConsoleBars, execute_runs, notebook_kernel, run_dir, run_state
 
 
 class FakeNotebook:
-    """Stands in for papermill: writes a table and a figure like a study notebook; fails on demand."""
+    """Stands in for papermill: writes a table and a figure as a study notebook does; fails on demand."""
 
     def __init__(self, fail: set[str] = frozenset()):
         self.fail = set(fail)
         self.calls: list[str] = []
 
     def __call__(self, notebook: Path, output: Path, parameters: dict, cwd: Path) -> None:
-        name = Path(parameters["out_dir"]).name
-        self.calls.append(name)
+        self.calls.append(parameters["run"])
         output.write_text("{}")
-        out = RunOutputs(parameters["out_dir"], parameters["random_weights"])
-        out.table(pd.DataFrame({"sigma": [parameters["sigma"]], "mIoU": [1.0]}), "results", "a table")
-        if name in self.fail:
-            raise RuntimeError(f"boom in {name}")
+        out = RunOutputs(notebook.stem, parameters["run"], parameters["results_dir"])
+        random = parameters["pretrained"] is None
+        out.loaded(pd.DataFrame({"model": ["tiny"], "pretrained": [parameters["pretrained"]],
+                                 "random_weights": [random]}))
+        out.table(pd.DataFrame({"sigma": [parameters["sigma"]], "mIoU": [12.345]}), "results", "a table")
+        if parameters["run"] in self.fail:
+            raise RuntimeError(f"boom in {parameters['run']}")
         fig, ax = plt.subplots(figsize=(2, 2))
         ax.plot([0, 1], [0, 1])
         out.figure(fig, "line", "a line")
         plt.close(fig)
 
 
+def write_study(folder: Path, name: str = "sweep", pretrained: str | None = "openai") -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(f"# The {name} study"),
+        nbformat.v4.new_code_cell(f'run = "samples"\nresults_dir = "results"\nmodel = "tiny"\n'
+                                  f"pretrained = {pretrained!r}\nsigma = 1.0", metadata={"tags": ["parameters"]}),
+    ]
+    path = folder / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
 @pytest.fixture
-def layout(tmp_path):
-    notebooks = tmp_path / "notebooks"
-    notebooks.mkdir()
-    (notebooks / "01_s.ipynb").write_text("{}")
-    return notebooks, tmp_path / "results"
+def wb(tmp_path, monkeypatch) -> Workbook:
+    """A workbook of one study and a profile `p` of three runs (sigma 1, 2, 3)."""
+    monkeypatch.setenv(ROOT_ENV, str(tmp_path))
+    (tmp_path / "notebooks").mkdir()
+    write_study(tmp_path / "notebooks")
+    for n in (1, 2, 3):
+        path = tmp_path / "params" / "p" / "sweep" / f"s{n}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"sigma: {n}.0\n" + ("pretrained: null\n" if n == 3 else ""))
+    return Workbook.at(tmp_path / "notebooks")
 
 
-def runs(pretrained="openai"):
-    return expand(Study("sweep", "01_s.ipynb", "Sweep", {"sigma": 1.0, "pretrained": pretrained},
-                        {"sigma": [1.0, 2.0, 3.0]}))
+def quiet(_: str) -> None:
+    pass
 
 
-def test_runs_write_outputs_and_a_marker_then_are_skipped(layout):
-    notebooks, results = layout
+def test_runs_write_outputs_a_parameter_file_and_a_record_then_are_skipped(wb):
     fake = FakeNotebook()
-    report = execute_runs(runs(), results, notebooks, fake, log=lambda _: None)
+    runs = plan(wb, (), "p")
+    report = execute_runs(runs, wb, fake, log=quiet)
     assert len(report.executed) == 3 and report.ok
-    folder = results / "sweep" / "sigma=2.0"
+    folder = wb.results / "sweep" / "p-s2"
     record = json.loads((folder / MARKER).read_text())
-    assert record["parameters"] == {"sigma": 2.0, "pretrained": "openai"} and not record["random_weights"]
-    assert record["provenance"]["torch"] and record["provenance"]["git_commit"] and record["seconds"] >= 0
-    assert {p.name for p in folder.iterdir()} >= {"results.csv", "line.png", "line.svg", "01_s.ipynb"}
+    assert record["parameters"] == {"run": "p-s2", "model": "tiny", "pretrained": "openai", "sigma": 2.0}
+    assert record["key"]["naclip_version"] == naclip.__version__ and record["key"]["code"] == runner.code_digest()
+    assert record["provenance"]["torch"] and record["seconds"] >= 0 and not record["random_weights"]
+    assert json.loads((wb.results / "sweep" / "p-s3" / MARKER).read_text())["random_weights"]
+    written = yaml.safe_load((folder / runner.PARAMETERS).read_text())  # what papermill -f reads
+    assert written == {**record["parameters"], "results_dir": "results"}
+    assert {p.name for p in folder.iterdir()} >= {"results.csv", "line.png", "line.svg", "sweep.ipynb", MANIFEST}
 
-    again = execute_runs(runs(), results, notebooks, fake, log=lambda _: None)
-    assert len(again.skipped) == 3 and not again.executed and fake.calls == [r.name for r in runs()]
-
-    forced = execute_runs(runs()[:1], results, notebooks, fake, force=True, log=lambda _: None)
-    assert [r.name for r in forced.executed] == ["sigma=1.0"]
-
-
-def test_a_failure_does_not_stop_the_others_and_the_rerun_does_only_it(layout):
-    notebooks, results = layout
-    report = execute_runs(runs(), results, notebooks, FakeNotebook(fail={"sigma=2.0"}), log=lambda _: None)
-    assert [r.name for r in report.executed] == ["sigma=1.0", "sigma=3.0"]
-    assert [(r.name, e) for r, e in report.failed] == [("sigma=2.0", "boom in sigma=2.0")]
-    failed = results / "sweep" / "sigma=2.0"
-    assert (failed / FAILED).is_file() and not (failed / MARKER).exists()
-
-    fixed = FakeNotebook()
-    rerun = execute_runs(runs(), results, notebooks, fixed, log=lambda _: None)
-    assert fixed.calls == ["sigma=2.0"] and rerun.ok and not (failed / FAILED).exists()
+    again = execute_runs(plan(wb, (), "p"), wb, fake, log=quiet)
+    assert len(again.skipped) == 3 and not again.executed and fake.calls == ["p-s1", "p-s2", "p-s3"]
+    forced = execute_runs(plan(wb, (), "p")[:1], wb, fake, force=True, log=quiet)
+    assert [r.name for r in forced.executed] == ["p-s1"]
 
 
-def test_an_interrupted_run_is_redone(layout):
-    notebooks, results = layout
-    execute_runs(runs(), results, notebooks, FakeNotebook(), log=lambda _: None)
-    (results / "sweep" / "sigma=3.0" / MARKER).unlink()  # killed before its marker was written
+def test_a_failure_does_not_stop_the_others_and_the_rerun_does_only_it(wb):
+    report = execute_runs(plan(wb, (), "p"), wb, FakeNotebook(fail={"p-s2"}), log=quiet)
+    assert [r.name for r in report.executed] == ["p-s1", "p-s3"]
+    (failed, error), = report.failed
+    assert failed.name == "p-s2" and "boom" in error
+    assert str(run_state(run_dir(wb.results, failed), failed)) == "failed (boom in p-s2)"
     fake = FakeNotebook()
-    execute_runs(runs(), results, notebooks, fake, log=lambda _: None)
-    assert fake.calls == ["sigma=3.0"]
+    rerun = execute_runs(plan(wb, (), "p"), wb, fake, jobs=2, log=quiet)
+    assert fake.calls == ["p-s2"] and len(rerun.skipped) == 2
+    assert not (wb.results / "sweep" / "p-s2" / FAILED).exists()
 
 
-def test_changed_parameters_or_notebook_make_a_run_stale(layout):
-    notebooks, results = layout
-    (run, *_) = runs()
-    execute_runs([run], results, notebooks, FakeNotebook(), log=lambda _: None)
-    folder = results / "sweep" / run.name
-    assert is_complete(folder, run.key(notebooks / "01_s.ipynb"))
-    (notebooks / "01_s.ipynb").write_text('{"changed": 1}')
-    assert not is_complete(folder, run.key(notebooks / "01_s.ipynb"))
-    changed = expand(Study("sweep", "01_s.ipynb", "Sweep", {"sigma": 1.0, "pretrained": None}, {}))[0]
-    assert changed.key(notebooks / "01_s.ipynb") != run.key(notebooks / "01_s.ipynb")
+def state(wb: Workbook, name: str = "p-s1") -> str:
+    (run,) = [r for r in plan(wb, (), "p") if r.name == name]
+    return str(run_state(run_dir(wb.results, run), run))
 
 
-def test_a_missing_notebook_is_a_reported_failure(layout):
-    notebooks, results = layout
-    (notebooks / "01_s.ipynb").unlink()
-    report = execute_runs(runs()[:1], results, notebooks, FakeNotebook(), log=lambda _: None)
-    assert "does not exist" in report.failed[0][1]
+def test_a_run_goes_stale_when_its_notebook_parameters_or_library_change(wb, monkeypatch):
+    assert state(wb) == "missing"
+    execute_runs(plan(wb, (), "p"), wb, FakeNotebook(), log=quiet)
+    assert state(wb) == "complete"
+
+    version = naclip.__version__
+    with monkeypatch.context() as patch:
+        patch.setattr(naclip, "__version__", "99.0")
+        assert state(wb) == f"stale (naclip {version} -> 99.0)"
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "code_digest", lambda: "another commit")
+        assert state(wb) == "stale (naclip's code changed)"
+    assert state(wb) == "complete"
+
+    (wb.params / "p" / "sweep" / "s1.yaml").write_text("sigma: 1.5\n")
+    assert state(wb) == "stale (parameters changed: sigma: 1.0 -> 1.5)"
+    write_study(wb.notebooks).write_text(write_study(wb.notebooks).read_text().replace("The sweep", "A sweep"))
+    assert state(wb, "p-s2") == "stale (the notebook changed)"
+
+    (wb.results / "sweep" / "p-s3" / MARKER).unlink()  # outputs without a record: interrupted or by hand
+    assert state(wb, "p-s3").startswith("stale (outputs without a run record")
+    fake = FakeNotebook()
+    execute_runs(plan(wb, (), "p"), wb, fake, log=quiet)
+    assert fake.calls == ["p-s1", "p-s2", "p-s3"]
 
 
-def test_index_links_every_table_figure_and_notebook_and_marks_random_weights(layout):
-    notebooks, results = layout
-    execute_runs(runs(pretrained=None), results, notebooks, FakeNotebook(fail={"sigma=3.0"}), log=lambda _: None)
-    index = write_index(results, banner="fell back").read_text()
-    assert "fell back" in index and RANDOM_BANNER in index
-    for name in ("sigma=1.0", "sigma=2.0"):
-        for file in ("results.csv", "line.png", "line.svg", "01_s.ipynb"):
-            link = f"sweep/{name}/{file}"
-            assert f"({link})" in index and (results / link).is_file()
-    assert "sweep/sigma=3.0" in index and "boom in sigma=3.0" in index and "failed" in index
-    combined = pd.read_csv(results / "sweep" / "results.all-runs.csv")
-    assert sorted(combined["run"]) == ["sigma=1.0", "sigma=2.0"] and combined["random_weights"].all()
-    assert "(sweep/results.all-runs.csv)" in index
-    with Image.open(results / "sweep" / "sigma=1.0" / "line.png") as image:
-        assert image.width > 50 and image.height > 50
+def test_the_index_shows_every_table_and_figure_marks_random_runs_and_gives_provenance(wb):
+    execute_runs(plan(wb, (), "p"), wb, FakeNotebook(fail={"p-s2"}), log=quiet)
+    markdown, page = (p.read_text() for p in runner_index(wb))
+    for name in ("p-s1", "p-s3"):
+        for link in ("results.csv", "line.png", "line.svg", "sweep.ipynb", "parameters.yaml"):
+            assert f"(sweep/{name}/{link})" in markdown
+    assert "boom in p-s2" in markdown and RANDOM_BANNER in markdown
+    assert page.count('<img alt="a line" src="data:image/png;base64,') == 2  # every figure, embedded
+    assert page.count('<table class="dataframe data"') == 3 and page.count("<td>12.35</td>") == 3  # all rendered
+    assert page.count('class="run random"') == 1 and 'id="sweep-p-s3"' in page
+    assert "commit " in page and "naclip " + naclip.__version__ in page and "boom in p-s2" in page
+    assert (wb.results / "sweep" / "results.all-runs.csv").is_file()
 
 
-def test_regenerate_falls_back_to_smoke_with_a_banner_when_weights_are_missing(tmp_path, monkeypatch):
-    params = tmp_path / "params"
-    params.mkdir()
-    (params / "a.yaml").write_text("notebook: 01_s.ipynb\nparameters: {model: ViT-B-16, pretrained: openai, "
-                                   "sigma: 5.0}\n")
-    (params / "samples.yaml").write_text("parameters: {model: ViT-B-16, pretrained: openai}\n")
-    (params / "smoke.yaml").write_text("parameters: {model: naclip-tiny, pretrained: null}\n")
-    notebooks = tmp_path / "notebooks"
-    notebooks.mkdir()
-    (notebooks / "01_s.ipynb").write_text("{}")
+def runner_index(wb: Workbook) -> list[Path]:
+    from naclip.workbook.index import write_index
+
+    return write_index(wb)
+
+
+def test_regenerate_falls_back_to_smoke_with_a_banner_when_weights_are_missing(wb, monkeypatch):
+    (wb.params / "smoke").mkdir()
+    (wb.params / "smoke" / "sweep.yaml").write_text("run: smoke\npretrained: null\n")
     monkeypatch.setattr(regen, "weights_error", lambda model, pretrained: "no network")
-    fake = FakeNotebook()
-    report = regen.regenerate(results=tmp_path / "results", params_dir=params, notebooks=notebooks,
-                              executor=fake, log=lambda _: None)
+    report = regen.regenerate(workbook=wb, executor=FakeNotebook(), log=quiet)
     (run,) = report.executed
-    assert run.parameters["model"] == "naclip-tiny" and run.random_weights
-    record = json.loads((tmp_path / "results" / "a" / "default" / MARKER).read_text())
-    assert record["profile"] == "smoke" and "could not be loaded" in record["note"]
-    assert "no network" in (tmp_path / "results" / "index.md").read_text()
-    with pytest.raises(FileNotFoundError, match="smoke"):
-        regen.regenerate(profile="nope", params_dir=params, notebooks=notebooks, executor=fake)
+    assert run.name == "smoke" and run.parameters["pretrained"] is None
+    record = json.loads((wb.results / "sweep" / "smoke" / MARKER).read_text())
+    assert record["profile"] == "smoke" and "could not be loaded" in record["note"] and record["random_weights"]
+    assert "no network" in (wb.results / "index.md").read_text()
+    assert "no network" in (wb.results / "index.html").read_text()
 
 
-def test_cli_exit_status_reports_failures(monkeypatch, capsys, layout):
-    notebooks, results = layout
-    fake = FakeNotebook(fail={"sigma=1.0"})
-    monkeypatch.setattr(regen, "regenerate", lambda *a, **k: execute_runs(runs(), results, notebooks, fake,
-                                                                         log=lambda _: None))
-    args = type("Args", (), {"targets": [], "profile": "smoke", "results": results, "force": False})()
-    assert _run(args) == 1
+def args(wb: Workbook, *argv: str) -> list[str]:
+    return [*argv, "--notebooks", str(wb.notebooks), "--params", str(wb.params), "--results", str(wb.results)]
+
+
+def test_cli_run_reports_failures_and_dry_run_runs_nothing(wb, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(regen, "papermill_executor",
+                        lambda kernel, lines: calls.append(kernel) or FakeNotebook({"p-s1"}))
+    assert cli.main(args(wb, "workbook", "run", "--profile", "p", "--dry-run")) == 0
+    out = capsys.readouterr().out
+    assert not calls and not wb.results.exists()
+    assert "run  sweep/p-s1: missing; parameters from" in out and "sigma=2.0" in out
+
+    assert cli.main(args(wb, "workbook", "run", "--profile", "p")) == 1
     captured = capsys.readouterr()
     assert "2 run(s) executed, 0 skipped, 1 failed" in captured.out
-    assert "FAILED sweep/sigma=1.0: boom in sigma=1.0" in captured.err
+    assert "FAILED sweep/p-s1: boom in p-s1" in captured.err
+
+    assert cli.main(args(wb, "workbook", "list")) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[0] == "sweep: The sweep study"
+    assert re.match(r"\s+samples\s+missing$", listing[1]) and re.match(r"\s+p-s1\s+failed \(boom in p-s1\)", listing[2])
+    assert re.match(r"\s+p-s2\s+complete$", listing[3])
+
+
+def test_cli_model_and_pretrained_override_the_profile_and_must_load(wb, monkeypatch, capsys):
+    monkeypatch.setattr(regen, "weights_error", lambda model, pretrained: f"{pretrained} is not here")
+    assert cli.main(args(wb, "workbook", "run", "--pretrained", "/nope.pt", "--model", "ViT-L-14")) == 2
+    assert "ViT-L-14//nope.pt: /nope.pt is not here" in capsys.readouterr().err
+    monkeypatch.setattr(regen, "weights_error", lambda model, pretrained: None)
+    assert cli.main(args(wb, "workbook", "run", "--profile", "p", "--model", "ViT-L-14", "--dry-run")) == 0
+    out = capsys.readouterr().out
+    assert "sweep/p-s1-model=ViT-L-14: missing" in out and "model='ViT-L-14'" in out
+    assert cli.main(args(wb, "workbook", "run", "--profile", "p", "--pretrained", "none", "--dry-run")) == 0
+    assert "pretrained=None" in capsys.readouterr().out
+
+
+def message(kind: str, comm: str, **state) -> dict:
+    return {"msg_type": kind, "content": {"comm_id": comm, "data": {"state": state}}}
+
+
+def test_console_bars_mirror_the_notebooks_progress_widgets():
+    stream = io.StringIO()
+    bars = ConsoleBars(stream)
+    bars.message(message("comm_open", "l", _model_name="HTMLModel", value=""))
+    bars.message(message("comm_open", "b", _model_name="FloatProgressModel", value=0, max=4))
+    bars.message(message("comm_open", "r", _model_name="HTMLModel", value=""))
+    bars.message(message("comm_open", "box", _model_name="HBoxModel", children=["IPY_MODEL_l", "IPY_MODEL_b",
+                                                                                  "IPY_MODEL_r"]))
+    assert stream.getvalue() == ""
+    for n in range(5):  # tqdm's order: the bar, the description, then the counts
+        bars.message(message("comm_msg", "b", value=n))
+        bars.message(message("comm_msg", "l", value=f"voc21:\u2007{25 * n}%"))
+        bars.message(message("comm_msg", "r", value=f"\u2007{n}/4\u2007[00:0{n}&lt;00:0{4 - n}]"))
+    lines = stream.getvalue().splitlines()
+    assert lines == ["    voc21: 0% |                    |  0/4 [00:00<00:04]",
+                     "    voc21: 100% |████████████████████|  4/4 [00:04<00:00]"]
 
 
 def test_notebook_kernel_runs_this_interpreter_and_is_temporary(monkeypatch):
@@ -173,3 +242,11 @@ def test_notebook_kernel_runs_this_interpreter_and_is_temporary(monkeypatch):
         assert spec.argv[:3] == [sys.executable, "-m", "ipykernel_launcher"]
         assert os.environ["JUPYTER_PATH"].endswith(os.pathsep + "/elsewhere")
     assert os.environ["JUPYTER_PATH"] == "/elsewhere"
+
+
+def test_outputs_refuse_to_write_before_saying_what_ran(wb):
+    out = RunOutputs("sweep", "x", "results")
+    with pytest.raises(RuntimeError, match="out.loaded"):
+        out.table(pd.DataFrame({"a": [1]}), "t")
+    assert out.out_dir == wb.root / "results" / "sweep" / "x"
+    assert out.path("images/a.jpg") == wb.root / "images" / "a.jpg" and out.path("/abs") == Path("/abs")

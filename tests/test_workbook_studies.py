@@ -1,4 +1,4 @@
-"""The study computations: variants, the published table, comparisons, kernel maps, qualitative rows."""
+"""The study computations: the published table, comparisons with it, variants, kernel maps, qualitative rows."""
 
 from __future__ import annotations
 
@@ -11,20 +11,25 @@ import torch
 
 from naclip.attention import get_attention
 from naclip.datasets import open_benchmark
+from naclip.methods import get_method
 from naclip.workbook import studies
-from naclip.workbook.published import BENCHMARKS, published
+from naclip.workbook.published import BENCHMARKS, IMAGES, ROWS, published
 
 
-def test_published_table_is_tidy_and_its_averages_match():
+def test_published_holds_every_row_keyed_by_preset_and_its_averages_match():
     table = published()
-    assert set(table.columns) == {"method", "pamr", "source", "benchmark", "mIoU"}
-    for (_, _, _), group in table.groupby(["method", "pamr", "source"]):
-        values = group[group.benchmark != "avg"].mIoU
-        if len(values) == len(BENCHMARKS):
-            assert values.mean() == pytest.approx(group[group.benchmark == "avg"].mIoU.item(), abs=0.06)
-    row = table[(table.method == "NACLIP") & table.pamr & (table.benchmark == "voc21")]
-    assert row.mIoU.item() == 64.07 and "authors' code" in row.source.item()
-    assert table[table.method == "ClearCLIP"].benchmark.tolist() == ["avg"]
+    assert [r.method for r in ROWS] == ["naclip", "naclip-nopamr", "sclip", "clearclip", "maskclip", "resclip",
+                                        "scclip"]
+    for row in ROWS:
+        assert len(row.values) == len(BENCHMARKS)
+        assert np.mean(row.values) == pytest.approx(row.average, abs=0.06), row.method
+    assert table[(table.method == "naclip") & (table.benchmark == "voc21")].mIoU.item() == 64.07
+    assert table[(table.method == "clearclip") & (table.benchmark == "cityscapes")].mIoU.item() == 30.0
+    assert table[(table.method == "maskclip") & (table.benchmark == "avg")].mIoU.item() == 27.9
+    assert set(table.columns) == {"method", "title", "pamr", "source", "benchmark", "mIoU"}
+    assert [r.pamr for r in ROWS if r.pamr] == [True]  # only NACLIP's headline row has PAMR
+    for row in ROWS[:5]:
+        get_method(row.method)  # every preset that exists reruns its row
 
 
 def test_patch_bias_is_the_closed_form_and_the_table_is_tidy():
@@ -41,19 +46,11 @@ def test_patch_bias_is_the_closed_form_and_the_table_is_tidy():
 
 
 def test_variants_for_each_study():
-    main = studies.main_variants(["CLIP", "NACLIP"], 10)
-    assert [v["name"] for v in main] == ["CLIP", "NACLIP", "CLIP + PAMR", "NACLIP + PAMR"]
-    assert main[3] == {"name": "NACLIP + PAMR", "attention": "naclip", "arch": "reduced", "pamr_steps": 10}
-    assert len(studies.main_variants(["SCLIP"], 0)) == 1
-    with pytest.raises(ValueError, match="unknown methods"):
-        studies.method_variants(["SAM"])
-
     components = studies.component_variants()
     assert len({(v["attention"], v["arch"]) for v in components}) == 8
     assert components[-1] == {"name": "Gauss + KK + reduced", "attention": "naclip", "arch": "reduced",
                               "pamr_steps": 0}
-
-    sweep = studies.sweep_variants("sigma", [1.0, 5.0], 10, attention="naclip")
+    sweep = studies.sweep_variants("sigma", [1.0, 5.0], 10)
     assert [(v["sigma"], v["pamr_steps"]) for v in sweep] == [(1.0, 0), (5.0, 0), (1.0, 10), (5.0, 10)]
     assert [v["name"] for v in studies.grid_variants(["kk"], ["vanilla", "reduced"])] == ["kk/vanilla", "kk/reduced"]
 
@@ -66,40 +63,95 @@ def test_vanilla_gauss_is_query_key_plus_the_bias():
     assert get_attention("vanilla_gauss").neighbourhood
 
 
-def evaluator_rows() -> pd.DataFrame:
-    return pd.DataFrame({
-        "benchmark": ["voc21-sample"] * 3 + ["ade20k"] * 3,
-        "attention": ["naclip", "naclip", "kk"] * 2,
-        "arch": ["reduced", "reduced", "vanilla"] * 2,
-        "pamr_steps": [0, 10, 0] * 2,
-        "mIoU": [50.0, 60.0, 5.0, 10.0, 20.0, 1.0],
-    })
+def rows(method: str, benchmarks=("voc21",), model="ViT-B-16", pretrained="openai", n_images=None, **changes):
+    """Evaluator-like rows of `method` run as its authors ran it on `benchmarks`, with `changes` on top."""
+    out = []
+    for benchmark in benchmarks:
+        protocol = benchmark.removesuffix("-sample")
+        settings = get_method(method).settings(protocol, **changes).to_dict(("protocol", "method"))
+        settings["pamr_dilations"] = ",".join(map(str, settings["pamr_dilations"]))
+        out.append({"benchmark": benchmark, "variant": "default", "method": method, "model": model,
+                    "pretrained": pretrained, "random_weights": pretrained is None, "mIoU": 50.0,
+                    "n_images": n_images or IMAGES.get(protocol, 14), **settings})
+    return pd.DataFrame(out)
 
 
-def test_tag_methods_and_compare_published():
-    tagged = studies.tag_methods(evaluator_rows())
-    assert tagged.method.tolist()[:3] == ["NACLIP", "NACLIP", "kk/vanilla"]
-    assert tagged["post-processing"].tolist()[:2] == ["none", "PAMR"]
-    comparison = studies.compare_published(tagged)
-    sources = ["published (NACLIP authors' code (v2))", "published (NACLIP paper)"]
-    assert set(sources) <= set(comparison.columns)
-    row = comparison[(comparison.benchmark == "voc21-sample") & ~comparison.pamr & (comparison.method == "NACLIP")]
-    assert row["published (NACLIP paper)"].item() == 58.9 and row.gap.item() == pytest.approx(50.0 - 58.9)
-    row = comparison[(comparison.benchmark == "ade20k") & comparison.pamr]
-    assert row[sources[0]].item() == 19.05 and row.gap.item() == pytest.approx(20.0 - 19.05)
-    assert comparison[comparison.method == "kk/vanilla"].gap.isna().all()
-    avg = comparison[(comparison.benchmark == "avg") & ~comparison.pamr & (comparison.method == "NACLIP")]
-    assert avg.mIoU.item() == 30.0 and math.isnan(avg.gap.item())  # two benchmarks: no published average
-    marks = studies.published_marks(comparison)
-    assert len(marks) == 4 and set(marks.mIoU) == {58.9, 64.07, 17.4, 19.05}
+def compare(frame: pd.DataFrame, keys=("method",)) -> pd.DataFrame:
+    return studies.compare_published(studies.label_rows(frame), list(keys))
 
 
-def test_compare_published_average_when_all_benchmarks_ran():
-    frame = pd.DataFrame({"benchmark": list(BENCHMARKS), "attention": "csa", "arch": "vanilla", "pamr_steps": 0,
-                          "mIoU": 38.0, "sigma": 5.0})
-    comparison = studies.compare_published(studies.tag_methods(frame), extra=["sigma"])
-    avg = comparison[comparison.benchmark == "avg"]
-    assert avg.sigma.item() == 5.0 and avg.gap.item() == pytest.approx(38.0 - 38.2)
+def test_a_full_benchmark_run_as_published_gets_a_gap():
+    table = compare(pd.concat([rows("sclip"), rows("naclip", ["ade20k"])], ignore_index=True))
+    sclip = table[(table.method == "sclip") & (table.benchmark == "voc21")].iloc[0]
+    assert sclip.published == 59.1 and sclip.gap == pytest.approx(50.0 - 59.1) and sclip.note == ""
+    assert sclip.images == "1449 of 1449" and sclip.published_as == "sclip"
+    naclip = table[(table.method == "naclip") & (table.benchmark == "ade20k")].iloc[0]
+    assert naclip["post-processing"] == "PAMR" and naclip.published == 19.05 and naclip.gap == pytest.approx(30.95)
+
+
+def test_samples_show_the_published_number_without_a_gap():
+    table = compare(rows("naclip-nopamr", ["voc21-sample"], n_images=14))
+    row = table[table.benchmark == "voc21-sample"].iloc[0]
+    assert row.published == 58.9 and math.isnan(row.gap) and "sample: 14 of 1449 images" in row.note
+
+
+def test_no_gap_for_random_weights_or_another_backbone():
+    table = compare(pd.concat([rows("sclip", pretrained=None), rows("clearclip", model="ViT-L-14")]))
+    assert table.gap.isna().all()
+    rows_ = table[table.benchmark == "voc21"]
+    notes = dict(zip(rows_.method, rows_.note, strict=True))
+    assert notes["sclip"] == "random weights"
+    assert "backbone ViT-L-14 / openai; published: ViT-B-16 / openai" in notes["clearclip"]
+
+
+def test_clip_and_maskclip_say_they_borrow_naclips_protocol():
+    table = compare(pd.concat([rows("clip"), rows("maskclip")]))
+    assert (table.protocol == studies.NO_AUTHORS_RUN).all()
+    clip = table[table.method == "clip"].iloc[0]
+    assert math.isnan(clip.published) and clip.note == "no published number for clip"
+    maskclip = table[(table.method == "maskclip") & (table.benchmark == "voc21")].iloc[0]
+    assert maskclip.published == 38.8 and math.isnan(maskclip.gap) and studies.NO_AUTHORS_RUN in maskclip.note
+    assert studies.method_label("maskclip") == f"maskclip ({studies.NO_AUTHORS_RUN})"
+    assert studies.method_label("sclip") == "sclip"
+
+
+def test_variants_no_paper_ran_are_labelled_without_a_published_number():
+    frame = pd.concat([
+        rows("naclip-nopamr", attention="csa"),  # csa on the reduced block
+        rows("naclip-nopamr", sigma=3.0),  # NACLIP's block at another sigma
+        rows("naclip-nopamr", attention="qq"),  # ClearCLIP's block under NACLIP's protocol
+        rows("naclip-nopamr", attention="naclip"),  # the published run itself
+    ], ignore_index=True).assign(variant=["csa", "sigma3", "qq", "naclip"])
+    table = compare(frame, ["variant"]).set_index(["variant", "benchmark"])
+    assert table.loc[("csa", "voc21"), "note"] == studies.NOT_PUBLISHED
+    assert table.loc[("sigma3", "voc21"), "note"].startswith(studies.NOT_PUBLISHED)
+    assert "sigma 3.0 (published 5.0)" in table.loc[("sigma3", "voc21"), "note"]
+    assert "logit_scale 40.0 (published 50.0)" in table.loc[("qq", "voc21"), "note"]
+    assert "class names of naclip-nopamr" in table.loc[("qq", "voc21"), "note"]
+    assert table.loc[[("csa", "voc21"), ("sigma3", "voc21"), ("qq", "voc21")], "published"].isna().all()
+    assert table.loc[("naclip", "voc21"), "gap"] == pytest.approx(50.0 - 58.9)
+    marks = studies.published_marks(compare(frame, ["variant"]))
+    assert marks.variant.tolist() == ["naclip"] and not marks.pamr.item()
+
+
+def test_the_average_has_the_published_one_only_over_all_eight_benchmarks():
+    table = compare(pd.concat([rows("naclip", list(BENCHMARKS)), rows("sclip", ["voc21", "ade20k"])]))
+    avg = table[table.benchmark == "avg"].set_index("method")
+    assert avg.loc["naclip", "published"] == 42.46 and avg.loc["naclip", "gap"] == pytest.approx(50.0 - 42.46)
+    assert math.isnan(avg.loc["sclip", "published"]) and "published average is over all eight" in avg.loc[
+        "sclip", "note"]
+    overview = studies.overview(table, ["method"])
+    assert list(overview.columns[:9].get_level_values(1)) == [*BENCHMARKS, "avg"]
+    assert list(overview.index) == ["naclip", "sclip"]
+
+
+def test_figure_note_says_what_a_reader_must_know():
+    table = compare(pd.concat([rows("maskclip", ["voc21-sample"], n_images=14, pretrained=None),
+                               rows("naclip-nopamr", attention="csa")]))
+    note = studies.figure_note(table)
+    assert "Sample benchmarks" in note and f"maskclip: {studies.NO_AUTHORS_RUN}" in note
+    assert "no paper ran" in note and "Random weights" in note
+    assert studies.weights_label("m", None) == "m / random weights"
 
 
 def test_class_summary_legend_and_attention_table():
@@ -110,24 +162,31 @@ def test_class_summary_legend_and_attention_table():
     assert summary.pixel_share.tolist() == pytest.approx([4 / 6, 2 / 6, 0])
     legend = studies.legend([labels, np.array([[255, 2]])], ["a", "b", "c"])
     assert list(legend) == ["a", "b", "c"] and len(legend["c"]) == 3
-    table = studies.attention_table({"CLIP": np.ones((2, 3, 4))}, [(0, 0), (2, 3)], (3, 4))
+    table = studies.attention_table({"clip": np.ones((2, 3, 4))}, [(0, 0), (2, 3)], (3, 4))
     assert len(table) == 24 and table.query_row.tolist()[-1] == 2
 
 
-def test_qualitative_rows_and_attention_maps_on_a_tiny_model(tiny):
-    dataset = open_benchmark("voc21-sample")
-    segmenter = tiny(slide_crop=0, pamr_steps=0, short_side=64)
-    segmenter.set_classes(dataset.class_file)
-    rows, legend = studies.qualitative_rows(segmenter, dataset, [0], ["CLIP", "NACLIP"])
-    (row,) = rows
+def test_methods_on_a_tiny_model(tiny):
+    """Each preset evaluated with its own protocol, the qualitative rows and the attention maps."""
+    backbone = dict(model="naclip-tiny", pretrained=None, device="cpu")
+    frame = studies.evaluate_methods(["clip", "sclip"], ["voc20-sample"], limit=1, progress=False, **backbone)
+    assert frame.method.tolist() == ["clip", "sclip"] and frame.random_weights.all()
+    assert set(frame.attrs["per_class"].method) == {"clip", "sclip"}
+    with pytest.raises(ValueError, match="did you mean 'sclip'"):
+        studies.evaluate_methods(["sclp"], ["voc20-sample"])
+
+    dataset = open_benchmark("voc20-sample")
+    loaded = []
+    rows_, legend = studies.qualitative_rows(dataset, [0], ["clip", "naclip-nopamr"], on_load=loaded.append,
+                                             **backbone)
+    (row,) = rows_
     assert len(row) == 4 and all(image.shape == (513, 513, 3) for image in row)
-    assert "aeroplane" in legend  # from the ground truth
+    assert len(loaded) == 2 and all(s.random_weights for s in loaded) and "aeroplane" in legend
+
+    segmenter = tiny(slide_crop=0, pamr_steps=0, short_side=64)
     image = np.asarray(row[0])
-    maps, patches, grid = studies.patch_attention_maps(segmenter, image, [(0.0, 0.0), (1.0, 0.5)], ["CLIP", "SCLIP"])
-    assert grid == (4, 4) and patches == [(0, 0), (3, 2)]
-    assert maps["CLIP"].shape == (2, 4, 4)
-    sums = maps["CLIP"].sum(axis=(1, 2))  # softmax rows without the [CLS] column
-    assert np.all((sums > 0) & (sums <= 1 + 1e-5))
-    np.testing.assert_allclose(maps["CLIP"][1], segmenter.patch_attention(image, attention="vanilla")[3 * 4 + 2])
+    maps, patches, grid = studies.patch_attention_maps(segmenter, image, [(0.0, 0.0), (1.0, 0.5)], ["clip", "sclip"])
+    assert grid == (4, 4) and patches == [(0, 0), (3, 2)] and maps["clip"].shape == (2, 4, 4)
+    np.testing.assert_allclose(maps["clip"][1], segmenter.patch_attention(image, attention="vanilla")[3 * 4 + 2])
     with pytest.raises(ValueError, match="fractions"):
-        studies.patch_attention_maps(segmenter, image, [(2.0, 0.0)], ["CLIP"])
+        studies.patch_attention_maps(segmenter, image, [(2.0, 0.0)], ["clip"])

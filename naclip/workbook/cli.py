@@ -42,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--pretrained", help="pretrained tag or checkpoint file for every study ('none': random)")
     run.add_argument("--device", help="device for every study (auto, cpu, cuda, mps)")
     run.add_argument("--force", action="store_true", help="redo runs that are already complete")
+    run.add_argument("--jobs", type=int, default=1, help="notebooks run at once (default 1; more only where the "
+                     "cores and the memory allow: each notebook loads its own model)")
     run.add_argument("--dry-run", action="store_true", help="show what would run, with each run's state; run nothing")
     _folders(run)
     run.set_defaults(func=_run)
@@ -69,7 +71,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print("\n".join(preview(resolve(args.targets, args.profile, workbook, overrides), args.force)))
         return 0
-    report = regenerate(args.targets, args.profile, workbook, args.force, overrides)
+    report = regenerate(args.targets, args.profile, workbook, args.force, overrides, args.jobs)
     print(
         f"workbook: {len(report.executed)} run(s) executed, {len(report.skipped)} skipped, "
         f"{len(report.failed)} failed"

@@ -44,7 +44,7 @@ class Entry:
 
     @property
     def anchor(self) -> str:
-        return "".join(c if c.isalnum() else "-" for c in f"{self.study.name}-{self.name}".lower())
+        return "".join(c if c.isalnum() or c in "-_" else "-" for c in f"{self.study.name}-{self.name}".lower())
 
     @property
     def random_weights(self) -> bool:

@@ -94,17 +94,20 @@ def regenerate(
     workbook: Workbook | None = None,
     force: bool = False,
     overrides: Mapping[str, Any] | None = None,
+    jobs: int = 1,
     executor: Executor | None = None,
     log: Callable[[str], None] = print,
 ) -> Report:
-    """Run the studies that are not complete (all with `force`) and rebuild ``index.md`` and ``index.html``."""
+    """Run the studies that are not complete (all with `force`), `jobs` notebooks at a time, and rebuild
+    ``index.md`` and ``index.html``."""
     chosen = resolve(targets, profile, workbook, overrides)
     if chosen.banner:
         print(f"\n{'!' * 100}\n{chosen.banner}\n{'!' * 100}\n", file=sys.stderr)
     chosen.workbook.results.mkdir(parents=True, exist_ok=True)
     with notebook_kernel() as kernel:
-        report = execute_runs(chosen.runs, chosen.workbook, executor or papermill_executor(kernel), force=force,
-                              note=chosen.note, log=log)
+        execute = executor or papermill_executor(kernel, lines=jobs > 1)
+        report = execute_runs(chosen.runs, chosen.workbook, execute, force=force, note=chosen.note, jobs=jobs,
+                              log=log)
     for index in write_index(chosen.workbook, chosen.banner):
         log(f"index: {index}")
     return report

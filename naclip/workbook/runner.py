@@ -23,6 +23,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -146,9 +147,10 @@ class ConsoleBars:
     terminal), and once more when the bar is full.
     """
 
-    def __init__(self, stream: TextIO, interval: float = 0.5) -> None:
+    def __init__(self, stream: TextIO, label: str = "", lines: bool = False, interval: float = 0.5) -> None:
         self.stream = stream
-        self.tty = stream.isatty()
+        self.label = f"{label}: " if label else ""
+        self.tty = stream.isatty() and not lines  # one line rewritten in place; else a line per update
         self.interval = interval if self.tty else 10.0
         self.models: dict[str, dict[str, Any]] = {}
         self.shown: dict[str, tuple[float, str]] = {}  # bar id -> (time, text) last written
@@ -188,7 +190,8 @@ class ConsoleBars:
         self.shown[box_id] = (now, text)
         if finished:
             self.done.add(box_id)
-        self.stream.write(f"\r    {text}\x1b[K" + ("\n" if finished else "") if self.tty else f"    {text}\n")
+        line = f"    {self.label}{text}"
+        self.stream.write(f"\r{line}\x1b[K" + ("\n" if finished else "") if self.tty else f"{line}\n")
         self.stream.flush()
 
 
@@ -209,11 +212,11 @@ def _engine() -> str:
     class Engine(NBClientEngine):
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, start_timeout=60,
-                                     execution_timeout=None, console=None, **kwargs):
+                                     execution_timeout=None, console=None, label="", lines=False, **kwargs):
             kwargs = {k: v for k, v in kwargs.items() if k not in ("input_path", "timeout", "startup_timeout")}
             client = Client(nb_man, kernel_name=kernel_name, log_output=log_output, startup_timeout=start_timeout,
                             timeout=execution_timeout, **kwargs)
-            client.bars = ConsoleBars(console) if console is not None else None
+            client.bars = ConsoleBars(console, label, lines) if console is not None else None
             return client.execute()
 
     papermill_engines.register("naclip", Engine)
@@ -248,8 +251,9 @@ def notebook_kernel() -> Iterator[str]:
                 os.environ["JUPYTER_PATH"] = previous
 
 
-def papermill_executor(kernel_name: str, console: TextIO | None = sys.stderr) -> Executor:
-    """An executor running a notebook with papermill on `kernel_name`, its progress bars mirrored on `console`."""
+def papermill_executor(kernel_name: str, console: TextIO | None = sys.stderr, lines: bool = False) -> Executor:
+    """An executor running a notebook with papermill on `kernel_name`, its progress bars mirrored on `console`
+    (a line per update with `lines`, as when several notebooks run at once)."""
 
     def execute(notebook: Path, output: Path, parameters: dict[str, Any], cwd: Path) -> None:
         import papermill
@@ -257,6 +261,7 @@ def papermill_executor(kernel_name: str, console: TextIO | None = sys.stderr) ->
         papermill.execute_notebook(
             str(notebook), str(output), parameters=parameters, kernel_name=kernel_name, cwd=str(cwd),
             progress_bar=False, log_output=False, engine_name=_engine(), console=console,
+            label=f"{notebook.stem}/{parameters['run']}", lines=lines,
         )
 
     return execute
@@ -287,19 +292,26 @@ def execute_runs(
     *,
     force: bool = False,
     note: str | None = None,
+    jobs: int = 1,
     log: Callable[[str], None] = print,
 ) -> Report:
-    """Execute every run that is not complete (all of them with `force`); failures are recorded, not raised."""
+    """Execute every run that is not complete (all of them with `force`), `jobs` notebooks at a time; failures
+    are recorded, not raised."""
     report = Report()
     env = environment()
+    todo = []
     for number, run in enumerate(runs, 1):
-        folder = run_dir(workbook.results, run)
         label = f"[{number}/{len(runs)}] {run.study.name}/{run.name}"
-        state = run_state(folder, run)
+        state = run_state(run_dir(workbook.results, run), run)
         if not force and state.state == COMPLETE:
             report.skipped.append(run)
             log(f"{label}: complete, skipped")
-            continue
+        else:
+            todo.append((label, run, state))
+
+    def one(item: tuple[str, Run, State]) -> str | None:
+        label, run, state = item
+        folder = run_dir(workbook.results, run)
         _reset(folder, force)
         parameters = parameters_file(run, workbook)
         (folder / PARAMETERS).write_text(yaml.safe_dump(parameters, sort_keys=False))
@@ -324,13 +336,20 @@ def execute_runs(
             record["error"] = _error_text(error)
             record["traceback"] = traceback.format_exc(limit=5)
             write_json(record, folder / FAILED)
-            report.failed.append((run, record["error"]))
             log(f"{label}: FAILED after {time.perf_counter() - start:.1f}s")
-            continue
+            return record["error"]
         manifest = read_manifest(folder)
         record.update(seconds=round(time.perf_counter() - start, 2), random_weights=manifest["random_weights"],
                       weights=manifest["weights"])
         write_json(record, folder / MARKER)
-        report.executed.append(run)
         log(f"{label}: done in {record['seconds']:.1f}s")
+        return None
+
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        errors = list(pool.map(one, todo))
+    for (_, run, _), error in zip(todo, errors, strict=True):
+        if error is None:
+            report.executed.append(run)
+        else:
+            report.failed.append((run, error))
     return report
