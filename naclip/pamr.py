@@ -117,7 +117,7 @@ def _scores_compiled(image: Tensor, dilations: Sequence[int]) -> Tensor:
     """The compiled `_scores_torch`: rows in parallel, a few rows of buffers."""
     batch, _, height, width = image.shape
     pad = max(dilations)
-    padded = F.pad(image.detach(), [pad, pad, 0, 0], mode="replicate").contiguous()
+    padded = F.pad(image, [pad, pad, 0, 0], mode="replicate").contiguous()
     pooled = np.array(_pooled_offsets(dilations), dtype=np.int64)
     offsets = np.array(_offsets(dilations), dtype=np.int64)
     scores = image.new_empty((batch, len(offsets), height, width))
@@ -132,12 +132,11 @@ def affinity(image: Tensor, dilations: Sequence[int]) -> Tensor:
 
     score = -|I_p - I_n| / (1e-8 + 0.1 std_p) per channel, std_p the unbiased standard deviation
     of the 3x3 neighbourhoods at all dilations pooled (centre included); averaged over channels,
-    soft-maxed over the neighbours.
+    soft-maxed over the neighbours. They carry no gradient to the image (as in PAMR's own use).
     """
-    dilations = tuple(int(d) for d in dilations)
+    dilations, image = tuple(int(d) for d in dilations), image.detach()
     scores = _scores_compiled(image, dilations) if compiled_applies(image, image) else _scores_torch(image, dilations)
-    scores.sub_(scores.amax(1, keepdim=True)).exp_()  # the softmax, in place
-    return scores.div_(scores.sum(1, keepdim=True))
+    return scores.softmax(1)
 
 
 def _propagate_planes(
@@ -206,7 +205,7 @@ _compiled_scores = njit(**_JIT)(_score_rows) if njit else None
 
 
 def compiled_applies(mask: Tensor, weights: Tensor) -> bool:
-    """Whether `propagate` takes the compiled path for these tensors."""
+    """Whether the compiled kernels serve these tensors (`affinity` asks with its image twice)."""
     return (
         _compiled is not None
         and mask.device.type == "cpu"
