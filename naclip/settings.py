@@ -152,6 +152,57 @@ class Settings:
         "ResCLIP: check the whole path between two patches (the authors' code checks only its first distance/max part)",
     )
     # method: SC-CLIP's head (naclip/methods/scclip.py)
+    scclip_neighbours: int = option(
+        30, "method", "SC-CLIP: neighbours of the outlier factor that finds anomaly patch tokens", _positive, "> 0"
+    )
+    scclip_contamination: float = option(
+        0.05,
+        "method",
+        "SC-CLIP: share of patch tokens flagged as anomalies (outlier factor above this upper quantile)",
+        lambda v: 0 <= v < 1,
+        "in [0, 1)",
+    )
+    scclip_pre_layer: int = option(
+        8,
+        "method",
+        "SC-CLIP: trunk block (0-based) whose patch similarity aggregates the tokens and guides the last attention",
+        lambda v: v >= 0,
+        ">= 0",
+    )
+    scclip_post_layer: int = option(
+        3,
+        "method",
+        "SC-CLIP: trunk block (0-based) whose patch similarity aggregates the last block's output",
+        lambda v: v >= 0,
+        ">= 0",
+    )
+    scclip_fusion_layers: tuple[int, ...] = option(
+        (3, 4, 5, 6, 7, 8, 9),
+        "method",
+        "SC-CLIP: trunk blocks (0-based) whose tokens are summed and passed through the last block again",
+        lambda v: len(v) > 0 and min(v) >= 0,
+        "block indices >= 0",
+    )
+    scclip_beta: float = option(
+        0.4,
+        "method",
+        "SC-CLIP: patch similarities below this are left out of the aggregations",
+        lambda v: -1 <= v <= 1,
+        "in [-1, 1]",
+    )
+    scclip_res_cls: float = option(
+        0.3,
+        "method",
+        "SC-CLIP: weight of the [CLS] token added to every patch after the last block",
+        lambda v: v >= 0,
+        ">= 0",
+    )
+    scclip_fix_positions: bool = option(
+        False,
+        "method",
+        "SC-CLIP: put anomaly patches at their own (row, column); false keeps the authors' (i // rows, i % rows), "
+        "the same on square patch grids",
+    )
     # runtime
     window_batch: int = option(16, "runtime", "windows encoded together (bounds memory)", _positive, "> 0")
     cache_dir: str | None = option(None, "runtime", "where text embeddings are cached (default ~/.cache/naclip)")

@@ -1,6 +1,6 @@
 """Training-free segmentation methods as presets (one file each) and their registry."""
 
-from naclip.methods import baselines, clearclip, naclip, resclip, sclip  # noqa: F401  (registers the methods)
+from naclip.methods import baselines, clearclip, naclip, resclip, scclip, sclip  # noqa: F401  (registers the methods)
 from naclip.methods.registry import (
     BENCHMARK_KEYS,
     METHODS,

@@ -1,0 +1,75 @@
+"""SC-CLIP (github:SuleBai/SC-CLIP): `SCCLIPForSegmentation` from `scclip_segmentor.py` with its configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.reference.common import (
+    SAMPLES,
+    Authors,
+    Checkout,
+    construct,
+    framework_stubs,
+    mmcv_inputs,
+    read_config,
+)
+from naclip import Segmenter
+from naclip.heads import HeadInput, get_head
+
+METHODS = ("scclip",)
+# With background and both thresholds (VOC21), without (Context59), 560 px (Cityscapes), logit 55 (COCO-Object).
+BENCHMARKS = {"scclip": ("voc21", "context59", "cityscapes", "coco_object")}
+FAST_BENCHMARKS = {"scclip": ("voc21", "context59", "cityscapes")}
+
+
+def load(root: Path) -> Checkout:
+    """The checkout with its own `clip`, `pamr` and `prompts` packages."""
+    return Checkout(root, "scclip_segmentor.py", ("clip", "pamr", "prompts"), framework_stubs())
+
+
+def segmentor(
+    checkout: Checkout, method: str, benchmark: str, checkpoint: Path, queries: torch.Tensor | None
+) -> Authors:
+    """Their config for `benchmark` (layer indices and res_cls from `configs/base_config.py`), the weights
+    at `checkpoint`, on the CPU.
+
+    As for SCLIP, `clip.load(path, device=cpu)` gives a float32 model (`clip/clip.py:139-142`), and
+    everything after runs in float32; their forward assumes one window per call, which their
+    `forward_slide` gives. Nothing is patched.
+    """
+    kwargs, short_side = read_config(checkout.root, benchmark)
+    kwargs.update(clip_path=str(checkpoint), device=torch.device("cpu"))
+    return construct(checkout, "SCCLIPForSegmentation", kwargs, short_side, queries)
+
+
+@torch.no_grad()
+def weights(checkpoint: Path, scratch: Path) -> Path:
+    """The shared random weights with the direction that SC-CLIP's own patch features share also
+    projected out of `visual.proj`, values exact in float16.
+
+    The shared weights remove the direction of the vanilla image tokens; SC-CLIP's features add
+    0.3 x [CLS] to every patch and the sum of seven blocks, whose common direction then wins every
+    pixel on random weights (one class per image). Taken after `ln_post` on the centre 224 window
+    of a sample photo, through naclip's SC-CLIP head; both sides then run the same weights.
+    """
+    seg = Segmenter(method="scclip", model="ViT-B-16", pretrained=str(checkpoint), device="cpu", dtype="float32")
+    inputs, _ = mmcv_inputs(SAMPLES / "voc/JPEGImages/sample_0000.jpg", 224)
+    window = F.interpolate(inputs, size=(224, 224), mode="bilinear")
+    head = get_head("scclip")
+    trunk = seg.encoder.run_trunk(window, head.taps(seg.settings))
+    captured: list[torch.Tensor] = []
+    hook = seg.encoder.visual.ln_post.register_forward_hook(lambda module, args, out: captured.append(out))
+    try:
+        head.fn(HeadInput(seg.encoder, trunk, (14, 14), window, torch.empty(0)), seg.settings)
+    finally:
+        hook.remove()
+    shared = F.normalize(captured[0].reshape(-1, captured[0].shape[-1]).mean(0), dim=0)
+    state = torch.load(checkpoint)
+    proj = state["visual.proj"]
+    state["visual.proj"] = (proj - torch.outer(shared, shared @ proj)).half().float()
+    path = scratch / f"{checkpoint.stem}-scclip.pt"
+    torch.save(state, path)
+    return path

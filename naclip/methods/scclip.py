@@ -1,0 +1,241 @@
+"""SC-CLIP (Bai, Liu, Han, Zhang, Tang, 2024): Self-Calibrated CLIP.
+
+The head, as the authors' `VisionTransformer.forward` (`clip/model.py:254-316`) computes it from the
+tokens after the last trunk block (block 10 of ViT-B/16), per window:
+
+1. anomaly tokens: a local outlier factor over the patch tokens (30 neighbours, 5% flagged,
+   `lof_pytorch` `:208-227`), each flagged token replaced by the mean of its unflagged 3 x 3
+   neighbours (`mean_interpolation` `:348-373`);
+2. the tokens aggregated by the (outlier-corrected) patch similarity of block 8, similarities
+   below beta 0.4 ignored (`:280-288`, `adaptively_aggregate` `:343-346`);
+3. the last block reduced to its attention, whose weights are the mean of softmax(3 x (s - mean s),
+   -inf where negative) of that block-8 similarity s and softmax(k k^T / sqrt(d)) (`custom_attn`
+   `:318-341`), plus 0.3 x the [CLS] token (`:290-291`); then aggregated by block 3's similarity
+   (`:293-297`);
+4. multi-level fusion: the sum of blocks 3..9's tokens through the same attention, [CLS] residual and
+   aggregation, added (`:299-306`); then `ln_post` and `proj`.
+
+Protocol, from github:SuleBai/SC-CLIP@0417ba9: `scclip_segmentor.py:19-22` (logit scale 40, prob_thd
+0, 224/112 windows, no area threshold, no PAMR) with `configs/base_config.py:1-9` (layer indices
+8 / 3 / 3..9, res_cls 0.3) and the lines of each `configs/cfg_*.py` cited per benchmark; windows are
+not padded (`:86-125`); scores are the softmax after the synonym max and area threshold, not
+renormalised (`:154-186`). Class files are the same as NACLIP's and SCLIP's. Published (secondary
+source, ViT-B/16): VOC21 64.6, PC60 36.8, C-Obj 37.7, VOC20 84.3, PC59 40.1, C-Stf 26.6, City 41.0,
+ADE 20.1.
+
+Reproduced as written, and what differs from the method's description:
+- the LOF is the simplified LOF on squared distances: a token's own k-distance stands in for its
+  neighbours' in the reachability distance (`:214-215`), so the score is the mean ratio of its
+  k-distance to its neighbours'. The init commit (74471da) flagged the 10 largest-norm tokens
+  instead, its comment saying both give the same results;
+- a flagged patch i is placed at (i // rows, i % rows) (`:275`): right on square grids, the only
+  ones the authors' protocols make (224 windows); on others it lands elsewhere, or off the grid,
+  where their code fails (an error here). `scclip_fix_positions=true` places it at (i // cols, i % cols);
+- the LOF's threshold is compared in the tokens' precision (a 0-dim float32 quantile against
+  float16 scores under CUDA), as theirs; with no token flagged their code fails, here nothing is
+  replaced; their code runs one window at a time (batch 1), this head runs each window alone in a batch.
+
+The layer indices are settings with the ViT-B/16 values; the init commit's commented ViT-L/14
+config (74471da `configs/base_config.py:12-21`) used pre 16, post 6, fusion 8..18, res_cls 0.1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from naclip.encoder import DenseEncoder, Taps
+from naclip.heads import HeadInput, register_head
+from naclip.methods.registry import Method, Protocol, register_method
+from naclip.settings import Settings
+
+MID_SCALE = 3.0  # custom_attn: (s - mean s) * 3.0, clip/model.py:329
+AGGREGATE_EPS = 1e-6  # adaptively_aggregate, clip/model.py:344
+DISTANCE_ELEMENTS = 2**24  # elements of one chunk of pairwise differences (bounds the LOF's memory)
+
+
+def squared_distances(points: Tensor) -> Tensor:
+    """(n, N, N) squared distances ||x_i - x_j|| ** 2 within each of n sets of N points (n, N, D).
+
+    Computed as the authors do (norm of the difference, then squared), in chunks of rows; each
+    entry is the same whatever the chunk.
+    """
+    n, count, dim = points.shape
+    rows = max(1, DISTANCE_ELEMENTS // (n * count * dim))
+    parts = [
+        torch.linalg.vector_norm(points[:, start : start + rows, None] - points[:, None], dim=-1) ** 2
+        for start in range(0, count, rows)
+    ]  # each (n, rows, N)
+    return torch.cat(parts, dim=1)
+
+
+def lof_scores(points: Tensor, neighbours: int) -> Tensor:
+    """The authors' local outlier factor (n, N) of each of n sets of N points (n, N, D).
+
+    Simplified LOF on squared distances: the local reachability density of a point is
+    `neighbours / mean(k-distance)` of the point itself, and its score the mean ratio of its
+    neighbours' densities to its own (`lof_pytorch`, clip/model.py:208-220).
+    """
+    count = points.shape[1]
+    if count <= neighbours:
+        raise ValueError(f"SC-CLIP's LOF needs more than {neighbours} patches per window, got {count}")
+    distances, index = torch.topk(squared_distances(points), neighbours + 1, dim=-1, largest=False)
+    distances, index = distances[..., 1:], index[..., 1:]  # (n, N, k): the point itself dropped
+    reach = torch.maximum(distances, distances[..., -1:])
+    density = neighbours / reach.mean(-1).nan_to_num(nan=1e-6)  # (n, N)
+    around = density.gather(1, index.flatten(1)).view_as(index)  # (n, N, k)
+    return (around / density[..., None]).mean(-1)
+
+
+def lof_outliers(points: Tensor, neighbours: int, contamination: float) -> Tensor:
+    """(n, N) bool: the points whose LOF score is above the (1 - contamination) quantile of their set."""
+    scores = lof_scores(points, neighbours)
+    threshold = torch.quantile(scores.float(), 1 - contamination, dim=-1, keepdim=True)
+    return scores > threshold.to(scores.dtype)  # compared in the scores' precision, as theirs
+
+
+def authors_positions(outliers: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Flagged patches (n, rows*cols) moved where the authors put patch i: row i // rows, column i % rows.
+
+    The identity on square grids. ValueError where their code indexes off the grid.
+    """
+    rows, cols = grid
+    index = torch.arange(rows * cols, device=outliers.device)
+    row, col = index // rows, index % rows
+    inside = (row < rows) & (col < cols)
+    if (outliers & ~inside).any():
+        raise ValueError(
+            f"SC-CLIP places anomaly patch i at (i // rows, i % rows) (clip/model.py:275), off this {rows} x {cols} "
+            "patch grid, where the authors' code fails; set scclip_fix_positions=true to place it at its own position"
+        )
+    moved = torch.zeros_like(outliers)
+    moved[:, row[inside] * cols + col[inside]] = outliers[:, inside]
+    return moved
+
+
+def neighbour_sum(maps: Tensor) -> Tensor:
+    """Sum over the 8 neighbours of each cell of (n, h, w, D) maps, zero beyond the border."""
+    height, width = maps.shape[1:3]
+    padded = F.pad(maps, (0, 0, 1, 1, 1, 1))  # (n, h + 2, w + 2, D)
+    shifts = [(dy, dx) for dy in range(3) for dx in range(3) if (dy, dx) != (1, 1)]
+    return sum(padded[:, dy : dy + height, dx : dx + width] for dy, dx in shifts)
+
+
+def mean_interpolation(tokens: Tensor, outliers: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Patch tokens (n, N, D) with each flagged one replaced by the mean of its unflagged 3 x 3 neighbours.
+
+    A flagged token with no unflagged neighbour is kept (`mean_interpolation`, clip/model.py:348-373).
+    """
+    n, count, dim = tokens.shape
+    keep = (~outliers).to(tokens.dtype).view(n, *grid, 1)  # (n, h, w, 1)
+    sums = neighbour_sum(tokens.reshape(n, *grid, dim) * keep).reshape(n, count, dim)
+    counts = neighbour_sum(keep).reshape(n, count, 1)  # unflagged neighbours
+    replace = outliers[..., None] & (counts > 0)
+    return torch.where(replace, sums / counts.clamp_min(1), tokens)
+
+
+def similarity(tokens: Tensor) -> Tensor:
+    """(n, N, N) cosine similarities between the patch tokens (n, N, D)."""
+    unit = F.normalize(tokens, dim=-1)
+    return unit @ unit.transpose(1, 2)
+
+
+def aggregation(similarities: Tensor, beta: float) -> Tensor:
+    """(n, N, N) weights that average each token over the patches of similarity >= beta, weighted by it.
+
+    Applied as `weights @ features` (`adaptively_aggregate`, clip/model.py:343-346).
+    """
+    weights = similarities.masked_fill(similarities < beta, 0.0)
+    return weights / (weights.sum(-1, keepdim=True) + AGGREGATE_EPS)
+
+
+def mid_attention(similarities: Tensor) -> Tensor:
+    """(n, 1, N, N) softmax of the centred, scaled similarities, -inf where below their mean (one per head alike)."""
+    centred = (similarities - similarities.mean((-2, -1), keepdim=True)) * MID_SCALE
+    return centred.masked_fill(centred < 0, float("-inf")).softmax(-1)[:, None]
+
+
+def calibrated_attention(encoder: DenseEncoder, block: nn.Module, tokens: Tensor, mid: Tensor) -> Tensor:
+    """The last block's attention on patch tokens (n, N, width) with weights (mid + softmax(k k^T / sqrt(d))) / 2."""
+    _, k, v = encoder._qkv(block.ln_1(tokens), block)  # each (n, heads, N, head_dim)
+    keys = ((k @ k.transpose(-2, -1)) * k.shape[-1] ** -0.5).softmax(-1)
+    out = ((mid + keys) / 2) @ v  # (n, heads, N, head_dim)
+    return block.ls_1(block.attn.out_proj(out.transpose(1, 2).reshape(tokens.shape)))
+
+
+def _layers(settings: Settings) -> frozenset[int]:
+    return frozenset({settings.scclip_pre_layer, settings.scclip_post_layer, *settings.scclip_fusion_layers})
+
+
+def _check_depth(encoder: DenseEncoder, settings: Settings) -> None:
+    trunk_blocks = len(encoder.visual.transformer.resblocks) - 1
+    if max(_layers(settings)) >= trunk_blocks:
+        raise ValueError(
+            f"SC-CLIP's layers (scclip_pre_layer={settings.scclip_pre_layer}, scclip_post_layer="
+            f"{settings.scclip_post_layer}, scclip_fusion_layers={settings.scclip_fusion_layers}) need trunk blocks "
+            f"0..{max(_layers(settings))}; this model has {trunk_blocks} (0..{trunk_blocks - 1}); the defaults are "
+            "ViT-B/16's"
+        )
+
+
+@register_head("scclip", taps=lambda settings: Taps(layers=_layers(settings)))
+@torch.no_grad()
+def scclip_head(inputs: HeadInput, settings: Settings) -> Tensor:
+    """SC-CLIP's patch features (n, h*w, embed_dim), each window on its own."""
+    encoder, trunk, grid = inputs.encoder, inputs.trunk, inputs.grid
+    _check_depth(encoder, settings)
+    block = encoder.visual.transformer.resblocks[-1]
+    tokens, res_cls = trunk.tokens, settings.scclip_res_cls  # (n, 1 + N, width)
+    outliers = lof_outliers(tokens[:, 1:], settings.scclip_neighbours, settings.scclip_contamination)  # (n, N)
+    if not settings.scclip_fix_positions:
+        outliers = authors_positions(outliers, grid)
+    pre = similarity(mean_interpolation(trunk.layers[settings.scclip_pre_layer][:, 1:], outliers, grid))
+    mid = mid_attention(pre)
+    x = aggregation(pre, settings.scclip_beta) @ mean_interpolation(tokens[:, 1:], outliers, grid)  # (n, N, width)
+    x = calibrated_attention(encoder, block, x, mid) + res_cls * tokens[:, :1]
+    post = aggregation(similarity(trunk.layers[settings.scclip_post_layer][:, 1:]), settings.scclip_beta)
+    x = post @ x
+    fused = sum(trunk.layers[i] for i in settings.scclip_fusion_layers)  # (n, 1 + N, width)
+    fused = calibrated_attention(encoder, block, fused[:, 1:], mid) + res_cls * fused[:, :1]
+    x = x + post @ fused
+    x = encoder.visual.ln_post(x)
+    return x @ encoder.visual.proj if encoder.visual.proj is not None else x
+
+
+@register_method
+def scclip() -> Method:
+    """SC-CLIP as its authors ran it (github:SuleBai/SC-CLIP@0417ba9, files and lines per benchmark)."""
+    return Method(
+        "scclip",
+        "SC-CLIP (anomaly tokens resolved, mid-layer calibrated attention, multi-level fusion)",
+        dict(
+            head="scclip",
+            logit_scale=40.0,
+            prob_threshold=0.0,
+            area_threshold=0.0,
+            short_side=336,
+            slide_crop=224,
+            slide_stride=112,
+            pad_windows=False,
+            pamr_steps=0,
+            renormalise=False,
+        ),
+        {
+            "voc21": Protocol(
+                {"logit_scale": 50.0, "prob_threshold": 0.15, "area_threshold": 0.1},
+                source="configs/cfg_voc21.py:6-7,16",
+            ),
+            "voc20": Protocol(source="configs/cfg_voc20.py:14"),
+            "context60": Protocol({"prob_threshold": 0.15}, source="configs/cfg_context60.py:6,15"),
+            "context59": Protocol(source="configs/cfg_context59.py:14"),
+            "coco_object": Protocol(
+                {"logit_scale": 55.0, "prob_threshold": 0.35}, source="configs/cfg_coco_object.py:6,15"
+            ),
+            "coco_stuff": Protocol(source="configs/cfg_coco_stuff164k.py:14"),
+            "cityscapes": Protocol({"short_side": 560}, source="configs/cfg_city_scapes.py:14"),
+            "ade20k": Protocol(source="configs/cfg_ade20k.py:14"),
+        },
+        source="github:SuleBai/SC-CLIP@0417ba9",
+        note="Windows 224/112 everywhere (Cityscapes at 560), no PAMR; area threshold on VOC21.",
+    )
