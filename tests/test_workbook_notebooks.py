@@ -154,8 +154,9 @@ def test_a_notebook_run_by_hand_from_another_folder_lands_in_the_results_and_is_
     manifest = read_manifest(folder)
     assert manifest["random_weights"] and [f["name"] for f in manifest["figures"]] == ["overlay", "probabilities"]
     assert pd.read_csv(folder / "classes.csv").random_weights.all()
-    executed = (elsewhere / "out.ipynb").read_text()
-    assert RANDOM_BANNER in executed and "naclip-tiny / random weights" in executed
+    executed = nbformat.read(elsewhere / "out.ipynb", as_version=4)
+    texts = [o.get("text", "") for cell in executed.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert any(RANDOM_BANNER in t for t in texts)
 
 
 def test_papermill_reads_the_shipped_parameter_files(workbook):
@@ -189,4 +190,5 @@ def test_a_killed_run_resumes_with_only_what_was_missing(workbook):
 
     log: list[str] = []
     report = regenerate(["kernel"], profile="p", workbook=Workbook.at(workbook / "notebooks"), log=log.append)
-    assert report.ok and [r.name for r in report.skipped] == ["p-a"] and [r.name for r in report.executed] == ["p-b"]
+    assert report.ok and [r.name for r in report.skipped] == ["p-a"], log
+    assert [r.name for r in report.executed] == ["p-b"]
