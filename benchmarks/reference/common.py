@@ -233,8 +233,8 @@ def random_checkpoint(path: Path, seed: int = 0) -> Path:
     """Random ViT-B-16 (QuickGELU) weights in OpenAI's state-dict format, exactly representable in
     float16 (the authors' loaders store weights in float16).
 
-    Random towers give nearly collinear embeddings (every pixel, every class alike), so the direction
-    that all text outputs, and the one that all image tokens, share is projected out of
+    Random towers give nearly collinear embeddings (every pixel, every class alike), so the directions
+    that all text outputs, and the one that all image tokens, share are projected out of
     `text_projection` and `visual.proj`: label maps then use several classes.
     """
     with torch.random.fork_rng(devices=[]):
@@ -242,8 +242,8 @@ def random_checkpoint(path: Path, seed: int = 0) -> Path:
         clip = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None).eval()
     _round_to_half(clip)
     with torch.no_grad():
-        shared = _text_direction(clip)
-        clip.text_projection -= torch.outer(shared, shared @ clip.text_projection)
+        shared = _text_directions(clip)
+        clip.text_projection -= shared.T @ (shared @ clip.text_projection)
         shared = _image_direction(clip)
         clip.visual.proj -= torch.outer(shared, shared @ clip.visual.proj)
     _round_to_half(clip)
@@ -260,17 +260,19 @@ def _round_to_half(module: torch.nn.Module) -> None:
                 tensor.copy_(tensor.half().float())
 
 
-def _text_direction(clip: torch.nn.Module, names: int = 16) -> torch.Tensor:
-    """Unit mean of the pooled text features (before projection) over the 80 templates of some class
-    names. Prompts run on their own length, which a causal mask and end-of-text pooling allow."""
+def _text_directions(clip: torch.nn.Module, names: int = 16) -> torch.Tensor:
+    """(2, width) orthonormal: the mean pooled text feature (before projection) of some class names
+    over the 80 templates, and over the first template alone (what --fast embeds). Prompts run on
+    their own length, which a causal mask and end-of-text pooling allow."""
     lines = [line for file in sorted(CLASSES.glob("*.txt")) for line in file.read_text().split("\n") if line]
     chosen = [line.split(",")[0].strip() for line in lines[:: max(1, len(lines) // names)]]
     tokens = open_clip.get_tokenizer("ViT-B-16")([t(name) for name in chosen for t in OPENAI_IMAGENET_TEMPLATES])
     length = int((tokens != 0).sum(1).max())
     x = clip.token_embedding(tokens[:, :length]) + clip.positional_embedding[:length]
     x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:length, :length]))
-    pooled = x[torch.arange(len(tokens)), tokens.argmax(-1)]
-    return F.normalize(pooled.mean(0), dim=0)
+    pooled = x[torch.arange(len(tokens)), tokens.argmax(-1)].reshape(len(chosen), len(OPENAI_IMAGENET_TEMPLATES), -1)
+    means = torch.stack([pooled.mean((0, 1)), pooled[:, 0].mean(0)])
+    return torch.linalg.qr(means.T).Q.T
 
 
 def _image_direction(clip: torch.nn.Module) -> torch.Tensor:
