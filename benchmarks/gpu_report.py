@@ -12,6 +12,7 @@ Run: python -m benchmarks.gpu_report            (CUDA)
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import os
 import subprocess
@@ -162,14 +163,17 @@ def torchrun_eval(device: torch.device, pretrained: str | None, quick: bool) -> 
     with tempfile.TemporaryDirectory() as out:
         command = [*torchrun, "-m", "naclip", "eval", "--benchmark", "voc21-sample", "--out", out, "--no-progress"]
         command += ["--pretrained", pretrained or "none", "--device", str(device)]
-        command += ["--limit", "2"] if quick else []
+        command += ["--limit", "1"] if quick else []
         start = time.perf_counter()
         run = subprocess.run(command, capture_output=True, text=True, timeout=540)
         elapsed = time.perf_counter() - start
         summary = Path(out) / "summary.csv"
         print(f"  naclip eval --benchmark voc21-sample: exit {run.returncode} in {elapsed:.0f} s")
         if summary.is_file():
-            print("  " + summary.read_text().strip().replace("\n", "\n  "))
+            with summary.open() as rows:
+                for row in csv.DictReader(rows):
+                    fields = ("benchmark", "mIoU", "n_images", "images_per_s", "device", "dtype", "world_size")
+                    print("  " + ", ".join(f"{field} {row.get(field)}" for field in fields))
         else:
             print("  " + "\n  ".join((run.stdout + run.stderr).strip().splitlines()[-10:]))
 
@@ -189,7 +193,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--pretrained", default="openai", help="open_clip tag or checkpoint; 'none' for random")
-    parser.add_argument("--quick", action="store_true", help="half-size images, one run each, 2 eval images")
+    parser.add_argument("--quick", action="store_true", help="half-size images, one run each, 1 eval image")
     parser.add_argument("--all-reduce-check", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.all_reduce_check:
