@@ -14,7 +14,7 @@ agree to float rounding (tests/test_core_pamr.py holds them to a pixel-wise refe
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -199,9 +199,17 @@ def _propagate_planes(
                         row[pad + width :] = row[pad + width - 1]
 
 
-_JIT = {"parallel": True, "cache": True, "fastmath": {"contract"}, "boundscheck": False}
-_compiled = njit(**_JIT)(_propagate_planes) if njit else None
-_compiled_scores = njit(**_JIT)(_score_rows) if njit else None
+def _jit(function: Callable) -> Callable:
+    """numba's parallel compilation of `function`, kept on disk where numba finds a writable place."""
+    options = {"parallel": True, "fastmath": {"contract"}, "boundscheck": False}
+    try:
+        return njit(cache=True, **options)(function)
+    except RuntimeError:  # no writable cache location: each process compiles on first use
+        return njit(**options)(function)
+
+
+_compiled = _jit(_propagate_planes) if njit else None
+_compiled_scores = _jit(_score_rows) if njit else None
 
 
 def compiled_applies(mask: Tensor, weights: Tensor) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -190,6 +191,13 @@ def test_pamr_keeps_constant_masks_and_zero_steps_is_identity(path):
 def test_pamr_rejects_mismatched_sizes():
     with pytest.raises(ValueError, match="one size"):
         pamr(torch.randn(1, 3, 8, 8), torch.randn(1, 2, 8, 9))
+
+
+@needs_numba
+def test_imports_where_numba_has_no_cache_location():
+    code = "import torch; from naclip.pamr import compiled_applies; x = torch.ones(1); assert compiled_applies(x, x)"
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "numba.core.caching.IPythonCacheLocator"}  # finds none
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent, env=env)
 
 
 def test_without_numba_the_torch_path_serves():
