@@ -111,7 +111,7 @@ def test_clip_and_maskclip_say_they_borrow_naclips_protocol():
     assert math.isnan(clip.published) and clip.note == "no published number for clip"
     maskclip = table[(table.method == "maskclip") & (table.benchmark == "voc21")].iloc[0]
     assert maskclip.published == 38.8 and math.isnan(maskclip.gap) and studies.NO_AUTHORS_RUN in maskclip.note
-    assert studies.method_label("maskclip") == f"maskclip ({studies.NO_AUTHORS_RUN})"
+    assert studies.method_label("maskclip") == f"maskclip: {studies.NO_AUTHORS_RUN}"
     assert studies.method_label("sclip") == "sclip"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +48,12 @@ class RunOutputs:
         self.root = find_notebooks(study).parent
         self.out_dir = resolve(results_dir, self.root) / study / run
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (MARKER, FAILED):  # a record of an earlier run no longer describes this folder
+        for stale in (MARKER, FAILED, MANIFEST):  # the records of an earlier run no longer describe this folder
             (self.out_dir / stale).unlink(missing_ok=True)
         self._manifest: dict[str, Any] = {"tables": [], "figures": [], "random_weights": False, "weights": []}
         self._loaded = not model
-        self._save()
+        # random weights are said once by the banner, not by a warning per model loaded
+        warnings.filterwarnings("once", message=r"naclip: .* has RANDOM weights")
         print(f"outputs: {self.out_dir}")
 
     def path(self, value: str | os.PathLike | None) -> Path | None:

@@ -64,7 +64,7 @@ def protocol_label(method: str) -> str:
 
 def method_label(method: str) -> str:
     """A method's name for legends and tables, saying so where it borrows NACLIP's protocol."""
-    return method if get_method(method).authors_protocol else f"{method} ({NO_AUTHORS_RUN})"
+    return method if get_method(method).authors_protocol else f"{method}: {NO_AUTHORS_RUN}"
 
 
 def evaluate_methods(
