@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,9 +19,8 @@ import pandas as pd
 
 from naclip.io import atomic_write, write_csv
 from naclip.workbook.layout import Study, Workbook, discover
-from naclip.workbook.outputs import FAILED, MANIFEST, MARKER, RANDOM_BANNER, read_manifest
-from naclip.workbook.params import Run
-from naclip.workbook.runner import COMPLETE, PARAMETERS, run_state
+from naclip.workbook.outputs import MANIFEST, RANDOM_BANNER, read_manifest
+from naclip.workbook.runner import COMPLETE, PARAMETERS, recorded_state
 
 INDEX_MD, INDEX_HTML = "index.md", "index.html"
 MAX_ROWS = 200  # rows of a table shown in index.html; the CSV has them all
@@ -56,16 +54,9 @@ def _entries(workbook: Workbook) -> list[Entry]:
     entries = []
     for study in discover(workbook.notebooks):
         for folder in sorted(p for p in (workbook.results / study.name).glob("*") if p.is_dir()):
-            record: dict[str, Any] = {}
-            for name in (MARKER, FAILED):
-                if (folder / name).is_file():
-                    record = json.loads((folder / name).read_text())
-                    break
-            if not record and not (folder / MANIFEST).is_file():
-                continue
-            parameters = record.get("key", {}).get("parameters") or {}
-            state = run_state(folder, Run(study, folder.name, record.get("profile", ""), parameters))
-            entries.append(Entry(study, folder, record, str(state), read_manifest(folder)))
+            record, state = recorded_state(folder, study)
+            if record or (folder / MANIFEST).is_file():
+                entries.append(Entry(study, folder, record, str(state), read_manifest(folder)))
     return entries
 
 

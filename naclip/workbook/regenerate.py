@@ -3,25 +3,22 @@ rebuild the index."""
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from naclip.workbook.index import write_index
-from naclip.workbook.layout import Study, Workbook, discover
-from naclip.workbook.outputs import MARKER
+from naclip.workbook.layout import Workbook, discover
 from naclip.workbook.params import DEFAULT_PROFILE, FALLBACK_PROFILE, Run, plan, profiles
 from naclip.workbook.runner import (
     COMPLETE,
     Executor,
     Report,
-    State,
     execute_runs,
     notebook_kernel,
     papermill_executor,
+    recorded_state,
     run_dir,
     run_state,
 )
@@ -68,16 +65,13 @@ def resolve(
     workbook = workbook or Workbook.at()
     overrides = dict(overrides or {})
     runs = plan(workbook, targets, profile or DEFAULT_PROFILE, overrides)
-    if {"model", "pretrained"} & set(overrides):
-        for model, pretrained in _weights(runs):
-            error = pretrained is not None and weights_error(model, pretrained)
-            if error:
-                raise RuntimeError(f"{model}/{pretrained}: {error}")
-        return Plan(workbook, runs)
-    if profile is not None:
+    named = bool({"model", "pretrained"} & set(overrides))
+    if profile is not None and not named:
         return Plan(workbook, runs)
     for model, pretrained in _weights(runs):
         error = pretrained is not None and weights_error(model, pretrained)
+        if error and named:
+            raise RuntimeError(f"{model}/{pretrained}: {error}")
         if error:
             banner = (
                 f"RANDOM WEIGHTS — not a result: the {model}/{pretrained} weights could not be loaded, so the "
@@ -144,13 +138,5 @@ def listing(workbook: Workbook, profile: str | None = None) -> list[str]:
             known = {r.name for r in runs}
             folder = workbook.results / study.name
             for other in sorted(p for p in folder.glob("*") if p.is_dir() and p.name not in known):
-                lines.append(f"  {other.name:<28} {_unplanned_state(other, study)}")
+                lines.append(f"  {other.name:<28} {recorded_state(other, study)[1]}")
     return lines
-
-
-def _unplanned_state(folder: Path, study: Study) -> State:
-    """The state of a run folder that no profile makes: its record is checked against today's notebook and code."""
-    parameters = {}
-    if (folder / MARKER).is_file():
-        parameters = json.loads((folder / MARKER).read_text()).get("key", {}).get("parameters") or {}
-    return run_state(folder, Run(study, folder.name, "", parameters))

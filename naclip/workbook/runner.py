@@ -12,6 +12,7 @@ While a notebook runs, its progress bars (tqdm's notebook widgets) are mirrored 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html
 import json
@@ -35,7 +36,7 @@ import yaml
 
 import naclip
 from naclip.io import environment, write_json
-from naclip.workbook.layout import Workbook
+from naclip.workbook.layout import Study, Workbook
 from naclip.workbook.outputs import FAILED, MANIFEST, MARKER, read_manifest
 from naclip.workbook.params import RESULTS_DIR, Run
 
@@ -108,6 +109,19 @@ def run_state(folder: Path, run: Run) -> State:
     if (folder / MANIFEST).is_file():
         return State(STALE, "outputs without a run record: interrupted, or run outside `naclip workbook run`")
     return State(MISSING)
+
+
+def recorded_state(folder: Path, study: Study) -> tuple[dict[str, Any], State]:
+    """A run folder's record (``run.json`` or ``failed.json``; empty without one) and its state, the parameters
+    being those it recorded: for folders no profile makes, and for the index."""
+    record: dict[str, Any] = {}
+    for name in (MARKER, FAILED):
+        if (folder / name).is_file():
+            with contextlib.suppress(json.JSONDecodeError):
+                record = json.loads((folder / name).read_text())
+            break
+    parameters = record.get("key", {}).get("parameters") or {}
+    return record, run_state(folder, Run(study, folder.name, record.get("profile", ""), parameters))
 
 
 @dataclass
