@@ -101,7 +101,7 @@ def _weights(entry: Entry) -> str:
     labels = entry.manifest.get("weights") or []
     if not labels:
         return "no model" if entry.manifest.get("tables") or entry.manifest.get("figures") else ""
-    return ("RANDOM: " if entry.random_weights else "") + ", ".join(labels)
+    return ", ".join(labels)  # random weights are named so in each label
 
 
 def _relative(entry: Entry, results: Path, name: str) -> str:
