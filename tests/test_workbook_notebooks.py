@@ -1,5 +1,5 @@
 """The study notebooks for real: every study through the runner with the smoke profile (and the HTML index of it),
-a notebook run by hand with papermill from another folder, one with `papermill -f`, an interrupted run resumed."""
+a notebook run by hand with `papermill -f` from another folder, an interrupted run resumed."""
 
 from __future__ import annotations
 
@@ -146,24 +146,20 @@ def papermill(args: list[str], cwd: Path) -> None:
 
 
 def test_a_notebook_run_by_hand_from_another_folder_lands_in_the_results_and_is_marked(workbook):
-    elsewhere = workbook / "data" / "photos"  # not the notebooks' folder: relative paths still mean the workbook
+    """`papermill -f` with a shipped profile file (random weights) and `-p`, from a folder that is not the
+    notebooks': the outputs land in the workbook's results, marked."""
+    elsewhere = workbook / "data" / "photos"
     elsewhere.mkdir(parents=True)
-    papermill([str(workbook / "notebooks" / "demo.ipynb"), "out.ipynb", "-p", "model", "naclip-tiny", "-p",
-               "pretrained", "None", "-p", "device", "cpu", "-p", "pamr_steps", "0", "-p", "run", "by-hand"], elsewhere)
+    papermill([str(workbook / "notebooks" / "demo.ipynb"), "out.ipynb", "-f", str(PARAMS / "smoke" / "demo.yaml"),
+               "-p", "pamr_steps", "0", "-p", "run", "by-hand"], elsewhere)
     folder = workbook / "results" / "demo" / "by-hand"
     manifest = read_manifest(folder)
     assert manifest["random_weights"] and [f["name"] for f in manifest["figures"]] == ["overlay", "probabilities"]
+    assert manifest["weights"] == ["naclip-tiny / random weights"]
     assert pd.read_csv(folder / "classes.csv").random_weights.all()
     executed = nbformat.read(elsewhere / "out.ipynb", as_version=4)
     texts = [o.get("text", "") for cell in executed.cells if cell.cell_type == "code" for o in cell.outputs]
     assert any(RANDOM_BANNER in t for t in texts)
-
-
-def test_papermill_reads_the_shipped_parameter_files(workbook):
-    papermill([str(workbook / "notebooks" / "kernel.ipynb"), "out.ipynb", "-f", str(PARAMS / "smoke" / "kernel.yaml")],
-              workbook)
-    folder = workbook / "results" / "kernel" / "smoke"  # `run: smoke` in the file
-    assert len(pd.read_csv(folder / "kernel.csv")) == 3 * 14 * 14 and not read_manifest(folder)["random_weights"]
 
 
 def test_a_killed_run_resumes_with_only_what_was_missing(workbook):
