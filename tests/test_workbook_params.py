@@ -83,7 +83,7 @@ def test_profiles_and_run_names(tmp_path):
     assert profiles(wb.params) == ["samples", "mine"]
     runs = {f"{r.study.name}/{r.name}": r for r in plan(wb, ["sigma", "kernel", "demo"], "mine")}
     assert list(runs) == ["sigma/mine", "kernel/mine-a", "kernel/bee", "demo/mine"]
-    assert runs["sigma/mine"].changed == {"sigmas": [1.0, 2.0], RUN: "mine"}
+    assert runs["sigma/mine"].changed == {"sigmas": [1.0, 2.0]} and runs["sigma/mine"].parameters[RUN] == "mine"
     assert runs["demo/mine"].source is None  # no file: the notebook's defaults
     overridden = plan(wb, ["sigma", "kernel"], "mine", {"model": "ViT-L-14", "pretrained": None})
     assert [r.name for r in overridden] == ["mine-model=ViT-L-14-pretrained=None", "mine-a", "bee"]

@@ -20,6 +20,7 @@ import pandas as pd
 from naclip.io import atomic_write, write_csv
 from naclip.workbook.layout import Study, Workbook, discover
 from naclip.workbook.outputs import MANIFEST, RANDOM_BANNER, read_manifest
+from naclip.workbook.params import changed as changed_parameters
 from naclip.workbook.runner import COMPLETE, PARAMETERS, recorded_state
 
 INDEX_MD, INDEX_HTML = "index.md", "index.html"
@@ -78,11 +79,6 @@ def combine_runs(study_dir: Path, entries: list[Entry]) -> list[Path]:
     return written
 
 
-def _changed(entry: Entry) -> dict[str, Any]:
-    parameters = entry.record.get("parameters") or {}
-    return {k: v for k, v in parameters.items() if entry.study.parameters.get(k) != v and k != "run"}
-
-
 def _provenance(entry: Entry) -> str:
     record = entry.record
     if not record:
@@ -117,7 +113,7 @@ def _markdown_run(entry: Entry, results: Path) -> list[str]:
         lines += [f"> **{RANDOM_BANNER}**", ""]
     if entry.record.get("note"):
         lines += [f"> {entry.record['note']}", ""]
-    changed = _changed(entry)
+    changed = changed_parameters(entry.record.get("parameters") or {}, entry.study)
     lines.append(f"- weights: {_weights(entry) or 'not recorded'}")
     if changed:
         lines.append("- parameters (other than the notebook's defaults): "
@@ -211,7 +207,7 @@ def _html_run(entry: Entry, results: Path) -> str:
         parts.append(f'<p class="banner">{esc(RANDOM_BANNER)}</p>')
     if entry.record.get("note"):
         parts.append(f'<p class="note">{esc(entry.record["note"])}</p>')
-    changed = _changed(entry)
+    changed = changed_parameters(entry.record.get("parameters") or {}, entry.study)
     items = [("weights", esc(_weights(entry) or "not recorded"))]
     if changed:
         items.append(("parameters", ", ".join(f"<code>{esc(k)}={esc(repr(v))}</code>" for k, v in changed.items())

@@ -104,8 +104,13 @@ class Run:
 
     @property
     def changed(self) -> dict[str, Any]:
-        """The parameters that differ from the notebook's defaults."""
-        return {k: v for k, v in self.parameters.items() if self.study.parameters.get(k) != v}
+        """The parameters that differ from the notebook's defaults (the run's name aside)."""
+        return changed(self.parameters, self.study)
+
+
+def changed(parameters: Mapping[str, Any], study: Study) -> dict[str, Any]:
+    """The `parameters` that differ from `study`'s defaults, the run's name aside."""
+    return {k: v for k, v in parameters.items() if study.parameters.get(k) != v and k != RUN}
 
 
 def profiles(params_dir: Path) -> list[str]:

@@ -115,9 +115,8 @@ def preview(chosen: Plan, force: bool = False) -> list[str]:
         action = "skip" if state.state == COMPLETE and not force else "run "
         source = run.source or f"{run.study.notebook.name} defaults"
         lines.append(f"{action} {run.study.name}/{run.name}: {state}; parameters from {source}")
-        changed = {k: v for k, v in run.changed.items() if k != "run"}
-        if changed:
-            lines.append("       " + ", ".join(f"{k}={v!r}" for k, v in changed.items()))
+        if run.changed:
+            lines.append("       " + ", ".join(f"{k}={v!r}" for k, v in run.changed.items()))
     return lines
 
 
