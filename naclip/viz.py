@@ -61,16 +61,19 @@ def overlay(
         return canvas
     present, counts = np.unique(labels[labels < len(class_names)], return_counts=True)
     order = present[np.argsort(-counts)]
-    font = ImageFont.load_default()
-    row = 16
-    width = 24 + max((int(ImageDraw.Draw(canvas).textlength(class_names[i], font=font)) for i in order), default=0)
-    panel = Image.new("RGB", (width + 16, max(canvas.height, row * len(order) + 8)), "white")
+    size = max(11, round(canvas.height / 40))  # legend text scales with the image: about 1/40 of its height
+    font = ImageFont.load_default(size=size)
+    row, swatch = round(size * 1.4), size
+    text = max((int(ImageDraw.Draw(canvas).textlength(class_names[i], font=font)) for i in order), default=0)
+    width = 2 * swatch + text
+    panel = Image.new("RGB", (width + swatch, max(canvas.height, row * len(order) + row // 2)), "white")
     draw = ImageDraw.Draw(panel)
     colours = palette(len(class_names))
     for slot, index in enumerate(order):
-        top = 4 + slot * row
-        draw.rectangle([6, top + 2, 18, top + 13], fill=tuple(int(c) for c in colours[index]), outline="black")
-        draw.text((24, top + 1), class_names[index], fill="black", font=font)
+        top = row // 4 + slot * row
+        box = [swatch // 2, top + 1, swatch // 2 + swatch, top + 1 + swatch]
+        draw.rectangle(box, fill=tuple(int(c) for c in colours[index]), outline="black")
+        draw.text((2 * swatch, top), class_names[index], fill="black", font=font)
     out = Image.new("RGB", (canvas.width + panel.width, panel.height), "white")
     out.paste(canvas, (0, 0))
     out.paste(panel, (canvas.width, 0))
