@@ -161,7 +161,8 @@ def calibrated_attention(encoder: DenseEncoder, block: nn.Module, tokens: Tensor
     _, k, v = encoder._qkv(block.ln_1(tokens), block)  # each (n, heads, N, head_dim)
     keys = ((k @ k.transpose(-2, -1)) * k.shape[-1] ** -0.5).softmax(-1)
     out = ((mid + keys) / 2) @ v  # (n, heads, N, head_dim)
-    return block.ls_1(block.attn.out_proj(out.transpose(1, 2).reshape(tokens.shape)))
+    out = out.transpose(1, 2).reshape(tokens.shape)  # (n, N, width), heads side by side
+    return block.ls_1(block.attn.out_proj(out))
 
 
 def _layers(settings: Settings) -> frozenset[int]:
