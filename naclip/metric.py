@@ -1,10 +1,10 @@
 """The streaming confusion matrix behind mIoU, aAcc and mAcc (mmsegmentation's conventions).
 
 Rows are ground-truth classes, columns predicted classes. Pixels whose ground truth is the ignore
-index (255 unless the dataset sets another) are not counted. IoU of a class = TP / (TP + FP + FN), NaN where the class appears in
-neither prediction nor ground truth; Acc of a class = TP / (TP + FN), NaN where it is absent from the
-ground truth. mIoU and mAcc are NaN-means over classes; aAcc = all TP / all counted pixels. Counts are
-int64, so partial matrices (per image, per process) add up exactly.
+index (255 unless the dataset sets another) are not counted. IoU of a class = TP / (TP + FP + FN),
+NaN where the class appears in neither prediction nor ground truth; Acc of a class = TP / (TP + FN),
+NaN where it is absent from the ground truth. mIoU and mAcc are NaN-means over classes; aAcc = all TP
+/ all counted pixels. Counts are int64, so partial matrices (per image, per process) add up exactly.
 """
 
 from __future__ import annotations
