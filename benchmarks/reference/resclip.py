@@ -35,7 +35,7 @@ def segmentor(
     """Their config for `benchmark` with `test_all.sh`'s arch 'wo_resi', attention 'resclip' and Gaussian
     std 5, the weights at `checkpoint`, on the CPU.
 
-    `clip.load(path, device=cpu)` gives a float32 model (`clip/clip.py:139-142`). Their SFR moves
+    `clip.load(path, device=cpu)` gives a float32 model (`clip/clip.py:134-137`). Their SFR moves
     tensors to CUDA (`.cuda()` in `create_patch_matrix` and `generate_attention_sfr`, `clip/model.py:107,161`;
     `PAMR(...).to(torch.device('cuda'))`, `:279`): while `predict` runs, `torch.Tensor.cuda` returns
     the tensor itself and their `clip.model.PAMR` stays on the CPU (its `.to` returns the module), so
