@@ -190,3 +190,11 @@ def test_methods_on_a_tiny_model(tiny):
     np.testing.assert_allclose(maps["clip"][1], segmenter.patch_attention(image, attention="vanilla")[3 * 4 + 2])
     with pytest.raises(ValueError, match="fractions"):
         studies.patch_attention_maps(segmenter, image, [(2.0, 0.0)], ["clip"])
+
+
+def test_successors_are_told_apart_from_naclip_by_their_head():
+    from naclip.workbook.studies import published_method
+
+    assert published_method("naclip", "reduced", False) == "naclip-nopamr"
+    assert published_method("naclip", "reduced", False, head="resclip") == "resclip"
+    assert published_method("naclip", "reduced", False, head="scclip") == "scclip"

@@ -1,8 +1,7 @@
 """The published mIoU numbers (CLIP ViT-B/16 / openai, full validation sets) the studies are compared with.
 
-One row per published method, keyed by the name of the method preset that reruns it (`naclip.methods`);
-ResCLIP (`resclip`) and SC-CLIP (`scclip`) have no preset yet, so no study measures them, but their rows are
-kept for reference. Each row was made under its authors' own protocol.
+One row per published method, keyed by the name of the method preset that reruns it (`naclip.methods`).
+Each row was made under its authors' own protocol.
 """
 
 from __future__ import annotations

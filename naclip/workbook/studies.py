@@ -139,11 +139,11 @@ _MATCHED = ("attention", "arch", "sigma", "logit_scale", "prob_threshold", "area
             "pamr_dilations", "short_side", "long_side", "slide_crop", "slide_stride", "pad_windows")
 
 
-def published_method(attention: str, arch: str, pamr: bool) -> str | None:
-    """The method preset whose last block and post-processing these are (None: no paper ran them)."""
+def published_method(attention: str, arch: str, pamr: bool, head: str = "last_block") -> str | None:
+    """The method preset whose head, last block and post-processing these are (None: no paper ran them)."""
     for method in METHODS.values():
         settings = method.settings()
-        if (settings.attention, settings.arch, settings.pamr_steps > 0) == (attention, arch, pamr):
+        if (settings.head, settings.attention, settings.arch, settings.pamr_steps > 0) == (head, attention, arch, pamr):
             return method.name
     return None
 
@@ -173,7 +173,8 @@ def _differences(row: pd.Series, method: str, protocol: str) -> list[str]:
 def _compare_row(row: pd.Series) -> dict[str, Any]:
     """The published number `row` is compared with, whose it is, and why no gap is computed (empty: comparable)."""
     protocol = get_preset(row["benchmark"]).protocol if row["benchmark"] in PRESETS else ""
-    method = published_method(row["attention"], row["arch"], int(row["pamr_steps"]) > 0)
+    head = row["head"] if "head" in row.index else "last_block"
+    method = published_method(row["attention"], row["arch"], int(row["pamr_steps"]) > 0, head)
     entry = next((r for r in ROWS if r.method == method), None)
     match = {"protocol_key": protocol, "published": np.nan, "published_as": "", "source": ""}
     if method is None:
