@@ -33,7 +33,11 @@ Stubbed or patched at run time (no file of a checkout is changed):
   authors' model gets naclip's embeddings, so both score against the same vectors.
 
 Run: python -m benchmarks.reference_check --sclip /path/to/SCLIP --clearclip /path/to/ClearCLIP
-     [--naclip /path/to/NACLIP] [--fast] [--markdown] [--variants]
+     [--naclip /path/to/NACLIP] [--fast] [--markdown] [--variants] [--benchmarks ...] [--images ...]
+Cost on 2 CPU cores: the authors' text encoding runs all 77 positions of 80 prompts per query (a few
+seconds per query), so a full run takes an hour or more; --fast skips that and runs two benchmarks
+per method on two images. Their synonym max builds a (classes, queries, H, W) tensor: SCLIP's VOC21
+file on the 2048 x 420 image needs about 4 GB, and its COCO-Object file 31 GB (not a default).
 """
 
 from __future__ import annotations
@@ -173,7 +177,7 @@ def compare(
             },
         )
         rows.append(outcome.row())
-        print(pd.DataFrame(rows[-1:]).to_string(header=True, index=False), flush=True)
+        print(pd.DataFrame(rows[-1:]).to_string(header=len(rows) == 1, index=False), flush=True)
     print(f"  {method}/{benchmark}: {time.perf_counter() - start:.0f} s", flush=True)
     return rows
 
