@@ -52,7 +52,7 @@ from naclip.settings import Settings
 
 MID_SCALE = 3.0  # custom_attn: (s - mean s) * 3.0, clip/model.py:329
 AGGREGATE_EPS = 1e-6  # adaptively_aggregate, clip/model.py:344
-DISTANCE_ELEMENTS = 2**24  # elements of one chunk of pairwise differences (bounds the LOF's memory)
+DISTANCE_ELEMENTS = 2**22  # elements of one chunk of pairwise differences (16 MB in float32: the LOF's memory)
 
 
 def squared_distances(points: Tensor) -> Tensor:
