@@ -19,6 +19,7 @@ from benchmarks.reference.common import (
 from naclip import Segmenter
 from naclip.heads import HeadInput, get_head
 
+CHECKOUT = "scclip"  # the command-line flag naming the checkout
 METHODS = ("scclip",)
 # With background and both thresholds (VOC21), background and prob_thd 0.15 (Context60), without (Context59),
 # 560 px (Cityscapes). Not COCO-Object by default: their synonym max multiplies the scores by a one-hot
