@@ -8,6 +8,7 @@ last (it depends only on the image), `head` runs the modified last block, `ln_po
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -130,6 +131,7 @@ class DenseEncoder:
         self.patch_size = visual.conv1.kernel_size
         self.native_grid = tuple(visual.grid_size)
         self._positions = functools.lru_cache(maxsize=16)(self._interpolated_positions)
+        self._head_qkv: dict[int, tuple[Tensor, tuple[Tensor, Tensor, Tensor]]] = {}  # see _last_qkv
 
     @property
     def dtype(self) -> torch.dtype:
@@ -190,6 +192,21 @@ class DenseEncoder:
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, tokens, head_dim)
         return q, k, v
 
+    def _last_qkv(self, tokens: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The last block's q, k, v of `x`, computed once per trunk output for all the variants of a sweep.
+
+        Kept while `tokens` (the trunk's output) lives, and reused only for an identical `x`.
+        """
+        key = id(tokens)
+        kept = self._head_qkv.get(key)
+        if kept is not None and kept[0].shape == x.shape and torch.equal(kept[0], x):
+            return kept[1]
+        qkv = self._qkv(x)
+        if kept is None:
+            weakref.finalize(tokens, self._head_qkv.pop, key, None)
+        self._head_qkv[key] = (x, qkv)
+        return qkv
+
     def _omega(self, attention: str, grid: tuple[int, int], sigma: float, like: Tensor) -> Tensor | None:
         if not get_attention(attention).neighbourhood:
             return None
@@ -198,7 +215,7 @@ class DenseEncoder:
     @torch.no_grad()
     def attention_weights(self, tokens: Tensor, grid: tuple[int, int], attention: str, sigma: float) -> Tensor:
         """Last-block attention weights (B, heads, T, T) of a variant on trunk tokens."""
-        q, k, _ = self._qkv(self.visual.transformer.resblocks[-1].ln_1(tokens))
+        q, k, _ = self._last_qkv(tokens, self.visual.transformer.resblocks[-1].ln_1(tokens))
         return get_attention(attention).fn(q, k, self._omega(attention, grid, sigma, q))
 
     @torch.no_grad()
@@ -209,7 +226,7 @@ class DenseEncoder:
         block = self.visual.transformer.resblocks[-1]
 
         def attend(x: Tensor) -> Tensor:
-            q, k, v = self._qkv(x)
+            q, k, v = self._last_qkv(tokens, x)
             weights = variant.fn(q, k, self._omega(attention, grid, sigma, q))
             out = (weights @ v).transpose(1, 2).reshape(x.shape)
             return block.attn.out_proj(out)

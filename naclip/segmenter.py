@@ -262,7 +262,9 @@ class Segmenter:
         keep_probs: bool,
     ) -> Prediction:
         """Resize to the original size, PAMR, softmax, synonym max, area and probability thresholds."""
-        logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)
+        logits = logits[None]  # (1, Q, h, w)
+        if tuple(logits.shape[-2:]) != size:  # bilinear to the same size is the identity
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         if settings.pamr_steps > 0:
             dilations = settings.pamr_dilations
             if dilations not in guides:  # the guide is the prepared image in full precision, as the authors'
@@ -270,15 +272,15 @@ class Segmenter:
                 guide = F.interpolate(guide, size=size, mode="bilinear", align_corners=False)
                 guides[dilations] = affinity(guide, dilations)
             logits = propagate(logits, guides[dilations], dilations, settings.pamr_steps)
-        probs = (logits[0] * settings.logit_scale).softmax(0)  # (Q, H, W)
+        probs = logits[0].mul_(settings.logit_scale).softmax(0)  # (Q, H, W); the logits are this call's own
         num_classes = len(self._classes())
         if num_classes != len(query_class):
             index = query_class[:, None, None].expand_as(probs)
             probs = probs.new_zeros((num_classes, *size)).scatter_reduce_(0, index, probs, "amax")  # (C, H, W)
         if settings.area_threshold > 0:
             probs = drop_small_classes(probs, settings.area_threshold)
-        labels = probs.argmax(0)
-        labels[probs.amax(0) < settings.prob_threshold] = 0
+        top, labels = probs.max(0)  # one pass; the first index wins a tie, as argmax
+        labels[top < settings.prob_threshold] = 0
         labels = labels.cpu().numpy().astype(np.int64)
         if not keep_probs:
             return Prediction(labels, None)

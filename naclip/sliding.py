@@ -42,16 +42,29 @@ def stitch(window_logits: Callable[[slice], Tensor], boxes: list[Box], size: tup
     """Average of window logits over the image: (Q, H, W) from `window_logits(batch_slice)`.
 
     `window_logits(s)` returns (n, Q, h, w) logits for windows `boxes[s]`; at most `batch`
-    windows are in memory at once.
+    windows are in memory at once. Window logits upsampled from a (n, h*w, Q) product are
+    channels-last; summing them into a channels-first image would be ~10x slower.
     """
     total = count = None
     for start in range(0, len(boxes), batch):
         part = slice(start, start + batch)
         logits = window_logits(part)
-        if total is None:
-            total = logits.new_zeros((logits.shape[1], *size))
+        if total is None:  # stored (H, W, Q) like the windows (see below), so that each sum streams
+            total = logits.new_zeros((*size, logits.shape[1])).permute(2, 0, 1)  # (Q, H, W)
             count = logits.new_zeros((1, *size))
         for (y1, y2, x1, x2), window in zip(boxes[part], logits):
             total[:, y1:y2, x1:x2] += window
             count[:, y1:y2, x1:x2] += 1
-    return total / count
+    return channels_first(total.div_(count))
+
+
+def channels_first(planes: Tensor) -> Tensor:
+    """A contiguous copy of (Q, H, W) planes stored (H, W, Q); on a CPU a few rows at a time, in cache."""
+    if planes.device.type != "cpu":
+        return planes.contiguous()
+    out = torch.empty(planes.shape, dtype=planes.dtype, device=planes.device)
+    num, _, width = planes.shape
+    rows = max(1, (1 << 18) // (num * width))  # about 1 MB of float32 per copy: twice as fast as one copy
+    for start in range(0, planes.shape[1], rows):
+        out[:, start : start + rows] = planes[:, start : start + rows]
+    return out

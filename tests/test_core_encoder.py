@@ -237,3 +237,24 @@ def test_a_new_head_declares_its_taps_and_gets_them(tiny):
         np.testing.assert_allclose(plain.probs, custom.probs, atol=1e-6)
     finally:
         del HEADS["test-tapped"]
+
+
+def test_last_block_projection_is_shared_by_variants_and_dropped_with_the_trunk(encoder, monkeypatch):
+    """A sweep projects q, k, v once per trunk output; changed tokens or a new trunk recompute them."""
+    images = torch.randn(2, 3, 64, 80)
+    tokens, grid = encoder.trunk(images), (4, 5)
+    calls = []
+    original = encoder._qkv
+    monkeypatch.setattr(encoder, "_qkv", lambda x, block=None: calls.append(x.shape) or original(x, block))
+    first = encoder.head(tokens, grid, "naclip", "reduced", 5.0)
+    encoder.head(tokens, grid, "naclip", "reduced", 2.0)
+    encoder.head(tokens, grid, "csa", "vanilla", 5.0)
+    encoder.attention_weights(tokens, grid, "kk", 5.0)
+    assert len(calls) == 1
+    fresh = DenseEncoder(encoder.visual).head(tokens.clone(), grid, "naclip", "reduced", 5.0)
+    torch.testing.assert_close(first, fresh, rtol=0, atol=0)
+    tokens.add_(1.0)  # in place: the kept projection no longer applies
+    encoder.head(tokens, grid, "naclip", "reduced", 5.0)
+    assert len(calls) == 2
+    del tokens
+    assert encoder._head_qkv == {}
