@@ -93,7 +93,7 @@ class Segmenter:
         cache_dir = Path(settings.cache_dir) if settings.cache_dir else None
         self.text_cache = QueryCache(self._weights_key(), directory=cache_dir)
         self.classes: ClassSet | None = None
-        self._queries: tuple[Tensor, Tensor] | None = None
+        self._queries: tuple[Tensor, tuple[tuple[int, int], ...]] | None = None
 
     @classmethod
     def for_benchmark(cls, benchmark: str, method: str = "naclip", **overrides: Any) -> Segmenter:
@@ -157,12 +157,12 @@ class Segmenter:
             raise RuntimeError("no classes set; call set_classes([...]) or pass --classes first")
         return self.classes
 
-    def _query_features(self) -> tuple[Tensor, Tensor]:
-        """(Q, D) query embeddings and (Q,) class index of each query, embedded on first use."""
+    def _query_features(self) -> tuple[Tensor, tuple[tuple[int, int], ...]]:
+        """(Q, D) query embeddings, embedded on first use, and each class's span of queries."""
         if self._queries is None:
             classes = self._classes()
             features = self.text_cache.embed(self.clip, self.tokenizer, classes.queries).to(self.device, self.dtype)
-            self._queries = features, torch.tensor(classes.query_class, device=self.device)
+            self._queries = features, classes.spans
         return self._queries
 
     # -- prediction ---------------------------------------------------------------------------
@@ -257,7 +257,7 @@ class Segmenter:
         image: Tensor,
         size: tuple[int, int],
         settings: Settings,
-        query_class: Tensor,
+        spans: tuple[tuple[int, int], ...],
         guides: dict,
         keep_probs: bool,
     ) -> Prediction:
@@ -273,10 +273,11 @@ class Segmenter:
                 guides[dilations] = affinity(guide, dilations)
             logits = propagate(logits, guides[dilations], dilations, settings.pamr_steps)
         probs = logits[0].mul_(settings.logit_scale).softmax(0)  # (Q, H, W); the logits are this call's own
-        num_classes = len(self._classes())
-        if num_classes != len(query_class):
-            index = query_class[:, None, None].expand_as(probs)
-            probs = probs.new_zeros((num_classes, *size)).scatter_reduce_(0, index, probs, "amax")  # (C, H, W)
+        if len(spans) != len(probs):  # synonyms: each class scores its best query
+            per_class = probs.new_empty((len(spans), *size))  # (C, H, W)
+            for index, (first, stop) in enumerate(spans):
+                torch.amax(probs[first:stop], 0, out=per_class[index])
+            probs = per_class
         if settings.area_threshold > 0:
             probs = drop_small_classes(probs, settings.area_threshold)
         top, labels = probs.max(0)  # one pass; the first index wins a tie, as argmax

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,8 +39,18 @@ class ClassSet:
             first.setdefault(index, query)
         return [first[i] for i in range(len(self.lines))]
 
+    def __post_init__(self) -> None:
+        if list(self.query_class) != sorted(self.query_class) or set(self.query_class) != set(range(len(self.lines))):
+            raise ValueError(f"queries must come grouped by class, classes 0..{len(self.lines) - 1} in order")
+
     def __len__(self) -> int:
         return len(self.lines)
+
+    @property
+    def spans(self) -> tuple[tuple[int, int], ...]:
+        """(first, stop) query of each class: its synonyms are queries[first:stop]."""
+        stops = list(itertools.accumulate(self.query_class.count(c) for c in range(len(self.lines))))
+        return tuple(zip([0, *stops[:-1]], stops))
 
 
 def parse_classes(lines: Sequence[str], source: str = "class list") -> ClassSet:

@@ -33,13 +33,13 @@ def test_prediction_shapes_and_probabilities(segmenter):
 def test_synonyms_take_the_max_over_their_names_then_renormalise():
     image = torch.randn(3, 224, 288)
     grouped, flat = make_segmenter(pamr_steps=0), make_segmenter(pamr_steps=0)
-    grouped.set_classes(["sky, cloud", "cat"])
-    flat.set_classes(["sky", "cloud", "cat"])
+    grouped.set_classes(["sky, cloud", "cat", "dog, puppy, hound"])
+    flat.set_classes(["sky", "cloud", "cat", "dog", "puppy", "hound"])
     p = flat.predict_prepared(image, (224, 288)).probs  # each name its own class: a plain softmax
-    expected = np.stack([np.maximum(p[0], p[1]), p[2]])
+    expected = np.stack([np.maximum(p[0], p[1]), p[2], np.maximum(np.maximum(p[3], p[4]), p[5])])
     expected /= expected.sum(0)
     np.testing.assert_allclose(grouped.predict_prepared(image, (224, 288)).probs, expected, atol=1e-6)
-    assert grouped.class_names == ["sky", "cat"]
+    assert grouped.class_names == ["sky", "cat", "dog"]
 
 
 def test_threshold_uses_the_top_probability_before_renormalising():

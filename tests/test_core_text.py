@@ -52,3 +52,13 @@ def test_class_file_encodings(tmp_path):
         read_class_file(path)
     path.write_bytes("\ufeffcafé\r\nsky\r\n".encode())  # a byte-order mark and Windows line ends
     assert read_class_file(path).names == ["café", "sky"]
+
+
+def test_class_spans_group_each_class_synonyms():
+    from naclip.text import ClassSet
+
+    classes = parse_classes(["sky, cloud", "cat", "dog, puppy, hound"])
+    assert classes.spans == ((0, 2), (2, 3), (3, 6))
+    assert [classes.queries[a:b] for a, b in classes.spans][2] == ("dog", "puppy", "hound")
+    with pytest.raises(ValueError, match="grouped by class"):
+        ClassSet(("a", "b"), ("a", "b", "a2"), (0, 1, 0))
