@@ -208,15 +208,16 @@ def seconds(call: Callable[[], object]) -> float:
 
 
 def print_speed(frame: pd.DataFrame) -> None:
-    """Per method and benchmark: seconds per image on each side and the ratio, against SPEED_TARGET."""
-    speed = frame.groupby(["method", "benchmark"], sort=False)[["their_s", "our_s"]].sum()
-    speed["speedup"] = speed.their_s / speed.our_s
-    print(f"\nEnd to end per image (second call), {torch.get_num_threads()} threads:")
+    """Per method and benchmark: seconds on each side over all images, and the worst image's ratio
+    against SPEED_TARGET (a per-image target)."""
+    groups = frame.groupby(["method", "benchmark"], sort=False)
+    speed = groups[["their_s", "our_s"]].sum().join(groups.speedup.min().rename("worst"))
+    print(f"\nEnd to end (second call of each image), {torch.get_num_threads()} threads:")
     for (method, benchmark), row in speed.iterrows():
-        verdict = "met" if row.speedup >= SPEED_TARGET else "NOT met"
+        verdict = "met" if row.worst >= SPEED_TARGET else "NOT met"
         print(
-            f"  {method}/{benchmark}: authors {row.their_s:.2f} s, naclip {row.our_s:.2f} s, "
-            f"{row.speedup:.1f} x (target >= {SPEED_TARGET:g} x: {verdict})"
+            f"  {method}/{benchmark}: authors {row.their_s:.2f} s, naclip {row.our_s:.2f} s in all, "
+            f"{row.their_s / row.our_s:.1f} x; worst image {row.worst:.1f} x (target >= {SPEED_TARGET:g} x: {verdict})"
         )
 
 
