@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+SAMPLE_IMAGES := naclip/resources/samples/voc/JPEGImages/sample_0000.jpg naclip/resources/samples/ade/images/validation/ADE_val_00000001.jpg
 ARCH := $(shell uname -m)
 # torch and torchvision must come as a matching pair.
 ifeq ($(ARCH),aarch64)
@@ -39,3 +40,9 @@ bench: setup
 	$(PY) -m benchmarks.naclip_overhead
 	$(PY) -m benchmarks.sigma_sweep
 	$(PY) -m benchmarks.text_encoding
+ifdef NACLIP_CHECKOUT
+	$(PY) -m benchmarks.reference_check --naclip $(NACLIP_CHECKOUT) --methods naclip --benchmarks voc21 coco_object \
+		--fast --speed --images $(SAMPLE_IMAGES)
+else
+	@echo "End to end against the authors' pipeline: make bench NACLIP_CHECKOUT=/path/to/NACLIP (git clone of sinahmr/NACLIP)"
+endif
