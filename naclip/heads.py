@@ -9,6 +9,12 @@ weights, several passes, the text queries or the window images) registers its ow
         ...  # inputs.trunk.attention[5]: (n, heads, T, T)
         return features  # (n, h*w, embed_dim)
 
+A head may also say what its last-layer attention is, for inspection (`Segmenter.patch_attention`,
+the attention-map study): `register_head(name, taps=..., attention=fn)` with `fn(inputs, settings)`
+returning the weights that mix the last layer's values, (n, heads or 1, T, T) over all tokens
+([CLS] first) or (n, heads or 1, h*w, h*w) between patches. It should share its computation with
+the head (`naclip/methods/resclip.py`, `scclip.py`).
+
 The trunk runs once per image for every variant of a run; it keeps the union of the taps that
 the variants' heads declare, and nothing when they declare none.
 """
@@ -24,6 +30,7 @@ from naclip.encoder import DenseEncoder, Taps, Trunk
 from naclip.settings import Settings
 
 HeadFn = Callable[["HeadInput", Settings], Tensor]
+AttentionFn = Callable[["HeadInput", Settings], Tensor]
 
 
 @dataclass
@@ -42,16 +49,20 @@ class Head:
     name: str
     fn: HeadFn
     taps: Callable[[Settings], Taps]
+    attention: AttentionFn | None = None  # the last layer's attention weights, for inspection
 
 
 HEADS: dict[str, Head] = {}
 
 
-def register_head(name: str, taps: Callable[[Settings], Taps] = lambda settings: Taps()) -> Callable[[HeadFn], HeadFn]:
-    """Register `fn(inputs, settings) -> (n, h*w, embed_dim)` features under `name`, with the taps it needs."""
+def register_head(
+    name: str, taps: Callable[[Settings], Taps] = lambda settings: Taps(), attention: AttentionFn | None = None
+) -> Callable[[HeadFn], HeadFn]:
+    """Register `fn(inputs, settings) -> (n, h*w, embed_dim)` features under `name`, with the taps it needs
+    and, optionally, `attention(inputs, settings)`: its last layer's attention weights (see the module)."""
 
     def decorate(fn: HeadFn) -> HeadFn:
-        HEADS[name] = Head(name, fn, taps)
+        HEADS[name] = Head(name, fn, taps, attention)
         return fn
 
     return decorate
@@ -63,7 +74,12 @@ def get_head(name: str) -> Head:
     return HEADS[name]
 
 
-@register_head("last_block")
+def last_block_attention(inputs: HeadInput, settings: Settings) -> Tensor:
+    """The attention variant's last-block weights (n, heads, T, T) on the trunk's tokens."""
+    return inputs.encoder.attention_weights(inputs.trunk.tokens, inputs.grid, settings.attention, settings.sigma)
+
+
+@register_head("last_block", attention=last_block_attention)
 def last_block(inputs: HeadInput, settings: Settings) -> Tensor:
     """The last block with an attention variant and architecture: NACLIP, SCLIP, ClearCLIP, MaskCLIP, CLIP."""
     return inputs.encoder.head(inputs.trunk.tokens, inputs.grid, settings.attention, settings.arch, settings.sigma)

@@ -295,18 +295,33 @@ class Segmenter:
         image: str | os.PathLike | Image.Image | np.ndarray,
         attention: str | None = None,
         sigma: float | None = None,
+        **overrides: Any,
     ) -> np.ndarray:
-        """Head-averaged last-block attention between patches of the whole prepared image.
+        """Head-averaged last-layer attention between patches of the whole prepared image.
 
+        The method settings are this segmenter's with `attention`, `sigma` and any other method-group
+        `overrides` (as a variant); the attention is what their head says it applies (`register_head`'s
+        `attention`): the variant's for the default head, ResCLIP's with RCS and SFR mixed in (SFR scores
+        the first pass against this segmenter's classes), SC-CLIP's calibrated and post-aggregated one.
         Returns (h*w, h, w): entry [i] is where patch i (row-major) attends, as a map on the grid.
         """
-        tensor = self.prepare(load_image(image)).to(self.device, self.dtype)
+        given = {key: value for key, value in (("attention", attention), ("sigma", sigma)) if value is not None}
+        settings = self.variant({**overrides, **given})
+        head = get_head(settings.head)
+        if head.attention is None:
+            raise ValueError(f"head {settings.head!r} registers no attention function to inspect")
+        tensor = self.prepare(load_image(image)).to(self.device, self.dtype)[None]  # (1, 3, H, W)
         grid = self.encoder.grid(*tensor.shape[-2:])
-        tokens = self.encoder.trunk(tensor[None])  # (1, 1 + h*w, width)
-        attention = attention or self.settings.attention
-        sigma = self.settings.sigma if sigma is None else sigma
-        weights = self.encoder.attention_weights(tokens, grid, attention, sigma)[0].float().mean(0)
-        return weights[1:, 1:].reshape(-1, *grid).cpu().numpy()
+        trunk = self.encoder.run_trunk(tensor, head.taps(settings))
+        work = torch.promote_types(self.dtype, torch.float32)  # as _window_logits scores
+        if self.classes is not None:
+            queries = self._query_features()[0].to(work)
+        else:
+            queries = torch.zeros(0, self.clip.visual.output_dim, device=self.device, dtype=work)
+        weights = head.attention(HeadInput(self.encoder, trunk, grid, tensor, queries), settings)[0].float().mean(0)
+        if weights.shape[-1] == 1 + grid[0] * grid[1]:
+            weights = weights[1:, 1:]  # [CLS] first: patches only
+        return weights.reshape(-1, *grid).cpu().numpy()
 
 
 def drop_small_classes(probs: Tensor, share: float) -> Tensor:

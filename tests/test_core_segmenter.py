@@ -196,6 +196,11 @@ def test_patch_attention_maps(segmenter):
     assert np.all(sums <= 1 + 1e-6) and np.all(sums > 0.9)
     centre = 10 * 21 + 10  # with sigma 1 on random weights, the neighbourhood dominates
     assert np.unravel_index(maps[centre].argmax(), (21, 21)) == (10, 10)
+    # The default head's attention is the variant's weights on the trunk's tokens, as before heads said it.
+    tokens = segmenter.encoder.trunk(segmenter.prepare(load_image(VOC_IMAGE))[None])
+    weights = segmenter.encoder.attention_weights(tokens, (21, 21), "naclip", 1.0)[0].mean(0)[1:, 1:]
+    np.testing.assert_array_equal(maps, weights.reshape(-1, 21, 21).numpy())
+    np.testing.assert_array_equal(segmenter.patch_attention(VOC_IMAGE, sigma=1.0), maps)  # naclip: the default
 
 
 def test_openai_format_checkpoint_loads_with_quick_gelu(tmp_path):

@@ -17,6 +17,7 @@ from naclip.heads import HeadInput, get_head
 from naclip.methods import BENCHMARK_KEYS, get_method
 from naclip.methods.resclip import patch_mode, paths_stay, resclip_attention, semantic_prior
 from naclip.pamr import pamr
+from naclip.preprocess import load_image
 from naclip.segmenter import Segmenter
 from naclip.settings import Settings
 from tests.conftest import VOC_IMAGE, make_segmenter
@@ -221,6 +222,32 @@ def test_head_end_to_end_against_a_direct_computation():
     tau, share = settings.resclip_rcs_weights
     second = tau * ((1 - share) * second + share * rcs)
     torch.testing.assert_close(out, _features(seg, trunk.tokens, second, v), atol=1e-5, rtol=1e-4)
+    # The attention it says it applies, for inspection: the same weights, RCS and SFR mixed in.
+    inspected = get_head("resclip").attention(HeadInput(seg.encoder, trunk, (4, 5), image, queries), settings)
+    torch.testing.assert_close(inspected, second, atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_patch_attention_is_the_mixed_attention():
+    """Segmenter.patch_attention with the resclip head: the RCS-mixed last-block attention of the whole
+    image, by hand from the trunk's tapped attention (SFR off); rows sum to tau; with SFR, the head's own."""
+    seg = make_segmenter(method="resclip", **TINY, slide_crop=0, short_side=64)
+    tensor = seg.prepare(load_image(VOC_IMAGE))[None]  # (1, 3, 64, 64): 4 x 4 patches
+    maps = seg.patch_attention(VOC_IMAGE, resclip_sfr_weights=(1.0, 0.0))
+    trunk = seg.encoder.run_trunk(tensor, Taps(attention=frozenset({0, 1})))
+    q, k, _ = _qkv(seg.encoder.visual.transformer.resblocks[-1], trunk.tokens)
+    last = (k @ k.transpose(-2, -1) / math.sqrt(k.shape[-1]) + _omega(4, 4, 5.0)).softmax(-1)
+    mixed = 2.0 * (0.4 * last + 0.6 * (trunk.attention[0] + trunk.attention[1]) / 2)  # (1, heads, 17, 17)
+    expected = mixed[0].mean(0)[1:, 1:].reshape(16, 4, 4)
+    np.testing.assert_allclose(maps, expected.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(mixed.sum(-1), 2.0, rtol=1e-5)  # tau; the [CLS] column is left out of the maps
+    with pytest.raises(ValueError, match="set the classes first"):
+        seg.patch_attention(VOC_IMAGE)  # SFR's first pass needs queries
+    seg.set_classes(["cat", "dog", "sky"])
+    queries = seg._query_features()[0]
+    inputs = HeadInput(seg.encoder, trunk, (4, 4), tensor, queries)
+    head = get_head("resclip").attention(inputs, seg.settings)[0].mean(0)[1:, 1:].reshape(16, 4, 4)
+    np.testing.assert_allclose(seg.patch_attention(VOC_IMAGE), head.numpy(), rtol=1e-5, atol=1e-7)
 
 
 def test_for_benchmark_and_the_command_line(tmp_path):

@@ -14,6 +14,7 @@ from naclip.encoder import Taps
 from naclip.heads import HeadInput, get_head
 from naclip.methods import BENCHMARK_KEYS, get_method
 from naclip.methods import scclip as sc
+from naclip.preprocess import load_image
 from naclip.segmenter import Segmenter
 from naclip.settings import Settings
 from tests.conftest import VOC_IMAGE, make_segmenter
@@ -70,8 +71,12 @@ def plain_aggregation(features: np.ndarray, tokens: np.ndarray, beta: float) -> 
 
 
 @torch.no_grad()
-def direct_head(seg: Segmenter, tokens: torch.Tensor, layers: dict, grid: tuple[int, int], s: Settings) -> np.ndarray:
-    """One window (1 + N, width) through SC-CLIP as `clip/model.py:254-316` describes it, in float64 numpy."""
+def direct_head(
+    seg: Segmenter, tokens: torch.Tensor, layers: dict, grid: tuple[int, int], s: Settings
+) -> tuple[np.ndarray, np.ndarray]:
+    """One window (1 + N, width) through SC-CLIP as `clip/model.py:254-316` describes it, in float64 numpy;
+    also the weights (heads, N, N) with which an output patch takes each patch's value in the last block's
+    first pass: its attention weights, then the post aggregation."""
     visual = seg.encoder.visual
     block = visual.transformer.resblocks[-1]
     width, heads = tokens.shape[-1], block.attn.num_heads
@@ -88,6 +93,8 @@ def direct_head(seg: Segmenter, tokens: torch.Tensor, layers: dict, grid: tuple[
     mid = np.where(centred < 0, 0.0, np.exp(centred))
     mid /= mid.sum(1, keepdims=True)
 
+    applied = []
+
     def attention(x: np.ndarray) -> np.ndarray:
         normed = block.ln_1(torch.from_numpy(x).to(tokens.dtype)).double().numpy()
         qkv = normed @ block.attn.in_proj_weight.double().numpy().T + block.attn.in_proj_bias.double().numpy()
@@ -97,7 +104,8 @@ def direct_head(seg: Segmenter, tokens: torch.Tensor, layers: dict, grid: tuple[
             kh, vh = np.split(k, heads, axis=1)[h], np.split(v, heads, axis=1)[h]
             logits = kh @ kh.T / np.sqrt(kh.shape[1])
             keys = np.exp(logits - logits.max(1, keepdims=True))
-            out.append(((mid + keys / keys.sum(1, keepdims=True)) / 2) @ vh)
+            applied.append((mid + keys / keys.sum(1, keepdims=True)) / 2)
+            out.append(applied[-1] @ vh)
         project = block.attn.out_proj
         return np.concatenate(out, 1) @ project.weight.double().numpy().T + project.bias.double().numpy()
 
@@ -109,7 +117,8 @@ def direct_head(seg: Segmenter, tokens: torch.Tensor, layers: dict, grid: tuple[
     fused = sum(layers[i].double().numpy() for i in s.scclip_fusion_layers)
     x = x + plain_aggregation(attention(fused[1:]) + s.scclip_res_cls * fused[0], post, s.scclip_beta)
     x = visual.ln_post(torch.from_numpy(x).to(tokens.dtype)).double().numpy()
-    return x @ visual.proj.double().numpy()
+    weights = np.stack([plain_aggregation(a, post, s.scclip_beta) for a in applied[:heads]])  # the first pass
+    return x @ visual.proj.double().numpy(), weights
 
 
 # -- the pieces ---------------------------------------------------------------------------------
@@ -195,16 +204,29 @@ def test_head_equals_a_direct_computation_and_batches_as_one_at_a_time():
     inputs = _head_inputs(seg, settings, windows)
     batched = get_head("scclip").fn(inputs, settings)
     assert batched.shape == (3, 196, seg.clip.visual.output_dim)
+    attention = get_head("scclip").attention(inputs, settings)  # the weights it says it applies
+    assert attention.shape == (3, seg.encoder.visual.transformer.resblocks[-1].attn.num_heads, 196, 196)
+    np.testing.assert_allclose(attention.sum(-1).numpy(), 1.0, atol=1e-5)  # less the aggregation's 1e-6
     for i in range(3):
         layers = {j: inputs.trunk.layers[j][i] for j in (0, 1)}
-        expected = direct_head(seg, inputs.trunk.tokens[i], layers, (14, 14), settings)
+        expected, weights = direct_head(seg, inputs.trunk.tokens[i], layers, (14, 14), settings)
         np.testing.assert_allclose(batched[i].numpy(), expected, rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(attention[i].numpy(), weights, rtol=1e-9, atol=1e-12)
     single = make_segmenter(method="scclip", **TINY_LAYERS)
     windows = windows.float()
     batched = get_head("scclip").fn(_head_inputs(single, settings, windows), settings)
     for i in range(3):
         alone = get_head("scclip").fn(_head_inputs(single, settings, windows[i : i + 1]), settings)
         torch.testing.assert_close(batched[i : i + 1], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_patch_attention_is_the_heads_between_patches():
+    seg = make_segmenter(method="scclip", **TINY_LAYERS, slide_crop=0, short_side=112)
+    maps = seg.patch_attention(VOC_IMAGE)  # no classes needed
+    window = seg.prepare(load_image(VOC_IMAGE))[None]  # (1, 3, 112, 112): 7 x 7 patches
+    expected = get_head("scclip").attention(_head_inputs(seg, seg.settings, window), seg.settings)
+    assert expected.shape[-1] == 49  # patches only: nothing to cut
+    np.testing.assert_allclose(maps, expected[0].mean(0).reshape(49, 7, 7).numpy(), rtol=1e-6)
 
 
 def test_head_refuses_missing_blocks_and_places_outliers_on_any_grid():

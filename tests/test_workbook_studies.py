@@ -192,6 +192,39 @@ def test_methods_on_a_tiny_model(tiny):
         studies.patch_attention_maps(segmenter, image, [(2.0, 0.0)], ["clip"])
 
 
+@torch.no_grad()
+def test_attention_maps_run_each_methods_preset_and_head(tiny):
+    """NACLIP's map as before heads said their attention; ResCLIP's and SC-CLIP's are their heads' own,
+    under their presets (the tiny model's blocks standing in for ViT-B/16's layer indices)."""
+    from naclip.heads import HeadInput, get_head
+    from naclip.preprocess import load_image
+    from tests.conftest import VOC_IMAGE
+
+    segmenter = tiny(slide_crop=0, short_side=112)  # 7 x 7 patches: SC-CLIP's LOF needs more than 30
+    segmenter.set_classes(["background", "aeroplane", "person"])  # ResCLIP's first pass scores them
+    image = load_image(VOC_IMAGE)
+    layers = dict(resclip_rcs_layers=(0, 1), scclip_pre_layer=1, scclip_post_layer=0, scclip_fusion_layers=(0, 1))
+    methods = ["naclip", "resclip", "scclip"]
+    maps, patches, grid = studies.patch_attention_maps(segmenter, image, [(0.5, 0.5), (0.0, 1.0)], methods, **layers)
+    assert grid == (7, 7) and patches == [(3, 3), (0, 6)]
+    tensor = segmenter.prepare(image)[None]
+    chosen = [3 * 7 + 3, 6]
+    before = segmenter.encoder.attention_weights(segmenter.encoder.trunk(tensor), grid, "naclip", 5.0)
+    np.testing.assert_array_equal(maps["naclip"], before[0].mean(0)[1:, 1:][chosen].reshape(2, 7, 7).numpy())
+    queries = segmenter._query_features()[0]
+    for method in ("resclip", "scclip"):
+        settings = get_method(method).settings(**layers)
+        assert settings.head == method
+        head = get_head(method)
+        trunk = segmenter.encoder.run_trunk(tensor, head.taps(settings))
+        weights = head.attention(HeadInput(segmenter.encoder, trunk, grid, tensor, queries), settings)[0].mean(0)
+        weights = weights[1:, 1:] if method == "resclip" else weights  # ResCLIP's has [CLS]; SC-CLIP's patches only
+        np.testing.assert_allclose(maps[method], weights[chosen].reshape(2, 7, 7).numpy(), rtol=1e-6, atol=1e-8)
+        assert not np.allclose(maps[method], maps["naclip"])
+    with pytest.raises(ValueError, match="cannot vary within a run"):
+        studies.patch_attention_maps(segmenter, image, [(0.5, 0.5)], ["naclip"], short_side=64)
+
+
 def test_successors_are_told_apart_from_naclip_by_their_head():
     from naclip.workbook.studies import published_method
 

@@ -108,6 +108,22 @@ def resclip_attention(
     return residual_mix(sum(parts[1:], parts[0]), rcs, rcs_weights)
 
 
+def mixed_attention(
+    encoder: DenseEncoder,
+    q: Tensor,
+    k: Tensor,
+    grid: tuple[int, int],
+    settings: Settings,
+    rcs: Tensor | None,
+    prior: Tensor | None = None,
+    sfr_weights: Sequence[float] = (1.0, 0.0),
+) -> Tensor:
+    """The last block's attention weights (n, heads, T, T) from its q, k (n, heads, T, d): the strategy's
+    logits with the SFR prior and the Gaussian bias, soft-maxed, then RCS; the head's and the inspection's."""
+    omega = encoder._omega(settings.attention, grid, settings.sigma, q)
+    return resclip_attention(q, k, omega, settings.attention, rcs, settings.resclip_rcs_weights, prior, sfr_weights)
+
+
 def last_block(
     encoder: DenseEncoder,
     tokens: Tensor,
@@ -123,10 +139,7 @@ def last_block(
 
     def attend(x: Tensor) -> Tensor:
         q, k, v = encoder._qkv(x)
-        omega = encoder._omega(settings.attention, grid, settings.sigma, q)
-        weights = resclip_attention(
-            q, k, omega, settings.attention, rcs, settings.resclip_rcs_weights, prior, sfr_weights
-        )
+        weights = mixed_attention(encoder, q, k, grid, settings, rcs, prior, sfr_weights)
         return block.attn.out_proj((weights @ v).transpose(1, 2).reshape(x.shape))
 
     x = ARCHITECTURES[settings.arch](block, tokens, attend)
@@ -229,10 +242,8 @@ def _taps(settings: Settings) -> Taps:
     return Taps(attention=frozenset(settings.resclip_rcs_layers if uses_rcs else ()))
 
 
-@register_head("resclip", taps=_taps)
-@torch.no_grad()
-def resclip_head(inputs: HeadInput, settings: Settings) -> Tensor:
-    """ResCLIP's patch features (n, h*w, embed_dim): RCS from the trunk, SFR from a first pass."""
+def rcs_and_prior(inputs: HeadInput, settings: Settings) -> tuple[Tensor | None, Tensor | None]:
+    """RCS (n, heads, T, T) from the trunk and SFR's prior (n, 1, T, T, float16) from a first pass; None when off."""
     if settings.attention not in STRATEGIES:
         raise ValueError(
             f"the resclip head runs ResCLIP's attention strategies, expected attention naclip (their "
@@ -247,10 +258,35 @@ def resclip_head(inputs: HeadInput, settings: Settings) -> Tensor:
             raise ValueError(
                 f"SFR smooths its prior with a Gaussian of std sigma; expected sigma > 0, got {settings.sigma}"
             )
+        if not len(inputs.queries):
+            raise ValueError(
+                "SFR's prior comes from a first pass scored against the text queries, and there are none: set the "
+                "classes first (Segmenter.set_classes), or turn SFR off with resclip_sfr_weights=1,0"
+            )
         labels = first_pass_labels(inputs, settings, rcs)
         delete, whole = settings.resclip_delete_same_entity, settings.resclip_whole_path
         priors = [semantic_prior(window, settings.sigma, delete, whole) for window in labels]
         prior = torch.stack([p / p.amax() for p in priors])[:, None].to(torch.float16)  # (n, 1, T, T)
+    return rcs, prior
+
+
+@torch.no_grad()
+def resclip_last_attention(inputs: HeadInput, settings: Settings) -> Tensor:
+    """The attention weights (n, heads, T, T) that the head's last block applies: RCS and SFR mixed in.
+
+    Rows sum to tau of RCS (2 with the defaults; twice that for the two-softmax 'csa' strategy).
+    """
+    rcs, prior = rcs_and_prior(inputs, settings)
+    encoder = inputs.encoder
+    q, k, _ = encoder._qkv(encoder.visual.transformer.resblocks[-1].ln_1(inputs.trunk.tokens))
+    return mixed_attention(encoder, q, k, inputs.grid, settings, rcs, prior, settings.resclip_sfr_weights)
+
+
+@register_head("resclip", taps=_taps, attention=resclip_last_attention)
+@torch.no_grad()
+def resclip_head(inputs: HeadInput, settings: Settings) -> Tensor:
+    """ResCLIP's patch features (n, h*w, embed_dim): RCS from the trunk, SFR from a first pass."""
+    rcs, prior = rcs_and_prior(inputs, settings)
     sfr_weights = settings.resclip_sfr_weights
     return last_block(inputs.encoder, inputs.trunk.tokens, inputs.grid, settings, rcs, prior, sfr_weights)
 

@@ -41,6 +41,8 @@ config (74471da `configs/base_config.py:12-21`) used pre 16, post 6, fusion 8..1
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -156,11 +158,17 @@ def mid_attention(similarities: Tensor) -> Tensor:
     return centred.masked_fill(centred < 0, float("-inf")).softmax(-1)[:, None]
 
 
+def calibrated_weights(k: Tensor, mid: Tensor) -> Tensor:
+    """(n, heads, N, N) the last block's attention weights (mid + softmax(k k^T / sqrt(d))) / 2 from its keys
+    (n, heads, N, head_dim) and the mid-layer attention (n, 1, N, N)."""
+    keys = ((k @ k.transpose(-2, -1)) * k.shape[-1] ** -0.5).softmax(-1)
+    return (mid + keys) / 2
+
+
 def calibrated_attention(encoder: DenseEncoder, block: nn.Module, tokens: Tensor, mid: Tensor) -> Tensor:
     """The last block's attention on patch tokens (n, N, width) with weights (mid + softmax(k k^T / sqrt(d))) / 2."""
     _, k, v = encoder._qkv(block.ln_1(tokens), block)  # each (n, heads, N, head_dim)
-    keys = ((k @ k.transpose(-2, -1)) * k.shape[-1] ** -0.5).softmax(-1)
-    out = ((mid + keys) / 2) @ v  # (n, heads, N, head_dim)
+    out = calibrated_weights(k, mid) @ v  # (n, heads, N, head_dim)
     out = out.transpose(1, 2).reshape(tokens.shape)  # (n, N, width), heads side by side
     return block.ls_1(block.attn.out_proj(out))
 
@@ -180,26 +188,56 @@ def _check_depth(encoder: DenseEncoder, settings: Settings) -> None:
         )
 
 
-@register_head("scclip", taps=lambda settings: Taps(layers=_layers(settings)))
-@torch.no_grad()
-def scclip_head(inputs: HeadInput, settings: Settings) -> Tensor:
-    """SC-CLIP's patch features (n, h*w, embed_dim), each window on its own."""
+@dataclass
+class Calibration:
+    """What SC-CLIP's last block works with, per window: the anomaly-corrected patch tokens aggregated by the
+    pre layer's similarity, that similarity's attention, and the post layer's aggregation of the output."""
+
+    tokens: Tensor  # (n, N, width) entering the last block
+    mid: Tensor  # (n, 1, N, N) mid_attention of the pre layer's similarity
+    post: Tensor  # (n, N, N) aggregation applied to the last block's output
+
+
+def calibrate(inputs: HeadInput, settings: Settings) -> Calibration:
+    """Steps 1-2 of the head (see the module) and the post aggregation, from the trunk's output and taps."""
     encoder, trunk, grid = inputs.encoder, inputs.trunk, inputs.grid
     _check_depth(encoder, settings)
-    block = encoder.visual.transformer.resblocks[-1]
-    tokens, res_cls = trunk.tokens, settings.scclip_res_cls  # (n, 1 + N, width)
-    outliers = lof_outliers(tokens[:, 1:], settings.scclip_neighbours, settings.scclip_contamination)  # (n, N)
+    tokens = trunk.tokens[:, 1:]  # (n, N, width)
+    outliers = lof_outliers(tokens, settings.scclip_neighbours, settings.scclip_contamination)  # (n, N)
     if not settings.scclip_fix_positions:
         outliers = authors_positions(outliers, grid)
     pre = similarity(mean_interpolation(trunk.layers[settings.scclip_pre_layer][:, 1:], outliers, grid))
-    mid = mid_attention(pre)
-    x = aggregation(pre, settings.scclip_beta) @ mean_interpolation(tokens[:, 1:], outliers, grid)  # (n, N, width)
-    x = calibrated_attention(encoder, block, x, mid) + res_cls * tokens[:, :1]
+    aggregated = aggregation(pre, settings.scclip_beta) @ mean_interpolation(tokens, outliers, grid)
     post = aggregation(similarity(trunk.layers[settings.scclip_post_layer][:, 1:]), settings.scclip_beta)
-    x = post @ x
+    return Calibration(aggregated, mid_attention(pre), post)
+
+
+@torch.no_grad()
+def scclip_attention(inputs: HeadInput, settings: Settings) -> Tensor:
+    """(n, heads, N, N) between patches: the weights with which the head's output patch i takes patch j's value
+    in the last block, the calibrated attention followed by the post aggregation, post @ (mid + K) / 2.
+
+    The fusion pass (step 4) goes through the same mid term with its own keys; the aggregation before the
+    block mixes the tokens before their values are taken. Rows sum to 1 (less the aggregation's 1e-6).
+    """
+    calibration = calibrate(inputs, settings)
+    block = inputs.encoder.visual.transformer.resblocks[-1]
+    _, k, _ = inputs.encoder._qkv(block.ln_1(calibration.tokens), block)
+    return calibration.post[:, None] @ calibrated_weights(k, calibration.mid)
+
+
+@register_head("scclip", taps=lambda settings: Taps(layers=_layers(settings)), attention=scclip_attention)
+@torch.no_grad()
+def scclip_head(inputs: HeadInput, settings: Settings) -> Tensor:
+    """SC-CLIP's patch features (n, h*w, embed_dim), each window on its own."""
+    encoder, trunk = inputs.encoder, inputs.trunk
+    block = encoder.visual.transformer.resblocks[-1]
+    calibration, res_cls = calibrate(inputs, settings), settings.scclip_res_cls
+    x = calibrated_attention(encoder, block, calibration.tokens, calibration.mid) + res_cls * trunk.tokens[:, :1]
+    x = calibration.post @ x
     fused = sum(trunk.layers[i] for i in settings.scclip_fusion_layers)  # (n, 1 + N, width)
-    fused = calibrated_attention(encoder, block, fused[:, 1:], mid) + res_cls * fused[:, :1]
-    x = x + post @ fused
+    fused = calibrated_attention(encoder, block, fused[:, 1:], calibration.mid) + res_cls * fused[:, :1]
+    x = x + calibration.post @ fused
     x = encoder.visual.ln_post(x)
     return x @ encoder.visual.proj if encoder.visual.proj is not None else x
 

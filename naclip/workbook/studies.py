@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from naclip.attention import gaussian_bias, get_attention
 from naclip.datasets import PRESETS, SegDataset, get_preset
 from naclip.methods import METHODS, get_method
-from naclip.settings import coerce
+from naclip.settings import check_variant, coerce
 from naclip.workbook.published import BACKBONE, BENCHMARKS, IMAGES, ROWS
 
 NO_AUTHORS_RUN = "NACLIP's protocol (no authors' run published)"
@@ -320,20 +320,27 @@ def legend(label_maps: Sequence[np.ndarray], names: Sequence[str]) -> dict[str, 
 
 
 def patch_attention_maps(
-    segmenter, image: np.ndarray, points: Sequence[tuple[float, float]], methods: Sequence[str]
+    segmenter,
+    image: np.ndarray,
+    points: Sequence[tuple[float, float]],
+    methods: Sequence[str],
+    **overrides: Any,
 ) -> tuple[dict[str, np.ndarray], list[tuple[int, int]], tuple[int, int]]:
-    """Last-block attention of the patches under `points` over the patch grid, per method preset.
+    """Last-layer attention of the patches under `points` over the patch grid, per method preset.
 
     `points` are (y, x) fractions of the image height and width, so they mean the same place on any
-    backbone's grid. Each method's attention variant (and sigma) comes from its preset. Returns
+    backbone's grid. Each method runs its preset's method settings (default protocol) and head, with
+    method-group `overrides` on top, on `segmenter`'s backbone and image size (`Segmenter.patch_attention`;
+    ResCLIP's first pass scores the segmenter's classes). Returns
     ({method: (len(points), h, w)} head-averaged weights, the patches (row, col), the grid (h, w)).
     """
     if any(not (0 <= y <= 1 and 0 <= x <= 1) for y, x in points):
         raise ValueError(f"points must be (y, x) fractions in [0, 1], got {list(points)}")
+    check_variant(overrides)
     maps, patches, grid = {}, [], (0, 0)
     for method in methods:
-        settings = get_method(method).settings()
-        weights = segmenter.patch_attention(image, attention=settings.attention, sigma=settings.sigma)
+        settings = get_method(method).settings(**overrides)
+        weights = segmenter.patch_attention(image, **settings.to_dict(("method",)))
         grid = tuple(weights.shape[1:])
         patches = [(min(int(y * grid[0]), grid[0] - 1), min(int(x * grid[1]), grid[1] - 1)) for y, x in points]
         maps[method] = np.stack([weights[row * grid[1] + col] for row, col in patches])
