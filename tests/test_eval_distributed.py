@@ -63,3 +63,41 @@ def test_two_processes_resuming_an_interrupted_run_equal_one(tmp_path, monkeypat
         assert per_class[column].tolist() == one.attrs["per_class"][column].tolist()
     for variant in ["sigma=5", "prob_threshold=0.6"]:
         assert len(list((tmp_path / "pred" / variant).glob("*.png"))) == 7  # each process wrote its share
+
+
+# The successors' heads on the tiny model: its trunk blocks 0 and 1 stand in for ViT-B/16's layer indices.
+SUCCESSORS = {
+    "resclip": {"resclip-rcs-layers": "0,1"},
+    "scclip": {"scclip-pre-layer": "1", "scclip-post-layer": "0", "scclip-fusion-layers": "0,1"},
+}
+
+
+@pytest.mark.parametrize("method", list(SUCCESSORS))
+def test_two_processes_equal_one_with_the_successors_heads(tmp_path, method):
+    """ResCLIP (trunk attention taps, a first pass with PAMR) and SC-CLIP (trunk layer taps, LOF per window)
+    under torchrun: the same numbers as one process. 112-pixel windows: 49 patches, more than SC-CLIP's
+    30 LOF neighbours."""
+    data = build_folder(tmp_path / "data", count=3, size=(24, 40))
+    dataset = folder_dataset(data / "images", data / "masks", data / "classes.txt")
+    layers = {name.replace("-", "_"): value for name, value in SUCCESSORS[method].items()}
+    options = dict(model="naclip-tiny", pretrained=None, device="cpu", short_side=112, slide_crop=112, **layers)
+    one = evaluate(dataset, method=method, progress=False, workers=0, **options)
+
+    flags = "--model naclip-tiny --pretrained none --device cpu --short-side 112 --slide-crop 112".split()
+    flags += [part for name, value in SUCCESSORS[method].items() for part in (f"--{name}", value)]
+    folder = ["--benchmark", "folder", "--images", data / "images", "--masks", data / "masks"]
+    folder += ["--classes", data / "classes.txt", "--out", tmp_path / "two", "--method", method]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command = [*launcher, "-m", "naclip", "eval", *map(str, folder), *flags, "--no-progress", "--workers", "0"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    two = pd.read_csv(tmp_path / "two" / "summary.csv")
+    assert list(two.world_size) == [2] and list(two.n_images) == [3]
+    assert (two["method"].item(), two["head"].item()) == (method, method)
+    for column in ["mIoU", "aAcc", "mAcc"]:
+        assert two[column].tolist() == pytest.approx(one[column].tolist(), rel=1e-12, abs=0)
+    per_class = pd.read_csv(tmp_path / "two" / "per_class.csv")
+    for column in ["gt_pixels", "pred_pixels"]:
+        assert per_class[column].tolist() == one.attrs["per_class"][column].tolist()
