@@ -3,18 +3,14 @@ as the README's `test_all.sh wo_resi resclip 5` runs it."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import statistics
-import time
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
-from benchmarks.reference.common import CLASSES, Authors, Checkout, construct, framework_stubs, patched, read_config
-from naclip import Segmenter
+from benchmarks.reference.common import Authors, Checkout, construct, framework_stubs, patched, read_config
 
 METHODS = ("resclip",)
 # Windows without background (Context59, ADE20K), with background (Context60), 560 px (Cityscapes). VOC21 and
@@ -72,35 +68,7 @@ def _itself(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tens
     return tensor
 
 
-def cost(repeats: int) -> None:
-    """Seconds per 336 x 448 image with 21 classes, random ViT-B-16 weights on this device's CPU:
-    resclip against naclip-nopamr, with 224/112 windows and on the whole image (medians, runs interleaved)."""
-    names = [line.split(",")[0] for line in (CLASSES / "voc21.txt").read_text().splitlines() if line]
-    image, size = torch.randn(3, 336, 448), (336, 448)
-    for crop in (224, 0):
-        segmenters = {}
-        for method in ("naclip-nopamr", "resclip"):
-            segmenters[method] = Segmenter(
-                method=method, model="ViT-B-16", pretrained=None, device="cpu", slide_crop=crop
-            )
-            segmenters[method].set_classes(names)
-            segmenters[method].predict_prepared(image, size)  # text embeddings and compiled kernels
-        seconds: dict[str, list[float]] = {method: [] for method in segmenters}
-        for _ in range(repeats):
-            for method, segmenter in segmenters.items():
-                start = time.perf_counter()
-                segmenter.predict_prepared(image, size)
-                seconds[method].append(time.perf_counter() - start)
-        base, ours = (statistics.median(seconds[m]) for m in segmenters)
-        protocol = "windows 224/112" if crop else "whole image"
-        print(
-            f"336 x 448, {len(names)} classes, {protocol}, {torch.get_num_threads()} threads: "
-            f"naclip-nopamr {base:.2f} s, resclip {ours:.2f} s ({ours / base:.2f}x)",
-            flush=True,
-        )
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="ResCLIP's cost per image against naclip-nopamr (CPU)")
-    parser.add_argument("--repeats", type=int, default=5)
-    cost(parser.parse_args().repeats)
+    from benchmarks.reference import cost
+
+    cost.main(("naclip-nopamr", "resclip"))

@@ -76,3 +76,9 @@ def weights(checkpoint: Path, scratch: Path) -> Path:
     path = scratch / f"{checkpoint.stem}-scclip.pt"
     torch.save(state, path)
     return path
+
+
+if __name__ == "__main__":
+    from benchmarks.reference import cost
+
+    cost.main(("naclip-nopamr", "scclip"))
