@@ -181,12 +181,14 @@ class Segmenter:
         """Segment a `prepare`d image (3, h, w); `size` is the original (H, W) to predict at."""
         return self.predict_variants(tensor, size, [{}])[0]
 
+    @torch.no_grad()
     def predict_variants(
         self, tensor: Tensor, size: tuple[int, int], variants: Sequence[Mapping[str, Any]], probs: bool = True
     ) -> list[Prediction]:
         """One prediction per variant (overrides of the method settings); the trunk runs once for all.
 
         `probs=False` returns labels only (probs None), which saves C x H x W floats per variant.
+        Nothing is recorded for autograd, whatever a head does.
         """
         settings = [self.variant(overrides) for overrides in variants]
         queries = self._query_features()

@@ -258,3 +258,22 @@ def test_last_block_projection_is_shared_by_variants_and_dropped_with_the_trunk(
     assert len(calls) == 2
     del tokens
     assert encoder._head_qkv == {}
+
+
+def test_a_head_with_trainable_parameters_predicts_without_recording_gradients(tiny):
+    from naclip.heads import HEADS, register_head
+
+    scale = nn.Parameter(torch.tensor(2.0))
+
+    @register_head("test-trainable")
+    def trainable(inputs, settings):
+        return inputs.encoder.head(inputs.trunk.tokens, inputs.grid, "kk", "reduced", 5.0) * scale
+
+    try:
+        seg = tiny(pamr_steps=0, slide_crop=32, slide_stride=16)
+        seg.set_classes(["cat", "dog"])
+        image = torch.randn(3, 48, 64)
+        plain, custom = seg.predict_variants(image, (48, 64), [{"attention": "kk"}, {"head": "test-trainable"}])
+        np.testing.assert_allclose(plain.probs, custom.probs, atol=1e-6)  # scaling features changes no cosine
+    finally:
+        del HEADS["test-trainable"]
