@@ -34,12 +34,7 @@ test: lint
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) -m benchmarks.pamr_speed
-	$(PY) -m benchmarks.prediction_speed
-	$(PY) -m benchmarks.sliding_window
-	$(PY) -m benchmarks.naclip_overhead
-	$(PY) -m benchmarks.sigma_sweep
-	$(PY) -m benchmarks.text_encoding
+	$(PY) -m benchmarks.report --readme README.md
 ifdef NACLIP_CHECKOUT
 	$(PY) -m benchmarks.reference_check --naclip $(NACLIP_CHECKOUT) --methods naclip --benchmarks voc21 coco_object \
 		--fast --speed --images $(SAMPLE_IMAGES)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from benchmarks.timing import best_of, peak_memory_mb, rss_growth_mb
+from benchmarks.timing import best_of, peak_memory_mb, readme_row, rss_growth_mb
 from naclip.pamr import DIRECTIONS, _propagate_torch, affinity, compiled_applies, pamr
 
 TARGET_SPEEDUP, TARGET_DIFF, TARGET_MEMORY = 25.0, 1e-5, 2.0
@@ -102,9 +102,17 @@ def main() -> None:
     print(f"  target: >= {TARGET_SPEEDUP:.0f} x faster than gather-all: {speedup:.1f} x, {verdict(speedup >= 25)}")
     worst = max(differences["naclip"], differences["torch path"])
     print(f"  target: max |diff| <= {TARGET_DIFF:.0e} on every path: {worst:.1e}, {verdict(worst <= TARGET_DIFF)}")
+    memory_text = {name: f", {memory[name] / logits_mb:.2f}x the logits' memory" if memory else "" for name in times}
     if memory:
         ratio = memory["naclip"] / logits_mb
         print(f"  target: peak memory <= {TARGET_MEMORY:.0f} x the logits: {ratio:.2f} x, {verdict(ratio <= 2)}")
+    readme_row(
+        f"PAMR, {args.classes} classes at {args.height} x {args.width}, {args.steps} steps, dilations {dilations}",
+        f"gather all 8 x D neighbours: {times['gather-all'] * 1000:.0f} ms{memory_text['gather-all']}",
+        f"{path} kernels: {times['naclip'] * 1000:.0f} ms{memory_text['naclip']}",
+        f"{speedup:.1f}x faster (the torch path {times['gather-all'] / times['torch path']:.1f}x), "
+        f"max abs diff {worst:.1e}",
+    )
 
 
 if __name__ == "__main__":

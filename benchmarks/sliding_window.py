@@ -12,7 +12,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from benchmarks.timing import best_of, random_segmenter
+from benchmarks.timing import best_of, random_segmenter, readme_row
 from naclip import Prediction, Segmenter
 from naclip.sliding import window_boxes
 
@@ -20,13 +20,14 @@ from naclip.sliding import window_boxes
 def one_at_a_time(seg: Segmenter, image: torch.Tensor) -> torch.Tensor:
     """(Q, H, W) window-averaged logits, each window encoded and padded to full size on its own."""
     height, width = image.shape[-2:]
-    total = image.new_zeros((1, len(seg.query_features), height, width))
+    queries = seg._query_features()[0]  # noqa: SLF001
+    total = image.new_zeros((1, len(queries), height, width))
     count = image.new_zeros((1, 1, height, width))
-    for y1, y2, x1, x2 in window_boxes(height, width, seg.slide_crop, seg.slide_stride):
+    for y1, y2, x1, x2 in window_boxes(height, width, seg.settings.slide_crop, seg.settings.slide_stride):
         crop = image[None, :, y1:y2, x1:x2]
         features = F.normalize(seg.encoder.features(crop, "naclip", "reduced", 5.0), dim=-1)
         grid = seg.encoder.grid(y2 - y1, x2 - x1)
-        logits = (features @ seg.query_features.T).transpose(1, 2).reshape(1, -1, *grid)
+        logits = (features @ queries.T).transpose(1, 2).reshape(1, -1, *grid)
         logits = F.interpolate(logits, size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)
         total += F.pad(logits, (x1, width - x2, y1, height - y2))
         count[..., y1:y2, x1:x2] += 1
@@ -49,10 +50,10 @@ def main() -> None:
 
     image = torch.randn(3, args.height, args.width, device=args.device, dtype=seg.dtype)
     size = (args.height, args.width)
-    windows = len(window_boxes(*size, seg.slide_crop, seg.slide_stride))
+    windows = len(window_boxes(*size, seg.settings.slide_crop, seg.settings.slide_stride))
 
     def batched(batch: int) -> Prediction:
-        seg.window_batch = batch
+        seg.settings = seg.settings.replace(window_batch=batch)
         return seg.predict_prepared(image, size)
 
     reference = one_at_a_time(seg, image)
@@ -71,6 +72,12 @@ def main() -> None:
     print(f"  naclip, window_batch={args.batch:<3d}           : {t_batched * 1000:8.1f} ms")
     print(f"  speed-up batched vs one at a time  : {t_loop / t_batched:8.2f} x")
     print(f"  label agreement with the baseline  : {agree:.4%}")
+    readme_row(
+        f"sliding window, {args.height} x {args.width} ({windows} windows), {args.classes} classes",
+        f"one window at a time, padded to full size: {t_loop * 1000:.0f} ms",
+        f"batched: {t_batched * 1000:.0f} ms",
+        f"{t_loop / t_batched:.2f}x, labels {agree:.4%} equal",
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: timing, memory, a segmenter on random weights."""
+"""Helpers shared by the benchmark scripts: timing, memory, a segmenter on random weights, README rows."""
 
 from __future__ import annotations
 
@@ -60,3 +60,11 @@ def random_segmenter(model: str, num_classes: int, **options) -> Segmenter:
     seg.text_cache.memory.update({name: F.normalize(torch.randn(width), dim=0) for name in names})
     seg.set_classes(names)
     return seg
+
+
+ROW_PREFIX = "README row: "
+
+
+def readme_row(what: str, baseline: str, naclip: str, ratio: str) -> None:
+    """Print this benchmark's row of the README's performance table (`benchmarks/report.py` collects it)."""
+    print(f"{ROW_PREFIX}{what} | {baseline} | {naclip} | {ratio}")
