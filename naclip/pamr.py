@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from naclip.workspace import Workspace
+
 try:
     from numba import config as _numba_config
     from numba import njit, prange, set_num_threads
@@ -142,18 +144,21 @@ def affinity(image: Tensor, dilations: Sequence[int]) -> Tensor:
 def _propagate_planes(
     mask: np.ndarray,
     out: np.ndarray,
+    result: np.ndarray,
     weights: np.ndarray,
     dy: np.ndarray,
     dx: np.ndarray,
     steps: int,
     bounds: np.ndarray,
 ) -> None:
-    """`steps` rounds on planes `mask` (C, H, W), left in `out` (C, H, W + 2 pad) whose pad columns replicate the edges.
+    """`steps` rounds on planes `mask` (C, H, W), left in `result` (C, H, W).
 
-    Planes are independent, so each part [bounds[i], bounds[i + 1]) runs every step on its own.
-    A round overwrites row y - reach once row y is done, since no later row reads it; the rows
-    not yet written back wait in a ring. Neighbours go by fours and planes by pairs, so that one
-    loaded weight serves two planes (an odd part computes its last plane twice).
+    The rounds work in `out` (C, H, W + 2 pad), whose pad columns replicate the edges. Planes are
+    independent, so each part [bounds[i], bounds[i + 1]) runs every step on its own. A round
+    overwrites row y - reach once row y is done, since no later row reads it; the rows not yet
+    written back wait in a ring; the last round writes them to `result` instead. Neighbours go by
+    fours and planes by pairs, so that one loaded weight serves two planes (an odd part computes
+    its last plane twice).
     """
     height, width = mask.shape[1:]
     pad = (out.shape[2] - width) // 2
@@ -169,7 +174,7 @@ def _propagate_planes(
                 row[pad + width :] = mask[c, y, width - 1]
         ring = np.empty((slots, stop - first + 1, width), out.dtype)
         rows = np.empty(len(dy), np.int64)
-        for _ in range(steps):
+        for step in range(steps):
             for y in range(height + reach):
                 if y < height:
                     for k in range(len(dy)):
@@ -191,7 +196,10 @@ def _propagate_planes(
                                 acc[x] += u0 * a0[x] + u1 * a1[x] + u2 * a2[x] + u3 * a3[x]
                                 acc2[x] += u0 * b0[x] + u1 * b1[x] + u2 * b2[x] + u3 * b3[x]
                 done = y - reach
-                if done >= 0:
+                if done >= 0 and step == steps - 1:
+                    for c in range(first, stop):
+                        result[c, done] = ring[done % slots, c - first]
+                elif done >= 0:
                     for c in range(first, stop):
                         row = out[c, done]
                         row[pad : pad + width] = ring[done % slots, c - first]
@@ -246,22 +254,25 @@ def _part_bounds(channels: int, threads: int) -> np.ndarray:
     return np.array(sorted(inner | {0, channels}), dtype=np.int64)
 
 
-def _propagate_compiled(mask: Tensor, weights: Tensor, dilations: Sequence[int], steps: int) -> Tensor:
-    """The compiled path; returns a view of a column-padded buffer, the only copy of the logits it makes."""
+def _propagate_compiled(
+    mask: Tensor, weights: Tensor, dilations: Sequence[int], steps: int, workspace: Workspace
+) -> Tensor:
+    """The compiled path: the logits are copied once into a column-padded buffer, the result is contiguous."""
     batch, channels, height, width = mask.shape
     offsets = _offsets(dilations)
     dy = np.array([o[0] for o in offsets], dtype=np.int64)
     dx = np.array([o[1] for o in offsets], dtype=np.int64)
     pad = max(dilations)
-    source = mask.detach().contiguous()
+    source = mask.detach()  # any layout: the kernel copies it in once
     weights = weights.detach().to(mask.dtype).contiguous()
-    out = mask.new_empty((batch, channels, height, width + 2 * pad))
+    out = workspace.empty("pamr", (batch, channels, height, width + 2 * pad), mask)
+    result = workspace.empty("pamr result", tuple(mask.shape), mask)
     with _kernel_threads() as threads:
         bounds = _part_bounds(channels, threads)
         for b in range(batch):
             guide = weights[min(b, len(weights) - 1)].numpy()  # one guide may serve the whole batch
-            _compiled(source[b].numpy(), out[b].numpy(), guide, dy, dx, steps, bounds)
-    return out[..., pad : pad + width]
+            _compiled(source[b].numpy(), out[b].numpy(), result[b].numpy(), guide, dy, dx, steps, bounds)
+    return result
 
 
 def _propagate_torch(mask: Tensor, weights: Tensor, dilations: Sequence[int], steps: int) -> Tensor:
@@ -279,13 +290,18 @@ def _propagate_torch(mask: Tensor, weights: Tensor, dilations: Sequence[int], st
     return mask
 
 
-def propagate(mask: Tensor, weights: Tensor, dilations: Sequence[int], steps: int) -> Tensor:
-    """`steps` rounds of mask <- sum over neighbours n of weights_n * mask(n); weights from `affinity`."""
+def propagate(
+    mask: Tensor, weights: Tensor, dilations: Sequence[int], steps: int, workspace: Workspace | None = None
+) -> Tensor:
+    """`steps` rounds of mask <- sum over neighbours n of weights_n * mask(n); weights from `affinity`.
+
+    The compiled path's result lives in `workspace` (a fresh one by default) until it is asked again.
+    """
     if steps <= 0:
         return mask
     dilations = tuple(int(d) for d in dilations)
     if compiled_applies(mask, weights):
-        return _propagate_compiled(mask, weights, dilations, steps)
+        return _propagate_compiled(mask, weights, dilations, steps, workspace or Workspace())
     return _propagate_torch(mask, weights, dilations, steps)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,11 @@ from naclip.methods import get_method
 from naclip.pamr import affinity, propagate
 from naclip.preprocess import check_size, load_image, prepare
 from naclip.settings import Settings, check_variant
-from naclip.sliding import crop_windows, stitch, window_boxes
+from naclip.sliding import channels_first, crop_windows, stitch, window_boxes
 from naclip.text import ClassSet, QueryCache, parse_classes, read_class_file
+from naclip.workspace import Workspace
+
+UPSAMPLE_BYTES = 24 << 20  # upsampled window logits per buffer (see Segmenter._window_logits)
 
 
 @dataclass
@@ -213,6 +216,7 @@ class Segmenter:
             windows.append(part)
             trunks.append(self.encoder.run_trunk(part, taps))
         guides: dict[tuple[int, ...], Tensor] = {}  # PAMR affinities depend only on the image
+        workspace = Workspace()  # large buffers, reused by each setting in turn
         results = []
         for setting in settings:
             logits = stitch(
@@ -222,8 +226,9 @@ class Segmenter:
                 boxes,
                 tuple(image.shape[-2:]),
                 batch,
+                workspace,
             )
-            results.append(self._finish(logits, tensor, tuple(size), setting, queries[1], guides, probs))
+            results.append(self._finish(logits, tensor, tuple(size), setting, queries[1], guides, workspace, probs))
         return results
 
     def variant(self, overrides: Mapping[str, Any]) -> Settings:
@@ -239,8 +244,12 @@ class Segmenter:
         padding: tuple[int, ...],
         settings: Settings,
         queries: Tensor,
-    ) -> Tensor:
-        """(n, Q, h, w) cosine similarities of window patches to the queries, upsampled to the window."""
+    ) -> Iterator[Tensor]:
+        """Per window, (Q, h, w) cosine similarities of its patches to the queries, upsampled to the window.
+
+        Upsampled a few windows at a time (the same values as all at once), so that each buffer stays
+        under glibc's 32 MB mmap limit and is reused, not zero-filled afresh by the kernel.
+        """
         left, right, top, bottom = padding
         padded = (window[0] + top + bottom, window[1] + left + right)
         grid = self.encoder.grid(*padded)
@@ -249,9 +258,11 @@ class Segmenter:
         features = get_head(settings.head).fn(HeadInput(self.encoder, trunk, grid, windows, queries), settings)
         features = F.normalize(features.to(work), dim=-1)
         logits = features @ queries.T  # (n, h*w, Q)
-        logits = logits.transpose(1, 2).reshape(len(windows), -1, *grid)  # (n, Q, h, w)
-        logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
-        return logits[..., top : top + window[0], left : left + window[1]]
+        logits = logits.transpose(1, 2).reshape(len(windows), -1, *grid)  # (n, Q, h, w), stored channels-last
+        per_window = logits.shape[1] * padded[0] * padded[1] * logits.element_size()
+        for part in logits.split(max(1, UPSAMPLE_BYTES // per_window)):
+            upsampled = F.interpolate(part, size=padded, mode="bilinear", align_corners=False)  # (k, Q, H, W)
+            yield from upsampled[..., top : top + window[0], left : left + window[1]]
 
     def _finish(
         self,
@@ -261,11 +272,17 @@ class Segmenter:
         settings: Settings,
         spans: tuple[tuple[int, int], ...],
         guides: dict,
+        workspace: Workspace,
         keep_probs: bool,
     ) -> Prediction:
-        """Resize to the original size, PAMR, softmax, synonym max, area and probability thresholds."""
+        """Resize to the original size, PAMR, softmax, synonym max, area and probability thresholds.
+
+        `logits` (Q, h, w) may be stored (h, w, Q), as `stitch` leaves them: PAMR reads any layout;
+        the resize and the softmax get them channels-first, as the authors' code has them.
+        """
         logits = logits[None]  # (1, Q, h, w)
         if tuple(logits.shape[-2:]) != size:  # bilinear to the same size is the identity
+            logits = self._channels_first(logits, workspace)
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         if settings.pamr_steps > 0:
             dilations = settings.pamr_dilations
@@ -273,10 +290,11 @@ class Segmenter:
                 guide = image[None].to(logits.device, logits.dtype)
                 guide = F.interpolate(guide, size=size, mode="bilinear", align_corners=False)
                 guides[dilations] = affinity(guide, dilations)
-            logits = propagate(logits, guides[dilations], dilations, settings.pamr_steps)
-        probs = logits[0].mul_(settings.logit_scale).softmax(0)  # (Q, H, W); the logits are this call's own
+            logits = propagate(logits, guides[dilations], dilations, settings.pamr_steps, workspace)
+        logits = self._channels_first(logits, workspace)[0].mul_(settings.logit_scale)  # (Q, H, W), this call's own
+        probs = torch.softmax(logits, 0, out=workspace.empty("probabilities", logits.shape, logits))
         if len(spans) != len(probs):  # synonyms: each class scores its best query
-            per_class = probs.new_empty((len(spans), *size))  # (C, H, W)
+            per_class = workspace.empty("class probabilities", (len(spans), *size), probs)  # (C, H, W)
             for index, (first, stop) in enumerate(spans):
                 torch.amax(probs[first:stop], 0, out=per_class[index])
             probs = per_class
@@ -290,6 +308,13 @@ class Segmenter:
         if settings.renormalise:
             probs = probs / probs.sum(0, keepdim=True)
         return Prediction(labels, probs.cpu().numpy().astype(np.float32))
+
+    @staticmethod
+    def _channels_first(logits: Tensor, workspace: Workspace) -> Tensor:
+        """`logits` (1, Q, H, W) as they are when contiguous, else a contiguous copy in `workspace`."""
+        if logits.is_contiguous():
+            return logits
+        return channels_first(logits[0], workspace.empty("channels first", logits.shape[1:], logits))[None]
 
     # -- inspection ---------------------------------------------------------------------------
     def patch_attention(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
+
+from naclip.workspace import Workspace
 
 Box = tuple[int, int, int, int]  # y1, y2, x1, x2
 
@@ -38,31 +40,38 @@ def crop_windows(image: Tensor, boxes: list[Box]) -> Tensor:
     return torch.stack([image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])
 
 
-def stitch(window_logits: Callable[[slice], Tensor], boxes: list[Box], size: tuple[int, int], batch: int) -> Tensor:
+def stitch(
+    window_logits: Callable[[slice], Iterable[Tensor]],
+    boxes: list[Box],
+    size: tuple[int, int],
+    batch: int,
+    workspace: Workspace | None = None,
+) -> Tensor:
     """Average of window logits over the image: (Q, H, W) from `window_logits(batch_slice)`.
 
-    `window_logits(s)` returns (n, Q, h, w) logits for windows `boxes[s]`; at most `batch`
-    windows are in memory at once. Window logits upsampled from a (n, h*w, Q) product are
-    channels-last; summing them into a channels-first image would be ~10x slower.
+    `window_logits(s)` gives the (Q, h, w) logits of each window of `boxes[s]` in turn; at most
+    `batch` windows are encoded at once. Window logits upsampled from a (n, h*w, Q) product are
+    channels-last; summing them into a channels-first image would be ~10x slower, so the result
+    is stored (H, W, Q) too (`channels_first` copies it). It lives in `workspace` (a fresh one by
+    default) until the next stitch asks for it.
     """
+    workspace = workspace or Workspace()
     total = count = None
     for start in range(0, len(boxes), batch):
         part = slice(start, start + batch)
-        logits = window_logits(part)
-        if total is None:  # stored (H, W, Q) like the windows (see below), so that each sum streams
-            total = logits.new_zeros((*size, logits.shape[1])).permute(2, 0, 1)  # (Q, H, W)
-            count = logits.new_zeros((1, *size))
-        for (y1, y2, x1, x2), window in zip(boxes[part], logits):
+        for (y1, y2, x1, x2), window in zip(boxes[part], window_logits(part), strict=True):
+            if total is None:  # stored (H, W, Q) like the windows (see above), so that each sum streams
+                total = workspace.empty("window sums", (*size, len(window)), window).zero_().permute(2, 0, 1)
+                count = window.new_zeros((1, *size))
             total[:, y1:y2, x1:x2] += window
             count[:, y1:y2, x1:x2] += 1
-    return channels_first(total.div_(count))
+    return total.div_(count)  # (Q, H, W), stored (H, W, Q)
 
 
-def channels_first(planes: Tensor) -> Tensor:
-    """A contiguous copy of (Q, H, W) planes stored (H, W, Q); on a CPU a few rows at a time, in cache."""
+def channels_first(planes: Tensor, out: Tensor) -> Tensor:
+    """`out`, a contiguous copy of (Q, H, W) planes stored (H, W, Q); on a CPU a few rows at a time, in cache."""
     if planes.device.type != "cpu":
-        return planes.contiguous()
-    out = torch.empty(planes.shape, dtype=planes.dtype, device=planes.device)
+        return out.copy_(planes)
     num, _, width = planes.shape
     rows = max(1, (1 << 18) // (num * width))  # about 1 MB of float32 per copy: twice as fast as one copy
     for start in range(0, planes.shape[1], rows):

@@ -160,11 +160,12 @@ def test_kernel_logic_in_plain_python():
     module._score_rows(padded, scores, pooled, offsets)
     np.testing.assert_allclose(scores, module._scores_torch(image, (1, 2))[0].numpy(), rtol=1e-5)
     weights = affinity(image, (1, 2))
-    out = np.empty((3, 7, 6 + 4), dtype=np.float32)
+    out, result = np.empty((3, 7, 6 + 4), dtype=np.float32), np.full((3, 7, 6), np.nan, dtype=np.float32)
     dy, dx = offsets[:, 0], offsets[:, 1]
-    module._propagate_planes(logits[0].numpy(), out, weights[0].numpy(), dy, dx, 2, np.array([0, 3]))
-    expected = module._propagate_torch(logits, weights, (1, 2), 2)[0].numpy()
-    np.testing.assert_allclose(out[..., 2:-2], expected, atol=1e-6)
+    for steps in (1, 2, 3):
+        module._propagate_planes(logits[0].numpy(), out, result, weights[0].numpy(), dy, dx, steps, np.array([0, 3]))
+        expected = module._propagate_torch(logits, weights, (1, 2), steps)[0].numpy()
+        np.testing.assert_allclose(result, expected, atol=1e-6)
 
 
 def test_other_dtypes_and_autograd_take_the_torch_path():
@@ -209,3 +210,22 @@ def test_without_numba_the_torch_path_serves():
         "assert out.shape == (1, 4, 9, 9)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+def test_any_layout_in_and_a_reused_workspace_change_nothing():
+    """The kernel copies channels-last logits in as they are; a workspace's buffers serve call after call."""
+    from naclip.workspace import Workspace
+
+    generator = torch.Generator().manual_seed(3)
+    image = torch.randn(1, 3, 20, 24, generator=generator)
+    weights = affinity(image, (1, 2))
+    stored = torch.randn(1, 20, 24, 5, generator=generator)  # (B, H, W, C) memory
+    channels_last = stored.permute(0, 3, 1, 2)  # (B, C, H, W) view
+    expected = module._propagate_torch(channels_last.contiguous(), weights, (1, 2), 3)
+    workspace = Workspace()
+    first = propagate(channels_last, weights, (1, 2), 3, workspace)
+    assert first.is_contiguous() and (first - expected).abs().max() < 1e-5
+    kept = first.clone()
+    second = propagate(channels_last.contiguous() * 2, weights, (1, 2), 3, workspace)
+    assert second.data_ptr() == first.data_ptr()  # the same buffer, now holding the second result
+    torch.testing.assert_close(second, 2 * kept, rtol=1e-5, atol=1e-5)

@@ -57,3 +57,31 @@ def test_batched_windows_equal_one_at_a_time(tiny):
         segmenter.set_classes(["cat", "dog", "sky"])
         outputs.append(segmenter.predict_prepared(image, (300, 400)).probs)
     np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
+
+
+def test_workspace_reuses_a_buffer_only_while_it_fits():
+    from naclip.workspace import Workspace
+
+    workspace, like = Workspace(), torch.zeros(1)
+    first = workspace.empty("sums", (2, 3), like)
+    assert workspace.empty("sums", (2, 3), like).data_ptr() == first.data_ptr()
+    assert workspace.empty("other", (2, 3), like).data_ptr() != first.data_ptr()
+    assert workspace.empty("sums", (3, 2), like).shape == (3, 2)
+    assert workspace.empty("sums", (3, 2), like.double()).dtype == torch.float64
+
+
+def test_stitch_sums_channels_last_windows_into_a_channels_last_average():
+    from naclip.sliding import channels_first, stitch
+
+    boxes = window_boxes(6, 9, 4, 3)
+    windows = torch.randn(len(boxes), 4, 2, 4, 4).mean(1)  # (n, 2, 4, 4) contiguous
+    stored = windows.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # the same values, channels-last
+    expected_sum, expected_count = torch.zeros(2, 6, 9), torch.zeros(1, 6, 9)
+    for (y1, y2, x1, x2), window in zip(boxes, windows):
+        expected_sum[:, y1:y2, x1:x2] += window
+        expected_count[:, y1:y2, x1:x2] += 1
+    result = stitch(lambda part: stored[part], boxes, (6, 9), batch=2)
+    assert result.permute(1, 2, 0).is_contiguous()  # stored (H, W, Q), as the windows are
+    torch.testing.assert_close(result, expected_sum / expected_count, rtol=0, atol=1e-6)
+    copied = channels_first(result, torch.empty(2, 6, 9))
+    assert copied.is_contiguous() and torch.equal(copied, result)
