@@ -255,9 +255,13 @@ def _part_bounds(channels: int, threads: int) -> np.ndarray:
 
 
 def _propagate_compiled(
-    mask: Tensor, weights: Tensor, dilations: Sequence[int], steps: int, workspace: Workspace
+    mask: Tensor, weights: Tensor, dilations: Sequence[int], steps: int, workspace: Workspace | None
 ) -> Tensor:
-    """The compiled path: the logits are copied once into a column-padded buffer, the result is contiguous."""
+    """The compiled path: the logits are copied once into a column-padded buffer.
+
+    With a workspace the result is a contiguous buffer of it; without one, a view of the padded
+    buffer (the least memory: the logits' size once, plus the padding).
+    """
     batch, channels, height, width = mask.shape
     offsets = _offsets(dilations)
     dy = np.array([o[0] for o in offsets], dtype=np.int64)
@@ -265,8 +269,12 @@ def _propagate_compiled(
     pad = max(dilations)
     source = mask.detach()  # any layout: the kernel copies it in once
     weights = weights.detach().to(mask.dtype).contiguous()
-    out = workspace.empty("pamr", (batch, channels, height, width + 2 * pad), mask)
-    result = workspace.empty("pamr result", tuple(mask.shape), mask)
+    if workspace is None:
+        out = mask.new_empty((batch, channels, height, width + 2 * pad))
+        result = out[..., pad : pad + width]  # the last round writes each row back in place
+    else:
+        out = workspace.empty("pamr", (batch, channels, height, width + 2 * pad), mask)
+        result = workspace.empty("pamr result", tuple(mask.shape), mask)
     with _kernel_threads() as threads:
         bounds = _part_bounds(channels, threads)
         for b in range(batch):
@@ -295,13 +303,14 @@ def propagate(
 ) -> Tensor:
     """`steps` rounds of mask <- sum over neighbours n of weights_n * mask(n); weights from `affinity`.
 
-    The compiled path's result lives in `workspace` (a fresh one by default) until it is asked again.
+    With a `workspace`, the compiled path works in its buffers and leaves a contiguous result there
+    (until the next call with it); without one it returns a view of a buffer of its own.
     """
     if steps <= 0:
         return mask
     dilations = tuple(int(d) for d in dilations)
     if compiled_applies(mask, weights):
-        return _propagate_compiled(mask, weights, dilations, steps, workspace or Workspace())
+        return _propagate_compiled(mask, weights, dilations, steps, workspace)
     return _propagate_torch(mask, weights, dilations, steps)
 
 
