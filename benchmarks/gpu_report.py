@@ -2,9 +2,10 @@
 
 Prints: images/s on each benchmark's protocol (synthetic images at the benchmark's typical size),
 PAMR's time and peak memory at 171 classes on a 2048 x 1024 image, fp16 against fp32 labels on
-the embedded samples, a `torchrun --nproc-per-node 1` evaluation (and an all-reduce on NCCL), and
-the projected time of the whole 8-benchmark table. Pretrained weights where they load, random
-ViT-B-16 weights otherwise (timings do not depend on the weights).
+the embedded samples, a `torchrun --nproc-per-node 1` evaluation (and an all-reduce on NCCL), an
+8-sigma sweep against one setting, and the projected time of the whole 8-benchmark table.
+Pretrained weights where they load, random ViT-B-16 weights otherwise (timings do not depend on
+the weights).
 Run: python -m benchmarks.gpu_report            (CUDA)
      python -m benchmarks.gpu_report --device cpu --quick   (a smaller run of every step)
 """
@@ -27,6 +28,8 @@ import torch
 import torch.distributed as dist
 
 from benchmarks.prediction_speed import protocol_segmenter, synthetic_image
+from benchmarks.sigma_sweep import SIGMAS, sweep_times
+from benchmarks.timing import random_segmenter
 from naclip import Segmenter
 from naclip.datasets.benchmarks import open_benchmark
 from naclip.pamr import compiled_applies, pamr
@@ -178,6 +181,17 @@ def torchrun_eval(device: torch.device, pretrained: str | None, quick: bool) -> 
             print("  " + "\n  ".join((run.stdout + run.stderr).strip().splitlines()[-10:]))
 
 
+def sweep(device: torch.device, quick: bool) -> None:
+    """An 8-sigma sweep against one setting: the trunk runs once, the head, PAMR and softmax per setting."""
+    print(f"\n== {len(SIGMAS)} sigmas against one setting (336 x 448, 60 classes, sliding 224/112, random weights)")
+    seg = random_segmenter("ViT-B-16", 60, device=str(device))
+    for steps, (single, swept) in sweep_times(seg, torch.randn(3, 336, 448), 1 if quick else 3).items():
+        print(
+            f"  PAMR {'on ' if steps else 'off'}: one setting {single * 1000:7.1f} ms, "
+            f"{len(SIGMAS)} sigmas {swept * 1000:7.1f} ms, {swept / single:.2f}x"
+        )
+
+
 def projection(rates: dict[str, float]) -> None:
     """Hours of the 8-benchmark table on this device, from the images/s above."""
     print("\n== projected time of the 8-benchmark table (one device; N devices under torchrun divide it)")
@@ -210,6 +224,7 @@ def main() -> None:
     pamr_at_scale(device, args.quick)
     half_agreement(device, pretrained, args.quick)
     torchrun_eval(device, pretrained, args.quick)
+    sweep(device, args.quick)
     projection(rates)
     print(f"\nreport took {time.perf_counter() - start:.0f} s")
 

@@ -11,9 +11,23 @@ import argparse
 import torch
 
 from benchmarks.timing import best_of, random_segmenter, readme_row
+from naclip import Segmenter
 
 SIGMAS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
 TARGET_RATIO = 2.0  # with PAMR
+
+
+def sweep_times(seg: Segmenter, image: torch.Tensor, repeat: int) -> dict[int, tuple[float, float]]:
+    """{PAMR steps (0, 10): (seconds of one setting, seconds of the 8-sigma sweep)} on a prepared image."""
+    size = tuple(image.shape[-2:])
+    times = {}
+    for pamr_steps in (0, 10):
+        single = best_of(
+            lambda s=pamr_steps: seg.predict_variants(image, size, [{"pamr_steps": s}], probs=False), repeat
+        )
+        sweep = [{"sigma": sigma, "pamr_steps": pamr_steps} for sigma in SIGMAS]
+        times[pamr_steps] = single, best_of(lambda v=sweep: seg.predict_variants(image, size, v, probs=False), repeat)
+    return times
 
 
 def main() -> None:
@@ -27,25 +41,17 @@ def main() -> None:
     args = parser.parse_args()
 
     seg = random_segmenter(args.model, args.classes, device=args.device)
-    image = torch.randn(3, args.height, args.width)
-    size = (args.height, args.width)
     print(
         f"{args.model}, {args.height} x {args.width}, sliding 224/112, {args.classes} classes, {args.device}, "
         f"{torch.get_num_threads()} threads"
     )
     ratio = 0.0
-    for pamr_steps in (0, 10):
-        single = best_of(
-            lambda s=pamr_steps: seg.predict_variants(image, size, [{"pamr_steps": s}], probs=False), args.repeat
-        )
-        sweep = [{"sigma": sigma, "pamr_steps": pamr_steps} for sigma in SIGMAS]
-        swept = best_of(lambda v=sweep: seg.predict_variants(image, size, v, probs=False), args.repeat)
+    for pamr_steps, (single, swept) in sweep_times(seg, torch.randn(3, args.height, args.width), args.repeat).items():
+        ratio = swept / single
         print(
             f"  PAMR {'on ' if pamr_steps else 'off'}: one setting {single * 1000:7.0f} ms, "
-            f"{len(SIGMAS)} sigmas {swept * 1000:7.0f} ms, ratio {swept / single:5.2f} x "
-            f"(naive {len(SIGMAS)}.00 x)"
+            f"{len(SIGMAS)} sigmas {swept * 1000:7.0f} ms, ratio {ratio:5.2f} x (naive {len(SIGMAS)}.00 x)"
         )
-        ratio = swept / single
         target = f" (target <= {TARGET_RATIO}x: {'met' if ratio <= TARGET_RATIO else 'NOT met'})" if pamr_steps else ""
         readme_row(
             f"sweep of {len(SIGMAS)} sigmas, {args.height} x {args.width}, {args.classes} classes, "
