@@ -226,7 +226,7 @@ def attention_maps(
     """
     methods = list(maps)
     fig, axes = plt.subplots(len(patches), 1 + len(methods), figsize=(2.8 * (1 + len(methods)), 2.8 * len(patches)),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")  # the image column has no colour bar: packed tight
     height, width = image.shape[:2]
     cell_h, cell_w = height / grid[0], width / grid[1]
     for r, (pr, pc) in enumerate(patches):
@@ -246,7 +246,6 @@ def attention_maps(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
