@@ -138,7 +138,7 @@ def last_block(
     block = encoder.visual.transformer.resblocks[-1]
 
     def attend(x: Tensor) -> Tensor:
-        q, k, v = encoder._qkv(x)
+        q, k, v = encoder._last_qkv(tokens, x)  # projected once for the first pass and the final one
         weights = mixed_attention(encoder, q, k, grid, settings, rcs, prior, sfr_weights)
         return block.attn.out_proj((weights @ v).transpose(1, 2).reshape(x.shape))
 
@@ -278,7 +278,8 @@ def resclip_last_attention(inputs: HeadInput, settings: Settings) -> Tensor:
     """
     rcs, prior = rcs_and_prior(inputs, settings)
     encoder = inputs.encoder
-    q, k, _ = encoder._qkv(encoder.visual.transformer.resblocks[-1].ln_1(inputs.trunk.tokens))
+    tokens = inputs.trunk.tokens
+    q, k, _ = encoder._last_qkv(tokens, encoder.visual.transformer.resblocks[-1].ln_1(tokens))
     return mixed_attention(encoder, q, k, inputs.grid, settings, rcs, prior, settings.resclip_sfr_weights)
 
 
