@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.timing import readme_row
+from benchmarks.timing import best_of_each, readme_row
 from naclip import Segmenter
 
 TARGET_RATIO = 1.5
@@ -52,22 +50,6 @@ def synthetic_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return (image.clamp(0, 1)[0].permute(1, 2, 0) * 255).to(torch.uint8).numpy()
 
 
-def interleaved_best(fns: list[Callable[[], object]], repeat: int, device: torch.device) -> list[float]:
-    """Best wall-clock seconds of each function, run in turns after a warm-up: a drifting load hits all alike."""
-    times: list[list[float]] = [[] for _ in fns]
-    for round_ in range(repeat + 1):
-        for fn, spent in zip(fns, times):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if round_:
-                spent.append(time.perf_counter() - start)
-    return [min(spent) for spent in times]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--benchmark", default="voc21")
@@ -81,9 +63,7 @@ def main() -> None:
     with_pamr = protocol_segmenter(args.benchmark, args.model, device=args.device)
     without = protocol_segmenter(args.benchmark, args.model, device=args.device, pamr_steps=0)
     image = synthetic_image(args.height, args.width)
-    on, off = interleaved_best(
-        [lambda: with_pamr.predict(image), lambda: without.predict(image)], args.repeat, with_pamr.device
-    )
+    on, off = best_of_each([lambda: with_pamr.predict(image), lambda: without.predict(image)], args.repeat)
     settings = with_pamr.settings
     window = f"sliding {settings.slide_crop}/{settings.slide_stride}" if settings.slide_crop else "whole image"
     print(

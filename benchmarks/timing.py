@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,20 +15,26 @@ import torch.nn.functional as F
 from naclip import Segmenter
 
 
+def best_of_each(fns: Sequence[Callable[[], object]], repeat: int = 3, warmup: int = 1) -> list[float]:
+    """Best wall-clock seconds of each function over `repeat` rounds after `warmup` rounds, run in turns
+    so that a drifting load hits them all alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    for round_ in range(warmup + repeat):
+        for fn, spent in zip(fns, times):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            if round_ >= warmup:
+                spent.append(time.perf_counter() - start)
+    return [min(spent) for spent in times]
+
+
 def best_of(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> float:
     """Best wall-clock seconds of `repeat` calls after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return best_of_each([fn], repeat, warmup)[0]
 
 
 def rss_growth_mb(fn: Callable[[], object]) -> float:
