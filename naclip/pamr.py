@@ -143,6 +143,7 @@ def affinity(image: Tensor, dilations: Sequence[int]) -> Tensor:
 
 def _propagate_planes(
     mask: np.ndarray,
+    channels_last: bool,
     out: np.ndarray,
     result: np.ndarray,
     weights: np.ndarray,
@@ -151,27 +152,31 @@ def _propagate_planes(
     steps: int,
     bounds: np.ndarray,
 ) -> None:
-    """`steps` rounds on planes `mask` (C, H, W), left in `result` (C, H, W).
+    """`steps` rounds on planes `mask` (C, H, W), or (H, W, C) if `channels_last`, left in `result` (C, H, W).
 
     The rounds work in `out` (C, H, W + 2 pad), whose pad columns replicate the edges. Planes are
     independent, so each part [bounds[i], bounds[i + 1]) runs every step on its own. A round
     overwrites row y - reach once row y is done, since no later row reads it; the rows not yet
     written back wait in a ring; the last round writes them to `result` instead. Neighbours go by
-    fours and planes by pairs, so that one loaded weight serves two planes (an odd part computes
-    its last plane twice).
+    dilation (8 at a time) and planes by pairs, so that one loaded weight serves two planes (an odd
+    part computes its last plane twice).
     """
-    height, width = mask.shape[1:]
+    height, width = result.shape[1:]
     pad = (out.shape[2] - width) // 2
     reach = max(0, -dy.min())  # rows above a row that it reads
     slots = reach + 1
     for part in prange(len(bounds) - 1):
         first, stop = bounds[part], bounds[part + 1]
-        for c in range(first, stop):
-            for y in range(height):
+        for y in range(height):
+            for c in range(first, stop):
                 row = out[c, y]
-                row[pad : pad + width] = mask[c, y]
-                row[:pad] = mask[c, y, 0]
-                row[pad + width :] = mask[c, y, width - 1]
+                if channels_last:
+                    for x in range(width):
+                        row[pad + x] = mask[y, x, c]
+                else:
+                    row[pad : pad + width] = mask[c, y]
+                row[:pad] = row[pad]
+                row[pad + width :] = row[pad + width - 1]
         ring = np.empty((slots, stop - first + 1, width), out.dtype)
         rows = np.empty(len(dy), np.int64)
         for step in range(steps):
@@ -182,19 +187,37 @@ def _propagate_planes(
                     for c in range(first, stop, 2):
                         d = min(c + 1, stop - 1)
                         acc, acc2 = ring[y % slots, c - first], ring[y % slots, c - first + 1]
-                        acc[:] = 0
-                        acc2[:] = 0
-                        for k in range(0, len(dy), 4):
+                        for k in range(0, len(dy), 8):
                             w0, w1, w2, w3 = weights[k, y], weights[k + 1, y], weights[k + 2, y], weights[k + 3, y]
-                            o0, o1, o2, o3 = pad + dx[k], pad + dx[k + 1], pad + dx[k + 2], pad + dx[k + 3]
-                            a0, b0 = out[c, rows[k], o0 : o0 + width], out[d, rows[k], o0 : o0 + width]
-                            a1, b1 = out[c, rows[k + 1], o1 : o1 + width], out[d, rows[k + 1], o1 : o1 + width]
-                            a2, b2 = out[c, rows[k + 2], o2 : o2 + width], out[d, rows[k + 2], o2 : o2 + width]
-                            a3, b3 = out[c, rows[k + 3], o3 : o3 + width], out[d, rows[k + 3], o3 : o3 + width]
-                            for x in range(width):
-                                u0, u1, u2, u3 = w0[x], w1[x], w2[x], w3[x]
-                                acc[x] += u0 * a0[x] + u1 * a1[x] + u2 * a2[x] + u3 * a3[x]
-                                acc2[x] += u0 * b0[x] + u1 * b1[x] + u2 * b2[x] + u3 * b3[x]
+                            w4, w5, w6, w7 = weights[k + 4, y], weights[k + 5, y], weights[k + 6, y], weights[k + 7, y]
+                            a0, b0 = out[c, rows[k], pad + dx[k] :], out[d, rows[k], pad + dx[k] :]
+                            a1, b1 = out[c, rows[k + 1], pad + dx[k + 1] :], out[d, rows[k + 1], pad + dx[k + 1] :]
+                            a2, b2 = out[c, rows[k + 2], pad + dx[k + 2] :], out[d, rows[k + 2], pad + dx[k + 2] :]
+                            a3, b3 = out[c, rows[k + 3], pad + dx[k + 3] :], out[d, rows[k + 3], pad + dx[k + 3] :]
+                            a4, b4 = out[c, rows[k + 4], pad + dx[k + 4] :], out[d, rows[k + 4], pad + dx[k + 4] :]
+                            a5, b5 = out[c, rows[k + 5], pad + dx[k + 5] :], out[d, rows[k + 5], pad + dx[k + 5] :]
+                            a6, b6 = out[c, rows[k + 6], pad + dx[k + 6] :], out[d, rows[k + 6], pad + dx[k + 6] :]
+                            a7, b7 = out[c, rows[k + 7], pad + dx[k + 7] :], out[d, rows[k + 7], pad + dx[k + 7] :]
+                            if k == 0:  # the first dilation's group writes, the others add
+                                for x in range(width):
+                                    u0, u1, u2, u3 = w0[x], w1[x], w2[x], w3[x]
+                                    u4, u5, u6, u7 = w4[x], w5[x], w6[x], w7[x]
+                                    acc[x] = (u0 * a0[x] + u1 * a1[x] + u2 * a2[x] + u3 * a3[x]) + (
+                                        u4 * a4[x] + u5 * a5[x] + u6 * a6[x] + u7 * a7[x]
+                                    )
+                                    acc2[x] = (u0 * b0[x] + u1 * b1[x] + u2 * b2[x] + u3 * b3[x]) + (
+                                        u4 * b4[x] + u5 * b5[x] + u6 * b6[x] + u7 * b7[x]
+                                    )
+                            else:
+                                for x in range(width):
+                                    u0, u1, u2, u3 = w0[x], w1[x], w2[x], w3[x]
+                                    u4, u5, u6, u7 = w4[x], w5[x], w6[x], w7[x]
+                                    acc[x] += (u0 * a0[x] + u1 * a1[x] + u2 * a2[x] + u3 * a3[x]) + (
+                                        u4 * a4[x] + u5 * a5[x] + u6 * a6[x] + u7 * a7[x]
+                                    )
+                                    acc2[x] += (u0 * b0[x] + u1 * b1[x] + u2 * b2[x] + u3 * b3[x]) + (
+                                        u4 * b4[x] + u5 * b5[x] + u6 * b6[x] + u7 * b7[x]
+                                    )
                 done = y - reach
                 if done >= 0 and step == steps - 1:
                     for c in range(first, stop):
@@ -254,6 +277,15 @@ def _part_bounds(channels: int, threads: int) -> np.ndarray:
     return np.array(sorted(inner | {0, channels}), dtype=np.int64)
 
 
+def _plane_storage(planes: Tensor) -> tuple[np.ndarray, bool]:
+    """Planes (C, H, W) as the kernel reads them: their (C, H, W) or (H, W, C) storage, or a contiguous copy."""
+    if planes.is_contiguous():
+        return planes.numpy(), False
+    if planes.permute(1, 2, 0).is_contiguous():  # as `stitch` leaves window sums
+        return planes.permute(1, 2, 0).numpy(), True
+    return planes.contiguous().numpy(), False
+
+
 def _propagate_compiled(
     mask: Tensor, weights: Tensor, dilations: Sequence[int], steps: int, workspace: Workspace | None
 ) -> Tensor:
@@ -267,7 +299,6 @@ def _propagate_compiled(
     dy = np.array([o[0] for o in offsets], dtype=np.int64)
     dx = np.array([o[1] for o in offsets], dtype=np.int64)
     pad = max(dilations)
-    source = mask.detach()  # any layout: the kernel copies it in once
     weights = weights.detach().to(mask.dtype).contiguous()
     if workspace is None:
         out = mask.new_empty((batch, channels, height, width + 2 * pad))
@@ -279,7 +310,8 @@ def _propagate_compiled(
         bounds = _part_bounds(channels, threads)
         for b in range(batch):
             guide = weights[min(b, len(weights) - 1)].numpy()  # one guide may serve the whole batch
-            _compiled(source[b].numpy(), out[b].numpy(), result[b].numpy(), guide, dy, dx, steps, bounds)
+            planes, channels_last = _plane_storage(mask[b].detach())
+            _compiled(planes, channels_last, out[b].numpy(), result[b].numpy(), guide, dy, dx, steps, bounds)
     return result
 
 

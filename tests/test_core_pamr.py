@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from naclip.pamr import affinity, compiled_applies, pamr, propagate
+from naclip.workspace import Workspace
 
 module = importlib.import_module("naclip.pamr")  # `naclip.pamr` the attribute is the function
 
@@ -162,10 +163,30 @@ def test_kernel_logic_in_plain_python():
     weights = affinity(image, (1, 2))
     out, result = np.empty((3, 7, 6 + 4), dtype=np.float32), np.full((3, 7, 6), np.nan, dtype=np.float32)
     dy, dx = offsets[:, 0], offsets[:, 1]
+    stored_last = logits[0].permute(1, 2, 0).contiguous().numpy()  # (H, W, C), as `stitch` leaves logits
     for steps in (1, 2, 3):
-        module._propagate_planes(logits[0].numpy(), out, result, weights[0].numpy(), dy, dx, steps, np.array([0, 3]))
         expected = module._propagate_torch(logits, weights, (1, 2), steps)[0].numpy()
-        np.testing.assert_allclose(result, expected, atol=1e-6)
+        for planes, channels_last in ((logits[0].numpy(), False), (stored_last, True)):
+            result[:] = np.nan
+            module._propagate_planes(
+                planes, channels_last, out, result, weights[0].numpy(), dy, dx, steps, np.array([0, 3])
+            )
+            np.testing.assert_allclose(result, expected, atol=1e-6)
+
+
+@needs_numba
+def test_compiled_path_reads_any_storage_alike():
+    """Planes stored (C, H, W), (H, W, C) or neither give the same result, bit for bit."""
+    generator = torch.Generator().manual_seed(6)
+    image, logits = torch.randn(1, 3, 30, 41, generator=generator), torch.randn(1, 7, 30, 41, generator=generator)
+    weights = affinity(image, (2, 4))
+    expected = propagate(logits, weights, (2, 4), 3)
+    channels_last = logits.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    transposed = logits.transpose(2, 3).contiguous().transpose(2, 3)  # neither: copied first
+    for stored in (channels_last, transposed):
+        assert not stored.is_contiguous()
+        assert torch.equal(propagate(stored, weights, (2, 4), 3), expected)
+        assert torch.equal(propagate(stored, weights, (2, 4), 3, Workspace()), expected)
 
 
 def test_other_dtypes_and_autograd_take_the_torch_path():
