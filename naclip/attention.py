@@ -14,6 +14,7 @@ Token 0 is [CLS]; the patch tokens follow in row-major order. `omega` is the Gau
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -72,6 +73,25 @@ def _similarity(a: Tensor, b: Tensor) -> Tensor:
     return (a * a.shape[-1] ** -0.5) @ b.transpose(-2, -1)
 
 
+_self_similarities: dict[int, Tensor] = {}  # see _self_similarity
+
+
+def _self_similarity(x: Tensor) -> Tensor:
+    """x x^T / sqrt(d), read-only; without autograd kept while `x` lives.
+
+    The variants of a sweep get the same q and k of one trunk output (`DenseEncoder._last_qkv`),
+    so k k^T and q q^T are computed once for all their sigmas.
+    """
+    if torch.is_grad_enabled():
+        return _similarity(x, x)
+    key = id(x)
+    kept = _self_similarities.get(key)
+    if kept is None:
+        kept = _self_similarities[key] = _similarity(x, x)
+        weakref.finalize(x, _self_similarities.pop, key, None)
+    return kept
+
+
 @register_attention("vanilla")
 def vanilla(q: Tensor, k: Tensor, omega: Tensor | None) -> Tensor:
     """CLIP as trained: softmax(q k^T / sqrt(d))."""
@@ -81,19 +101,19 @@ def vanilla(q: Tensor, k: Tensor, omega: Tensor | None) -> Tensor:
 @register_attention("kk")
 def key_key(q: Tensor, k: Tensor, omega: Tensor | None) -> Tensor:
     """softmax(k k^T / sqrt(d))."""
-    return _similarity(k, k).softmax(-1)
+    return _self_similarity(k).softmax(-1)
 
 
 @register_attention("qq")
 def query_query(q: Tensor, k: Tensor, omega: Tensor | None) -> Tensor:
     """ClearCLIP's softmax(q q^T / sqrt(d))."""
-    return _similarity(q, q).softmax(-1)
+    return _self_similarity(q).softmax(-1)
 
 
 @register_attention("csa")
 def correlative(q: Tensor, k: Tensor, omega: Tensor | None) -> Tensor:
     """SCLIP's correlative self-attention: softmax(q q^T / sqrt(d)) + softmax(k k^T / sqrt(d))."""
-    return _similarity(q, q).softmax(-1) + _similarity(k, k).softmax(-1)
+    return _self_similarity(q).softmax(-1) + _self_similarity(k).softmax(-1)
 
 
 @register_attention("nonly", neighbourhood=True)
@@ -117,7 +137,7 @@ def query_key_neighbourhood(q: Tensor, k: Tensor, omega: Tensor | None) -> Tenso
 @register_attention("naclip", neighbourhood=True)
 def naclip(q: Tensor, k: Tensor, omega: Tensor | None) -> Tensor:
     """NACLIP: softmax(k k^T / sqrt(d) + omega)."""
-    return (_similarity(k, k) + omega).softmax(-1)
+    return (_self_similarity(k) + omega).softmax(-1)
 
 
 @register_attention("identity")
