@@ -26,7 +26,7 @@ from naclip.sliding import channels_first, crop_windows, stitch, window_boxes
 from naclip.text import ClassSet, QueryCache, parse_classes, read_class_file
 from naclip.workspace import Workspace
 
-UPSAMPLE_BYTES = 24 << 20  # upsampled window logits per buffer (see Segmenter._window_logits)
+UPSAMPLE_BYTES = 24 << 20  # upsampled window logits at a time (see Segmenter._window_logits)
 
 
 @dataclass
@@ -221,7 +221,7 @@ class Segmenter:
         for setting in settings:
             logits = stitch(
                 lambda part, s=setting: self._window_logits(
-                    trunks[part.start // batch], windows[part.start // batch], window, padding, s, queries[0]
+                    trunks[part.start // batch], windows[part.start // batch], window, padding, s, queries[0], workspace
                 ),
                 boxes,
                 tuple(image.shape[-2:]),
@@ -244,11 +244,12 @@ class Segmenter:
         padding: tuple[int, ...],
         settings: Settings,
         queries: Tensor,
+        workspace: Workspace,
     ) -> Iterator[Tensor]:
         """Per window, (Q, h, w) cosine similarities of its patches to the queries, upsampled to the window.
 
-        Upsampled a few windows at a time (the same values as all at once), so that each buffer stays
-        under glibc's 32 MB mmap limit and is reused, not zero-filled afresh by the kernel.
+        Upsampled a few windows at a time (the same values as all at once) into one buffer of
+        `workspace`; each window is read before the next chunk overwrites it.
         """
         left, right, top, bottom = padding
         padded = (window[0] + top + bottom, window[1] + left + right)
@@ -260,8 +261,9 @@ class Segmenter:
         logits = features @ queries.T  # (n, h*w, Q)
         logits = logits.transpose(1, 2).reshape(len(windows), -1, *grid)  # (n, Q, h, w), stored channels-last
         per_window = logits.shape[1] * padded[0] * padded[1] * logits.element_size()
-        for part in logits.split(max(1, UPSAMPLE_BYTES // per_window)):
-            upsampled = F.interpolate(part, size=padded, mode="bilinear", align_corners=False)  # (k, Q, H, W)
+        chunk = max(1, min(UPSAMPLE_BYTES // per_window, self.settings.window_batch))
+        for part in logits.split(chunk):
+            upsampled = workspace.resized("upsampled windows", part, padded, rows=chunk)  # (k, Q, H, W)
             yield from upsampled[..., top : top + window[0], left : left + window[1]]
 
     def _finish(
@@ -282,8 +284,7 @@ class Segmenter:
         """
         logits = logits[None]  # (1, Q, h, w)
         if tuple(logits.shape[-2:]) != size:  # bilinear to the same size is the identity
-            logits = self._channels_first(logits, workspace)
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            logits = workspace.resized("resized logits", self._channels_first(logits, workspace), size)
         if settings.pamr_steps > 0:
             dilations = settings.pamr_dilations
             if dilations not in guides:  # the guide is the prepared image in full precision, as the authors'

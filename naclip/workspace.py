@@ -8,6 +8,8 @@ buffer and gets the one it used for the previous setting when the shape still fi
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -26,3 +28,20 @@ class Workspace:
         if kept is None or kept.shape != shape or kept.dtype != like.dtype or kept.device != like.device:
             kept = self._buffers[name] = like.new_empty(shape)
         return kept
+
+    def resized(self, name: str, images: Tensor, size: tuple[int, int], rows: int = 0) -> Tensor:
+        """`F.interpolate(images, size, mode="bilinear", align_corners=False)`, the same values, in buffer `name`.
+
+        `images` (n, C, h, w) stored channels-first or channels-last; the result is stored alike (the
+        kernel, and so the rounding, follows the storage). The buffer holds max(n, `rows`) images, so
+        that a shorter last chunk of a sequence reuses it.
+        """
+        count, channels = images.shape[:2]
+        rows = max(count, rows)
+        if images.is_contiguous():
+            out = self.empty(name, (rows, channels, *size), images)[:count]
+        elif images.is_contiguous(memory_format=torch.channels_last):
+            out = self.empty(name, (rows, *size, channels), images)[:count].permute(0, 3, 1, 2)
+        else:
+            return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        return torch.ops.aten.upsample_bilinear2d.out(images, list(size), False, None, None, out=out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from naclip.sliding import window_boxes
 
@@ -68,6 +69,24 @@ def test_workspace_reuses_a_buffer_only_while_it_fits():
     assert workspace.empty("other", (2, 3), like).data_ptr() != first.data_ptr()
     assert workspace.empty("sums", (3, 2), like).shape == (3, 2)
     assert workspace.empty("sums", (3, 2), like.double()).dtype == torch.float64
+
+
+def test_workspace_resize_is_interpolate_bit_for_bit_in_one_buffer():
+    """Windows are upsampled into one reused buffer; the values are F.interpolate's in either storage."""
+    from naclip.workspace import Workspace
+
+    workspace = Workspace()
+    generator = torch.Generator().manual_seed(7)
+    for shape, size in (((3, 60, 14, 14), (224, 224)), ((2, 21, 16, 16), (224, 224)), ((1, 7, 9, 13), (100, 77))):
+        first = torch.randn(shape, generator=generator)
+        last = first.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # the same values, channels-last
+        for images in (first, last):
+            expected = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            resized = workspace.resized("windows", images, size, rows=4)
+            assert torch.equal(resized, expected)
+            assert resized.is_contiguous(memory_format=torch.channels_last) == (images is last)
+            again = workspace.resized("windows", images[:1], size, rows=4)  # a shorter last chunk
+            assert again.data_ptr() == resized.data_ptr() and torch.equal(again, expected[:1])
 
 
 def test_stitch_sums_channels_last_windows_into_a_channels_last_average():
