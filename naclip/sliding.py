@@ -40,6 +40,17 @@ def crop_windows(image: Tensor, boxes: list[Box]) -> Tensor:
     return torch.stack([image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])
 
 
+def _first_cover(boxes: list[Box]) -> list[Box]:
+    """Per box of a raster-ordered grid (as `window_boxes` makes), the rectangle that no earlier box covers."""
+
+    def new_from(spans: Iterable[tuple[int, int]]) -> dict[int, int]:  # a span's start -> the end of the one before
+        ordered = sorted(set(spans))
+        return {start: max(start, before[1]) for (start, _), before in zip(ordered, [(0, 0), *ordered])}
+
+    rows, cols = new_from(box[:2] for box in boxes), new_from(box[2:] for box in boxes)
+    return [(rows[y1], y2, cols[x1], x2) for y1, y2, x1, x2 in boxes]
+
+
 def stitch(
     window_logits: Callable[[slice], Iterable[Tensor]],
     boxes: list[Box],
@@ -49,21 +60,28 @@ def stitch(
 ) -> Tensor:
     """Average of window logits over the image: (Q, H, W) from `window_logits(batch_slice)`.
 
-    `window_logits(s)` gives the (Q, h, w) logits of each window of `boxes[s]` in turn; at most
-    `batch` windows are encoded at once. Window logits upsampled from a (n, h*w, Q) product are
-    channels-last; summing them into a channels-first image would be ~10x slower, so the result
-    is stored (H, W, Q) too (`channels_first` copies it). It lives in `workspace` (a fresh one by
-    default) until the next stitch asks for it.
+    `window_logits(s)` gives the (Q, h, w) logits of each window of `boxes[s]` (a raster-ordered
+    grid, as `window_boxes` makes) in turn; at most `batch` windows are encoded at once. The sums
+    are those of adding each window in turn to zeros, as the authors' code does: a window is copied
+    where it is the first to cover the image and added elsewhere, so the sums need no zero-filling.
+    Window logits upsampled from a (n, h*w, Q) product are channels-last; summing them into a
+    channels-first image would be ~10x slower, so the result is stored (H, W, Q) too
+    (`channels_first` copies it). It lives in `workspace` (a fresh one by default) until the next
+    stitch asks for it.
     """
     workspace = workspace or Workspace()
+    firsts = _first_cover(boxes)
     total = count = None
     for start in range(0, len(boxes), batch):
         part = slice(start, start + batch)
-        for (y1, y2, x1, x2), window in zip(boxes[part], window_logits(part), strict=True):
+        for box, first, window in zip(boxes[part], firsts[part], window_logits(part), strict=True):
+            (y1, y2, x1, x2), (fy1, fx1) = box, first[::2]
             if total is None:  # stored (H, W, Q) like the windows (see above), so that each sum streams
-                total = workspace.empty("window sums", (*size, len(window)), window).zero_().permute(2, 0, 1)
+                total = workspace.empty("window sums", (*size, len(window)), window).permute(2, 0, 1)
                 count = window.new_zeros((1, *size))
-            total[:, y1:y2, x1:x2] += window
+            total[:, fy1:y2, fx1:x2] = window[:, fy1 - y1 :, fx1 - x1 :]
+            total[:, y1:fy1, x1:x2] += window[:, : fy1 - y1]  # rows that earlier rows of the grid cover
+            total[:, fy1:y2, x1:fx1] += window[:, fy1 - y1 :, : fx1 - x1]  # columns that earlier windows cover
             count[:, y1:y2, x1:x2] += 1
     return total.div_(count)  # (Q, H, W), stored (H, W, Q)
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from naclip.sliding import window_boxes
+from naclip.workspace import Workspace
 
 
 @pytest.mark.parametrize("size", [(336, 500), (336, 336), (224, 224), (200, 300), (500, 336), (100, 90), (337, 449)])
@@ -61,8 +62,6 @@ def test_batched_windows_equal_one_at_a_time(tiny):
 
 
 def test_workspace_reuses_a_buffer_only_while_it_fits():
-    from naclip.workspace import Workspace
-
     workspace, like = Workspace(), torch.zeros(1)
     first = workspace.empty("sums", (2, 3), like)
     assert workspace.empty("sums", (2, 3), like).data_ptr() == first.data_ptr()
@@ -73,8 +72,6 @@ def test_workspace_reuses_a_buffer_only_while_it_fits():
 
 def test_workspace_resize_is_interpolate_bit_for_bit_in_one_buffer():
     """Windows are upsampled into one reused buffer; the values are F.interpolate's in either storage."""
-    from naclip.workspace import Workspace
-
     workspace = Workspace()
     generator = torch.Generator().manual_seed(7)
     for shape, size in (((3, 60, 14, 14), (224, 224)), ((2, 21, 16, 16), (224, 224)), ((1, 7, 9, 13), (100, 77))):
@@ -90,17 +87,22 @@ def test_workspace_resize_is_interpolate_bit_for_bit_in_one_buffer():
 
 
 def test_stitch_sums_channels_last_windows_into_a_channels_last_average():
+    """Bit for bit the authors' sums (each window added in turn to zeros), on grids of every shape."""
     from naclip.sliding import channels_first, stitch
 
-    boxes = window_boxes(6, 9, 4, 3)
-    windows = torch.randn(len(boxes), 4, 2, 4, 4).mean(1)  # (n, 2, 4, 4) contiguous
-    stored = windows.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # the same values, channels-last
-    expected_sum, expected_count = torch.zeros(2, 6, 9), torch.zeros(1, 6, 9)
-    for (y1, y2, x1, x2), window in zip(boxes, windows):
-        expected_sum[:, y1:y2, x1:x2] += window
-        expected_count[:, y1:y2, x1:x2] += 1
-    result = stitch(lambda part: stored[part], boxes, (6, 9), batch=2)
-    assert result.permute(1, 2, 0).is_contiguous()  # stored (H, W, Q), as the windows are
-    torch.testing.assert_close(result, expected_sum / expected_count, rtol=0, atol=1e-6)
-    copied = channels_first(result, torch.empty(2, 6, 9))
+    for height, width, crop, stride in ((6, 9, 4, 3), (10, 10, 4, 2), (5, 7, 5, 5), (3, 12, 4, 4), (4, 4, 4, 2)):
+        boxes = window_boxes(height, width, crop, stride)
+        h, w = boxes[0][1] - boxes[0][0], boxes[0][3] - boxes[0][2]
+        windows = torch.randn(len(boxes), 4, 2, h, w).mean(1)  # (n, 2, h, w) contiguous
+        stored = windows.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # the same values, channels-last
+        expected_sum, expected_count = torch.zeros(2, height, width), torch.zeros(1, height, width)
+        for (y1, y2, x1, x2), window in zip(boxes, windows):
+            expected_sum[:, y1:y2, x1:x2] += window
+            expected_count[:, y1:y2, x1:x2] += 1
+        workspace = Workspace()
+        workspace.empty("window sums", (height, width, 2), windows).fill_(float("nan"))  # no zeros to rely on
+        result = stitch(lambda part, s=stored: s[part], boxes, (height, width), batch=2, workspace=workspace)
+        assert result.permute(1, 2, 0).is_contiguous()  # stored (H, W, Q), as the windows are
+        assert torch.equal(result, expected_sum / expected_count)
+    copied = channels_first(result, torch.empty(result.shape))
     assert copied.is_contiguous() and torch.equal(copied, result)
