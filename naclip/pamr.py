@@ -14,22 +14,15 @@ agree to float rounding (tests/test_core_pamr.py holds them to a pixel-wise refe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from naclip.compiled import jit, kernel_threads, prange, serves
 from naclip.workspace import Workspace
-
-try:
-    from numba import config as _numba_config
-    from numba import njit, prange, set_num_threads
-except ImportError:  # the torch path serves everywhere
-    njit = None
-    prange = range
 
 # The 8 neighbours of a pixel, row-major, the centre left out.
 DIRECTIONS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -123,7 +116,7 @@ def _scores_compiled(image: Tensor, dilations: Sequence[int]) -> Tensor:
     pooled = np.array(_pooled_offsets(dilations), dtype=np.int64)
     offsets = np.array(_offsets(dilations), dtype=np.int64)
     scores = image.new_empty((batch, len(offsets), height, width))
-    with _kernel_threads():
+    with kernel_threads():
         for b in range(batch):
             _compiled_scores(padded[b].numpy(), scores[b].numpy(), pooled, offsets)
     return scores
@@ -230,44 +223,13 @@ def _propagate_planes(
                         row[pad + width :] = row[pad + width - 1]
 
 
-def _jit(function: Callable) -> Callable:
-    """numba's parallel compilation of `function`, kept on disk where numba finds a writable place."""
-    options = {"parallel": True, "fastmath": {"contract"}, "boundscheck": False}
-    try:
-        return njit(cache=True, **options)(function)
-    except RuntimeError:  # no writable cache location: each process compiles on first use
-        return njit(**options)(function)
-
-
-_compiled = _jit(_propagate_planes) if njit else None
-_compiled_scores = _jit(_score_rows) if njit else None
+_compiled = jit(_propagate_planes)
+_compiled_scores = jit(_score_rows)
 
 
 def compiled_applies(mask: Tensor, weights: Tensor) -> bool:
     """Whether the compiled kernels serve these tensors (`affinity` asks with its image twice)."""
-    return (
-        _compiled is not None
-        and mask.device.type == "cpu"
-        and weights.device.type == "cpu"
-        and mask.dtype in (torch.float32, torch.float64)
-        and not (torch.is_grad_enabled() and (mask.requires_grad or weights.requires_grad))
-    )
-
-
-@contextmanager
-def _kernel_threads() -> Iterator[int]:
-    """Run numba's kernels on torch's thread count (as far as numba has threads), and leave torch's as it was.
-
-    numba's OpenMP pool, when it starts, can change the count that torch reads from OpenMP.
-    """
-    torch_threads = torch.get_num_threads()
-    threads = max(1, min(torch_threads, _numba_config.NUMBA_NUM_THREADS))
-    set_num_threads(threads)
-    try:
-        yield threads
-    finally:
-        if torch.get_num_threads() != torch_threads:
-            torch.set_num_threads(torch_threads)
+    return serves(_compiled, mask, weights)
 
 
 def _part_bounds(channels: int, threads: int) -> np.ndarray:
@@ -306,7 +268,7 @@ def _propagate_compiled(
     else:
         out = workspace.empty("pamr", (batch, channels, height, width + 2 * pad), mask)
         result = workspace.empty("pamr result", tuple(mask.shape), mask)
-    with _kernel_threads() as threads:
+    with kernel_threads() as threads:
         bounds = _part_bounds(channels, threads)
         for b in range(batch):
             guide = weights[min(b, len(weights) - 1)].numpy()  # one guide may serve the whole batch

@@ -18,6 +18,7 @@ from naclip.backbone import load_clip
 from naclip.datasets.benchmarks import get_preset
 from naclip.encoder import DenseEncoder, Taps, Trunk
 from naclip.heads import HeadInput, get_head
+from naclip.labels import best_class
 from naclip.methods import get_method
 from naclip.pamr import affinity, propagate
 from naclip.preprocess import check_size, load_image, prepare
@@ -294,14 +295,14 @@ class Segmenter:
             logits = propagate(logits, guides[dilations], dilations, settings.pamr_steps, workspace)
         logits = self._channels_first(logits, workspace)[0].mul_(settings.logit_scale)  # (Q, H, W), this call's own
         probs = torch.softmax(logits, 0, out=workspace.empty("probabilities", logits.shape, logits))
-        if len(spans) != len(probs):  # synonyms: each class scores its best query
-            per_class = workspace.empty("class probabilities", (len(spans), *size), probs)  # (C, H, W)
-            for index, (first, stop) in enumerate(spans):
-                torch.amax(probs[first:stop], 0, out=per_class[index])
-            probs = per_class
+        scores = None  # class scores (C, H, W), when they are needed beyond the labels
+        if len(spans) != len(probs) and (keep_probs or settings.area_threshold > 0):
+            scores = workspace.empty("class probabilities", (len(spans), *size), probs)
+        top, labels = best_class(probs, spans, scores)  # each class scores its best query (synonyms)
+        probs = probs if scores is None else scores
         if settings.area_threshold > 0:
-            probs = drop_small_classes(probs, settings.area_threshold)
-        top, labels = probs.max(0)  # one pass; the first index wins a tie, as argmax
+            probs = drop_small_classes(probs, labels, settings.area_threshold)
+            top, labels = best_class(probs)
         labels[top < settings.prob_threshold] = 0
         labels = labels.cpu().numpy().astype(np.int64)
         if not keep_probs:
@@ -352,14 +353,13 @@ class Segmenter:
         return weights.reshape(-1, *grid).cpu().numpy()
 
 
-def drop_small_classes(probs: Tensor, share: float) -> Tensor:
-    """SCLIP's area threshold on (C, H, W) scores, class 0 being the background.
+def drop_small_classes(probs: Tensor, labels: Tensor, share: float) -> Tensor:
+    """SCLIP's area threshold on (C, H, W) scores, class 0 being the background; `labels` their argmax.
 
     A foreground class that is the argmax of at most `share` of the foreground-argmax pixels gets
     its scores zeroed (not renormalised), so its pixels go to their next-best kept class.
     """
-    top = probs.argmax(0)
-    counts = torch.bincount(top.flatten(), minlength=len(probs))[1:]  # (C - 1,) pixels won per foreground class
+    counts = torch.bincount(labels.flatten(), minlength=len(probs))[1:]  # (C - 1,) pixels won per foreground class
     keep = counts > share * counts.sum()
     probs = probs.clone()
     probs[1:] *= keep[:, None, None].to(probs.dtype)

@@ -119,13 +119,13 @@ def test_area_threshold_on_a_hand_made_case():
     probs[2, 0, 11] = 0.6  # class 2 wins 1
     probs[0, 0, 11], probs[1, 0, 11] = 0.3, 0.1  # its pixel's next best is the background
     probs[2, 0, :11] = 0.05
-    kept = drop_small_classes(probs, 0.1)
+    kept = drop_small_classes(probs, probs.argmax(0), 0.1)
     assert kept[2].abs().sum() == 0 and torch.equal(kept[:2], probs[:2])
     assert kept.argmax(0)[0, 11] == 0
-    assert torch.equal(drop_small_classes(probs, 0.09), probs)  # 1 > 0.09 * 10: kept
+    assert torch.equal(drop_small_classes(probs, probs.argmax(0), 0.09), probs)  # 1 > 0.09 * 10: kept
     nothing = torch.zeros(3, 1, 4)
     nothing[0] = 1.0  # no foreground pixel at all: nothing changes
-    assert torch.equal(drop_small_classes(nothing, 0.1)[0], nothing[0])
+    assert torch.equal(drop_small_classes(nothing, nothing.argmax(0), 0.1)[0], nothing[0])
 
 
 def test_area_threshold_in_the_prediction():
