@@ -30,6 +30,15 @@ def test_prediction_shapes_and_probabilities(segmenter):
     np.testing.assert_array_equal(result.labels, result.probs.argmax(0))
 
 
+def test_softmax_in_place_gives_the_values_of_a_fresh_softmax():
+    """`_finish` soft-maxes the logits in place (twice as fast on a CPU): it must change no bit."""
+    generator = torch.Generator().manual_seed(8)
+    for shape in ((60, 37, 53), (21, 336, 448), (1, 5, 7)):
+        logits = (torch.rand(shape, generator=generator) * 2 - 1) * 40
+        expected = torch.softmax(logits, 0)
+        assert torch.equal(torch.softmax(logits, 0, out=logits), expected)
+
+
 def test_synonyms_take_the_max_over_their_names_then_renormalise():
     image = torch.randn(3, 224, 288)
     grouped, flat = make_segmenter(pamr_steps=0), make_segmenter(pamr_steps=0)
