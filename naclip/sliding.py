@@ -75,7 +75,7 @@ def stitch(
     for start in range(0, len(boxes), batch):
         part = slice(start, start + batch)
         for box, first, window in zip(boxes[part], firsts[part], window_logits(part), strict=True):
-            (y1, y2, x1, x2), (fy1, fx1) = box, first[::2]
+            (y1, y2, x1, x2), (fy1, _, fx1, _) = box, first  # first: the part no earlier window covers
             if total is None:  # stored (H, W, Q) like the windows (see above), so that each sum streams
                 total = workspace.empty("window sums", (*size, len(window)), window).permute(2, 0, 1)
                 count = window.new_zeros((1, *size))
