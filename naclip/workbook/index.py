@@ -88,8 +88,14 @@ def _provenance(entry: Entry) -> str:
     parts = [f"profile {record.get('profile')}", f"started {record.get('started')}"]
     if "seconds" in record:
         parts.append(f"{record['seconds']:.1f} s")
-    parts += [f"commit {commit}", f"naclip {env.get('naclip_version')}", f"torch {env.get('torch')}",
-              f"open_clip {env.get('open_clip')}", f"Python {env.get('python')}", f"host {env.get('host')}"]
+    parts += [
+        f"commit {commit}",
+        f"naclip {env.get('naclip_version')}",
+        f"torch {env.get('torch')}",
+        f"open_clip {env.get('open_clip')}",
+        f"Python {env.get('python')}",
+        f"host {env.get('host')}",
+    ]
     return "; ".join(parts)
 
 
@@ -116,19 +122,23 @@ def _markdown_run(entry: Entry, results: Path) -> list[str]:
     changed = changed_parameters(entry.record.get("parameters") or {}, entry.study)
     lines.append(f"- weights: {_weights(entry) or 'not recorded'}")
     if changed:
-        lines.append("- parameters (other than the notebook's defaults): "
-                     + ", ".join(f"`{k}={v}`" for k, v in changed.items()))
+        lines.append(
+            "- parameters (other than the notebook's defaults): " + ", ".join(f"`{k}={v}`" for k, v in changed.items())
+        )
     lines.append(f"- provenance: {_provenance(entry)}")
     notebook = entry.record.get("notebook")
     if notebook and (entry.folder / notebook).is_file():
-        lines.append(f"- executed notebook: [{notebook}]({_relative(entry, results, notebook)}), "
-                     f"parameters: [{PARAMETERS}]({_relative(entry, results, PARAMETERS)})")
+        lines.append(
+            f"- executed notebook: [{notebook}]({_relative(entry, results, notebook)}), "
+            f"parameters: [{PARAMETERS}]({_relative(entry, results, PARAMETERS)})"
+        )
     if "error" in entry.record:
         lines += ["- error:", "", "```", entry.record["error"].strip()[-1500:], "```"]
     for table in entry.manifest["tables"]:
         caption = f": {table['caption']}" if table.get("caption") else ""
-        lines.append(f"- table [{table['file']}]({_relative(entry, results, table['file'])}) ({table['rows']} rows)"
-                     f"{caption}")
+        lines.append(
+            f"- table [{table['file']}]({_relative(entry, results, table['file'])}) ({table['rows']} rows){caption}"
+        )
     lines.append("")
     for fig in entry.manifest["figures"]:
         caption = fig.get("caption") or fig["name"]
@@ -137,16 +147,21 @@ def _markdown_run(entry: Entry, results: Path) -> list[str]:
     return lines
 
 
-def _markdown(entries: list[Entry], results: Path, combined: dict[str, list[Path]], banner: str | None,
-              written: str) -> str:
+def _markdown(
+    entries: list[Entry], results: Path, combined: dict[str, list[Path]], banner: str | None, written: str
+) -> str:
     lines = ["# NACLIP workbook results", ""]
     if banner:
         lines += [f"> **{banner}**", ""]
     if any(e.random_weights for e in entries):
         lines += [f"> **{RANDOM_BANNER}** (runs marked below)", ""]
-    lines += [f"The same with every table and figure on one page: [{INDEX_HTML}]({INDEX_HTML}). Regenerate with "
-              f"`naclip workbook run`; `naclip workbook list` shows each run's state. Written {written}.", "",
-              "| study | run | state | weights | seconds |", "|---|---|---|---|---|"]
+    lines += [
+        f"The same with every table and figure on one page: [{INDEX_HTML}]({INDEX_HTML}). Regenerate with "
+        f"`naclip workbook run`; `naclip workbook list` shows each run's state. Written {written}.",
+        "",
+        "| study | run | state | weights | seconds |",
+        "|---|---|---|---|---|",
+    ]
     for e in entries:
         seconds = f"{e.record['seconds']:.1f}" if "seconds" in e.record else ""
         lines.append(f"| {e.study.name} | [{e.name}](#{e.anchor}) | {e.state} | {_weights(e)} | {seconds} |")
@@ -191,8 +206,7 @@ dl { font-size: 0.9em; } dt { font-weight: bold; float: left; clear: left; width
 def _table_html(path: Path) -> str:
     frame = pd.read_csv(path)
     shown = frame.head(MAX_ROWS)
-    body = shown.to_html(index=False, na_rep="", border=0, classes="data",
-                         float_format=lambda v: f"{v:.4g}")
+    body = shown.to_html(index=False, na_rep="", border=0, classes="data", float_format=lambda v: f"{v:.4g}")
     more = f"<p>{len(frame) - MAX_ROWS} more rows in the CSV.</p>" if len(frame) > MAX_ROWS else ""
     return f'<div class="scroll">{body}</div>{more}'
 
@@ -200,9 +214,10 @@ def _table_html(path: Path) -> str:
 def _html_run(entry: Entry, results: Path) -> str:
     esc = html.escape
     state = entry.state.split(" ")[0]
-    parts = [f'<div class="run{" random" if entry.random_weights else ""}" id="{entry.anchor}">',
-             f'<h3>{esc(entry.study.name)}/{esc(entry.name)} <span class="state {state}">{esc(entry.state)}</span>'
-             "</h3>"]
+    parts = [
+        f'<div class="run{" random" if entry.random_weights else ""}" id="{entry.anchor}">',
+        f'<h3>{esc(entry.study.name)}/{esc(entry.name)} <span class="state {state}">{esc(entry.state)}</span></h3>',
+    ]
     if entry.random_weights:
         parts.append(f'<p class="banner">{esc(RANDOM_BANNER)}</p>')
     if entry.record.get("note"):
@@ -210,39 +225,55 @@ def _html_run(entry: Entry, results: Path) -> str:
     changed = changed_parameters(entry.record.get("parameters") or {}, entry.study)
     items = [("weights", esc(_weights(entry) or "not recorded"))]
     if changed:
-        items.append(("parameters", ", ".join(f"<code>{esc(k)}={esc(repr(v))}</code>" for k, v in changed.items())
-                      + " (others: the notebook's defaults)"))
+        items.append(
+            (
+                "parameters",
+                ", ".join(f"<code>{esc(k)}={esc(repr(v))}</code>" for k, v in changed.items())
+                + " (others: the notebook's defaults)",
+            )
+        )
     items.append(("provenance", esc(_provenance(entry))))
     links = [(n, n) for n in (entry.record.get("notebook"), PARAMETERS) if n and (entry.folder / n).is_file()]
     links += [(t["file"], t["file"]) for t in entry.manifest["tables"]]
     links += [(f["svg"], f["svg"]) for f in entry.manifest["figures"]]
     if links:
-        items.append(("files", " · ".join(f'<a href="{esc(_relative(entry, results, f))}">{esc(label)}</a>'
-                                          for label, f in links)))
+        items.append(
+            (
+                "files",
+                " · ".join(f'<a href="{esc(_relative(entry, results, f))}">{esc(label)}</a>' for label, f in links),
+            )
+        )
     parts.append("<dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items) + "</dl>")
     if "error" in entry.record:
         parts.append(f"<pre>{esc(entry.record['error'].strip()[-3000:])}</pre>")
     for fig in entry.manifest["figures"]:
         data = base64.b64encode((entry.folder / fig["png"]).read_bytes()).decode()
         caption = esc(fig.get("caption") or fig["name"])
-        parts.append(f'<figure><img alt="{caption}" src="data:image/png;base64,{data}">'
-                     f"<figcaption><b>{esc(fig['name'])}</b>: {caption}</figcaption></figure>")
+        parts.append(
+            f'<figure><img alt="{caption}" src="data:image/png;base64,{data}">'
+            f"<figcaption><b>{esc(fig['name'])}</b>: {caption}</figcaption></figure>"
+        )
     for table in entry.manifest["tables"]:
         opened = " open" if table["rows"] <= 60 else ""
         caption = esc(table.get("caption") or "")
-        parts.append(f"<details{opened}><summary><b>{esc(table['name'])}</b> ({table['rows']} rows): {caption}"
-                     f"</summary>{_table_html(entry.folder / table['file'])}</details>")
+        parts.append(
+            f"<details{opened}><summary><b>{esc(table['name'])}</b> ({table['rows']} rows): {caption}"
+            f"</summary>{_table_html(entry.folder / table['file'])}</details>"
+        )
     parts.append("</div>")
     return "\n".join(parts)
 
 
-def _html(entries: list[Entry], results: Path, combined: dict[str, list[Path]], banner: str | None,
-          written: str) -> str:
+def _html(
+    entries: list[Entry], results: Path, combined: dict[str, list[Path]], banner: str | None, written: str
+) -> str:
     esc = html.escape
-    body = ["<h1>NACLIP workbook results</h1>",
-            f"<p>Regenerate with <code>naclip workbook run</code>; <code>naclip workbook list</code> shows each "
-            f"run's state. Written {esc(written)}. Every figure and table of every run is on this page; the files "
-            "are in the folders beside it.</p>"]
+    body = [
+        "<h1>NACLIP workbook results</h1>",
+        f"<p>Regenerate with <code>naclip workbook run</code>; <code>naclip workbook list</code> shows each "
+        f"run's state. Written {esc(written)}. Every figure and table of every run is on this page; the files "
+        "are in the folders beside it.</p>",
+    ]
     if banner:
         body.append(f'<p class="banner">{esc(banner)}</p>')
     if any(e.random_weights for e in entries):
@@ -252,15 +283,19 @@ def _html(entries: list[Entry], results: Path, combined: dict[str, list[Path]], 
         f"<td>{esc(_weights(e))}</td><td>{e.record.get('seconds', '')}</td></tr>"
         for e in entries
     )
-    body.append('<table class="summary"><tr><th>study</th><th>run</th><th>state</th><th>weights</th>'
-                f"<th>seconds</th></tr>{rows}</table>")
+    body.append(
+        '<table class="summary"><tr><th>study</th><th>run</th><th>state</th><th>weights</th>'
+        f"<th>seconds</th></tr>{rows}</table>"
+    )
     for study, group in _by_study(entries):
         body.append(f'<h2 id="{esc(study.name)}">{esc(study.name)}: {esc(study.title)}</h2>')
         for path in combined.get(study.name, []):
             body.append(f'<p>All runs together: <a href="{esc(study.name)}/{esc(path.name)}">{esc(path.name)}</a></p>')
         body += [_html_run(entry, results) for entry in group]
-    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>NACLIP workbook results</title>'
-            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>NACLIP workbook results</title>'
+        f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
 
 
 def write_index(workbook: Workbook, banner: str | None = None) -> list[Path]:

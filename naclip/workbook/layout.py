@@ -31,9 +31,7 @@ class Workbook:
     results: Path
 
     @classmethod
-    def at(
-        cls, notebooks: Path | None = None, params: Path | None = None, results: Path | None = None
-    ) -> Workbook:
+    def at(cls, notebooks: Path | None = None, params: Path | None = None, results: Path | None = None) -> Workbook:
         """The workbook of `notebooks` (default: `find_notebooks()`); params/ and results/ beside it by default."""
         notebooks = Path(notebooks or find_notebooks()).resolve()
         root = notebooks.parent

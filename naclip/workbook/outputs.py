@@ -31,8 +31,12 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     """What a run folder holds: tables, figures, whether its weights were random, and which weights ran."""
     path = Path(run_dir) / MANIFEST
     data = json.loads(path.read_text()) if path.is_file() else {}
-    return {"tables": data.get("tables", []), "figures": data.get("figures", []),
-            "random_weights": data.get("random_weights", False), "weights": data.get("weights", [])}
+    return {
+        "tables": data.get("tables", []),
+        "figures": data.get("figures", []),
+        "random_weights": data.get("random_weights", False),
+        "weights": data.get("weights", []),
+    }
 
 
 class RunOutputs:
@@ -86,8 +90,10 @@ class RunOutputs:
 
     def _check_loaded(self) -> None:
         if not self._loaded:
-            raise RuntimeError("call out.loaded(...) with what ran (the evaluator's rows or the Segmenter) before "
-                               "writing outputs, so that random weights are marked")
+            raise RuntimeError(
+                "call out.loaded(...) with what ran (the evaluator's rows or the Segmenter) before "
+                "writing outputs, so that random weights are marked"
+            )
 
     def table(self, frame: pd.DataFrame, name: str, caption: str = "") -> None:
         """Write `frame` as ``<name>.csv`` (tidy: one row per observation)."""

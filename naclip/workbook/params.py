@@ -80,8 +80,10 @@ def check_parameters(values: Mapping[str, Any], study: Study, where: str) -> Non
             )
         expected = _kind(study.parameters[key])
         if value is not None and expected is not None and _kind(value) != expected:
-            raise ValueError(f"{where}: {key}={value!r}; {study.notebook.name} expects {expected} "
-                             f"(default {study.parameters[key]!r})")
+            raise ValueError(
+                f"{where}: {key}={value!r}; {study.notebook.name} expects {expected} "
+                f"(default {study.parameters[key]!r})"
+            )
 
 
 def read_parameters(path: Path) -> dict[str, Any]:
@@ -173,7 +175,9 @@ def _runs(study: Study, profile: str, files: list[Path], overrides: Mapping[str,
 
 
 def plan(
-    workbook: Workbook, targets: Sequence[str] = (), profile: str = DEFAULT_PROFILE,
+    workbook: Workbook,
+    targets: Sequence[str] = (),
+    profile: str = DEFAULT_PROFILE,
     overrides: Mapping[str, Any] | None = None,
 ) -> list[Run]:
     """The runs of `targets` (study names; every study when empty) under `profile`, with `overrides` (e.g.

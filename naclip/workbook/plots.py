@@ -34,8 +34,17 @@ def _published_handles(published: pd.DataFrame | None) -> list:
     if published is None or not len(published):
         return []
     kinds = sorted(set(published["pamr"])) if "pamr" in published else [False]
-    return [plt.Line2D([], [], marker=PUBLISHED_MARKS[k][0], markersize=PUBLISHED_MARKS[k][1],
-                       label=PUBLISHED_MARKS[k][2], **PUBLISHED_STYLE) for k in kinds]
+    return [
+        plt.Line2D(
+            [],
+            [],
+            marker=PUBLISHED_MARKS[k][0],
+            markersize=PUBLISHED_MARKS[k][1],
+            label=PUBLISHED_MARKS[k][2],
+            **PUBLISHED_STYLE,
+        )
+        for k in kinds
+    ]
 
 
 def _plot_published(ax, xs: Sequence[float], rows: pd.DataFrame, y: str, colour="black") -> None:
@@ -56,8 +65,17 @@ def footnote(fig: Figure, text: str, below: float = 0.0) -> None:
 def mark_random(fig: Figure) -> None:
     """Watermark `fig` across its middle and prefix its title, so it cannot pass for a result."""
     fig.text(
-        0.5, 0.5, RANDOM_MARK, fontsize=28, color="red", alpha=0.25, rotation=20,
-        ha="center", va="center", weight="bold", zorder=100,
+        0.5,
+        0.5,
+        RANDOM_MARK,
+        fontsize=28,
+        color="red",
+        alpha=0.25,
+        rotation=20,
+        ha="center",
+        va="center",
+        weight="bold",
+        zorder=100,
     )
     title = fig._suptitle.get_text() if fig._suptitle is not None else ""
     fig.suptitle(f"[{RANDOM_MARK}] {title}".strip(), color="red", weight="bold")
@@ -118,8 +136,12 @@ def metric_bars(
                 if ref is not None and len(ref):
                     marks = ref[(ref[hue] == level) & ref[x].isin(xs)]
                     _plot_published(ax, [xs.index(v) + offset for v in marks[x]], marks, y)
-            ax.set_xticks(range(len(xs)), [str(v) for v in xs], rotation=30 if len(xs) > 4 else 0, ha="right"
-                          if len(xs) > 4 else "center")
+            ax.set_xticks(
+                range(len(xs)),
+                [str(v) for v in xs],
+                rotation=30 if len(xs) > 4 else 0,
+                ha="right" if len(xs) > 4 else "center",
+            )
             ax.set_xlabel(xlabel or x)
             ax.set_ylabel(ylabel)
             if panel is not None:
@@ -164,8 +186,13 @@ def sweep_lines(
         extra = _published_handles(published)
         for handle in extra:
             handle.set_label(f"{handle.get_label()} (colour: {hue})")
-        ax.legend(handles=[*handles, *extra], labels=[*names, *(h.get_label() for h in extra)],
-                  loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        ax.legend(
+            handles=[*handles, *extra],
+            labels=[*names, *(h.get_label() for h in extra)],
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+            frameon=False,
+        )
         ax.set_xlabel(xlabel or x)
         ax.set_ylabel(ylabel)
         fig.suptitle(title)
@@ -207,8 +234,15 @@ def image_grid(
         columns = max(1, min(len(legend), int(1.6 * count)))
         lines = -(-len(legend) // columns)
         handles = [Patch(color=np.asarray(colour) / 255, label=name) for name, colour in legend.items()]
-        fig.legend(handles=handles, loc="upper center", ncol=columns, frameon=False, bbox_to_anchor=(0.5, 0.0),
-                   fontsize=size, handlelength=1.5)
+        fig.legend(
+            handles=handles,
+            loc="upper center",
+            ncol=columns,
+            frameon=False,
+            bbox_to_anchor=(0.5, 0.0),
+            fontsize=size,
+            handlelength=1.5,
+        )
     footnote(fig, note, below=lines * 1.6 * size / 72)
     return fig
 
@@ -225,8 +259,13 @@ def attention_maps(
     `maps[method]` is (len(patches), h, w) attention weights; they are drawn over the image, stretched to it.
     """
     methods = list(maps)
-    fig, axes = plt.subplots(len(patches), 1 + len(methods), figsize=(2.8 * (1 + len(methods)), 2.8 * len(patches)),
-                             squeeze=False, layout="constrained")  # the image column has no colour bar: packed tight
+    fig, axes = plt.subplots(
+        len(patches),
+        1 + len(methods),
+        figsize=(2.8 * (1 + len(methods)), 2.8 * len(patches)),
+        squeeze=False,
+        layout="constrained",
+    )  # the image column has no colour bar: packed tight
     height, width = image.shape[:2]
     cell_h, cell_w = height / grid[0], width / grid[1]
     for r, (pr, pc) in enumerate(patches):
@@ -235,10 +274,12 @@ def attention_maps(
         axes[r, 0].set_ylabel(f"patch ({pr}, {pc})")
         for c, method in enumerate(methods, 1):
             axes[r, c].imshow(image)
-            shown = axes[r, c].imshow(maps[method][r], cmap="jet", alpha=0.55, extent=(0, width, height, 0),
-                                      interpolation="nearest")
-            axes[r, c].add_patch(Rectangle((pc * cell_w, pr * cell_h), cell_w, cell_h, fill=False, color="white",
-                                           lw=1.5))
+            shown = axes[r, c].imshow(
+                maps[method][r], cmap="jet", alpha=0.55, extent=(0, width, height, 0), interpolation="nearest"
+            )
+            axes[r, c].add_patch(
+                Rectangle((pc * cell_w, pr * cell_h), cell_w, cell_h, fill=False, color="white", lw=1.5)
+            )
             fig.colorbar(shown, ax=axes[r, c], fraction=0.046, pad=0.02, label="attention")
         for c, name in enumerate(["image (query patch boxed)", *methods]):
             axes[0, c].set_title(name, fontsize=10)
@@ -252,8 +293,13 @@ def attention_maps(
 def kernel_panels(biases: Mapping[float, np.ndarray], patch: tuple[int, int], title: str = "") -> Figure:
     """The Gaussian bias of one patch over the grid for several sigmas, plus its profile along the patch's row."""
     sigmas = list(biases)
-    fig, axes = plt.subplots(1, len(sigmas) + 1, figsize=(3.0 * len(sigmas) + 5.5, 3.6), layout="constrained",
-                             gridspec_kw={"width_ratios": [1] * len(sigmas) + [1.8]})
+    fig, axes = plt.subplots(
+        1,
+        len(sigmas) + 1,
+        figsize=(3.0 * len(sigmas) + 5.5, 3.6),
+        layout="constrained",
+        gridspec_kw={"width_ratios": [1] * len(sigmas) + [1.8]},
+    )
     for ax, sigma in zip(axes, sigmas, strict=False):
         shown = ax.imshow(biases[sigma], cmap="viridis", vmin=0, vmax=1)
         ax.plot(patch[1], patch[0], marker="x", color="red")

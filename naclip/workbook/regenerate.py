@@ -100,8 +100,7 @@ def regenerate(
     chosen.workbook.results.mkdir(parents=True, exist_ok=True)
     with notebook_kernel() as kernel:
         execute = executor or papermill_executor(kernel, lines=jobs > 1)
-        report = execute_runs(chosen.runs, chosen.workbook, execute, force=force, note=chosen.note, jobs=jobs,
-                              log=log)
+        report = execute_runs(chosen.runs, chosen.workbook, execute, force=force, note=chosen.note, jobs=jobs, log=log)
     for index in write_index(chosen.workbook, chosen.banner):
         log(f"index: {index}")
     return report

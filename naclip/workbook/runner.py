@@ -63,8 +63,12 @@ def _digest(path: Path) -> str:
 
 def run_key(run: Run) -> dict[str, Any]:
     """What a complete run must still match: its notebook, its parameters, naclip's version and code."""
-    return {"notebook": _digest(run.study.notebook), "parameters": run.parameters,
-            "naclip_version": naclip.__version__, "code": code_digest()}
+    return {
+        "notebook": _digest(run.study.notebook),
+        "parameters": run.parameters,
+        "naclip_version": naclip.__version__,
+        "code": code_digest(),
+    }
 
 
 @dataclass(frozen=True)
@@ -225,11 +229,27 @@ def _engine() -> str:
 
     class Engine(NBClientEngine):
         @classmethod
-        def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, start_timeout=60,
-                                     execution_timeout=None, console=None, label="", lines=False, **kwargs):
+        def execute_managed_notebook(
+            cls,
+            nb_man,
+            kernel_name,
+            log_output=False,
+            start_timeout=60,
+            execution_timeout=None,
+            console=None,
+            label="",
+            lines=False,
+            **kwargs,
+        ):
             kwargs = {k: v for k, v in kwargs.items() if k not in ("input_path", "timeout", "startup_timeout")}
-            client = Client(nb_man, kernel_name=kernel_name, log_output=log_output, startup_timeout=start_timeout,
-                            timeout=execution_timeout, **kwargs)
+            client = Client(
+                nb_man,
+                kernel_name=kernel_name,
+                log_output=log_output,
+                startup_timeout=start_timeout,
+                timeout=execution_timeout,
+                **kwargs,
+            )
             client.bars = ConsoleBars(console, label, lines) if console is not None else None
             return client.execute()
 
@@ -248,8 +268,14 @@ def notebook_kernel() -> Iterator[str]:
         spec_dir.mkdir(parents=True)
         spec = {
             # log_level: the kernel's start-up notices are not the study's output
-            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
-                     "--IPKernelApp.log_level=CRITICAL"],
+            "argv": [
+                sys.executable,
+                "-m",
+                "ipykernel_launcher",
+                "-f",
+                "{connection_file}",
+                "--IPKernelApp.log_level=CRITICAL",
+            ],
             "display_name": "naclip workbook",
             "language": "python",
         }
@@ -273,9 +299,17 @@ def papermill_executor(kernel_name: str, console: TextIO | None = sys.stderr, li
         import papermill
 
         papermill.execute_notebook(
-            str(notebook), str(output), parameters=parameters, kernel_name=kernel_name, cwd=str(cwd),
-            progress_bar=False, log_output=False, engine_name=_engine(), console=console,
-            label=f"{notebook.stem}/{parameters['run']}", lines=lines,
+            str(notebook),
+            str(output),
+            parameters=parameters,
+            kernel_name=kernel_name,
+            cwd=str(cwd),
+            progress_bar=False,
+            log_output=False,
+            engine_name=_engine(),
+            console=console,
+            label=f"{notebook.stem}/{parameters['run']}",
+            lines=lines,
         )
 
     return execute
@@ -353,8 +387,11 @@ def execute_runs(
             log(f"{label}: FAILED after {time.perf_counter() - start:.1f}s")
             return record["error"]
         manifest = read_manifest(folder)
-        record.update(seconds=round(time.perf_counter() - start, 2), random_weights=manifest["random_weights"],
-                      weights=manifest["weights"])
+        record.update(
+            seconds=round(time.perf_counter() - start, 2),
+            random_weights=manifest["random_weights"],
+            weights=manifest["weights"],
+        )
         write_json(record, folder / MARKER)
         log(f"{label}: done in {record['seconds']:.1f}s")
         return None
