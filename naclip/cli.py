@@ -12,7 +12,8 @@ from naclip.datasets import cli as data_cli
 from naclip.evaluation import cli as eval_cli
 from naclip.workbook import cli as workbook_cli
 
-# Each subcommand module exposes `register(subparsers)`, which adds its parser and sets `func`.
+# Each subcommand module exposes `register(subparsers, argv)`, which adds its parser and sets `func`; `argv` is the
+# command line about to be parsed (`naclip eval --method resclip --help` lists ResCLIP's own flags).
 SUBCOMMANDS = [segment_cli, eval_cli, data_cli, workbook_cli]
 
 
@@ -23,11 +24,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = _Parser(prog="naclip", description="Training-free open-vocabulary semantic segmentation (NACLIP).")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module in SUBCOMMANDS:
-        module.register(subparsers)
+        module.register(subparsers, argv)
     return parser
 
 
@@ -36,7 +37,8 @@ INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGIN
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; an error is one line on stderr (exit 2), Ctrl-C one line saying what was kept (130)."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as interrupt:

@@ -1,55 +1,59 @@
 """Dense patch features from an open_clip ViT whose last block is replaced at inference time.
 
-The forward pass is split in two so that sweeps reuse work: `trunk` runs every block but the
-last (it depends only on the image), `head` runs the modified last block, `ln_post` and `proj`
-(it depends on the attention variant, the architecture and sigma).
+The forward pass is split in two so that sweeps reuse work: `run_trunk` runs every block but the
+last (it depends only on the image); a head then runs a modified last block on its output. The
+public last-block API that heads build on (shapes for a batch of B windows of h x w patches,
+T = 1 + h*w tokens, [CLS] first):
+
+- `last_qkv(trunk)`: the last block's per-head q, k, v of `ln_1(trunk.tokens)`, a `QKV` of
+  (B, heads, T, head_dim) each, computed once per trunk and kept on it for every setting of a sweep;
+- `qkv(x, block)`: the same for any block and tokens (B, N, width);
+- `attend(weights, v)`: weights (B, heads, T, T) applied to values, heads merged, out-projected:
+  (B, T, width);
+- `finish_block(tokens, attended, arch)`: the rest of the block per architecture (residual, FFN);
+- `project(x)`: `ln_post`, then `proj`, [CLS] dropped: (B, h*w, embed_dim);
+- `last_block(trunk, grid, attention, arch, sigma)`: all of it with an attention variant.
+The Gaussian bias is `naclip.attention.neighbourhood_bias`; earlier blocks' tokens and attention
+weights come with the trunk when a head's `Taps` ask for them.
 """
 
 from __future__ import annotations
 
 import functools
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
-from naclip.attention import gaussian_bias, get_attention
+from naclip.attention import QKV, get_attention, neighbourhood_bias
+from naclip.registry import Registry
 
-Attend = Callable[[Tensor], Tensor]
-ArchitectureFn = Callable[[nn.Module, Tensor, Attend], Tensor]
-ARCHITECTURES: dict[str, ArchitectureFn] = {}
+# fn(block, tokens, attended) -> the block's output tokens, where `attended` is the out-projected
+# attention of ln_1(tokens) (see `DenseEncoder.attend`).
+ArchitectureFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+ARCHITECTURES: Registry[ArchitectureFn] = Registry("architecture")
 
 
 def register_architecture(name: str) -> Callable[[ArchitectureFn], ArchitectureFn]:
-    """Register `fn(block, x, attend) -> x` for the last block under `name`."""
-
-    def decorate(fn: ArchitectureFn) -> ArchitectureFn:
-        ARCHITECTURES[name] = fn
-        return fn
-
-    return decorate
-
-
-def check_architecture(name: str) -> None:
-    if name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r}; expected one of {sorted(ARCHITECTURES)}")
+    """Register `fn(block, tokens, attended) -> tokens` for the last block under `name`."""
+    return ARCHITECTURES.decorator(name)
 
 
 @register_architecture("vanilla")
-def vanilla_block(block: nn.Module, x: Tensor, attend: Attend) -> Tensor:
+def vanilla_block(block: nn.Module, tokens: Tensor, attended: Tensor) -> Tensor:
     """The block as trained: residual connections and the feed-forward network kept."""
-    x = x + block.ls_1(attend(block.ln_1(x)))
+    x = tokens + block.ls_1(attended)
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 @register_architecture("reduced")
-def reduced_block(block: nn.Module, x: Tensor, attend: Attend) -> Tensor:
+def reduced_block(block: nn.Module, tokens: Tensor, attended: Tensor) -> Tensor:
     """NACLIP's reduced block: attention only, no residual, no feed-forward network."""
-    return block.ls_1(attend(block.ln_1(x)))
+    return block.ls_1(attended)
 
 
 def interpolate_positions(positions: Tensor, native: tuple[int, int], grid: tuple[int, int]) -> Tensor:
@@ -86,11 +90,22 @@ class Taps:
 
 @dataclass
 class Trunk:
-    """The trunk's output for a batch of images, with the taps that were asked for."""
+    """The trunk's output for a batch of images, with the taps that were asked for.
+
+    It is also the context of everything computed once from it for all the settings of a sweep
+    (`kept`): the last block's projections (`DenseEncoder.last_qkv`), a head's own shared values.
+    """
 
     tokens: Tensor  # (B, 1 + h*w, width) entering the last block
     layers: dict[int, Tensor] = field(default_factory=dict)  # block -> output tokens (B, 1 + h*w, width)
     attention: dict[int, Tensor] = field(default_factory=dict)  # block -> attention weights (B, heads, T, T)
+    _kept: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    def kept(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """`compute()` the first time `key` is asked for on this trunk, the same object after that."""
+        if key not in self._kept:
+            self._kept[key] = compute()
+        return self._kept[key]
 
 
 def attention_softmax(q: Tensor, k: Tensor) -> Tensor:
@@ -131,11 +146,20 @@ class DenseEncoder:
         self.patch_size = visual.conv1.kernel_size
         self.native_grid = tuple(visual.grid_size)
         self._positions = functools.lru_cache(maxsize=16)(self._interpolated_positions)
-        self._head_qkv: dict[int, tuple[Tensor, tuple[Tensor, Tensor, Tensor]]] = {}  # see _last_qkv
 
     @property
     def dtype(self) -> torch.dtype:
         return self.visual.conv1.weight.dtype
+
+    @property
+    def last(self) -> nn.Module:
+        """The last residual block, the one heads replace."""
+        return self.visual.transformer.resblocks[-1]
+
+    @property
+    def depth(self) -> int:
+        """The number of blocks; the trunk runs blocks 0 .. depth - 2."""
+        return len(self.visual.transformer.resblocks)
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """The patch grid of an input of this size (partial patches at the border are dropped)."""
@@ -177,67 +201,57 @@ class DenseEncoder:
     def _block_with_attention(self, block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
         """One trunk block on (B, T, width) tokens, restated; also its attention weights (B, heads, T, T)."""
         check_last_block(block)
-        q, k, v = self._qkv(block.ln_1(x), block)
-        weights = attention_softmax(q, k)
-        attended = block.attn.out_proj((weights @ v).transpose(1, 2).reshape(x.shape))
-        x = x + block.ls_1(attended)
+        p = self.qkv(block.ln_1(x), block)
+        weights = attention_softmax(p.q, p.k)
+        x = x + block.ls_1(self.attend(weights, p.v, block))
         return x + block.ls_2(block.mlp(block.ln_2(x))), weights
 
-    def _qkv(self, x: Tensor, block: nn.Module | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-head q, k, v (B, heads, T, head_dim) of a block's attention (default: the last block's)."""
-        attn = (block or self.visual.transformer.resblocks[-1]).attn
+    def qkv(self, x: Tensor, block: nn.Module | None = None) -> QKV:
+        """Per-head q, k, v (B, heads, N, head_dim) of a block's attention (default: the last), tokens (B, N, width)."""
+        attn = (block or self.last).attn
         batch, tokens, width = x.shape
-        qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+        qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)  # (B, N, 3 * width)
         qkv = qkv.reshape(batch, tokens, 3, attn.num_heads, width // attn.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, tokens, head_dim)
-        return q, k, v
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, N, head_dim)
+        return QKV(q, k, v)
 
-    def _last_qkv(self, tokens: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The last block's q, k, v of `x`, computed once per trunk output for all the variants of a sweep.
+    def last_qkv(self, trunk: Trunk) -> QKV:
+        """The last block's q, k, v of `ln_1(trunk.tokens)`, computed once per trunk for every setting of a sweep."""
+        return trunk.kept("last_qkv", lambda: self.qkv(self.last.ln_1(trunk.tokens)))
 
-        Kept while `tokens` (the trunk's output) lives, and reused only for an identical `x`.
-        """
-        key = id(tokens)
-        kept = self._head_qkv.get(key)
-        if kept is not None and kept[0].shape == x.shape and torch.equal(kept[0], x):
-            return kept[1]
-        qkv = self._qkv(x)
-        if kept is None:
-            weakref.finalize(tokens, self._head_qkv.pop, key, None)
-        self._head_qkv[key] = (x, qkv)
-        return qkv
+    def attend(self, weights: Tensor, v: Tensor, block: nn.Module | None = None) -> Tensor:
+        """Attention weights (B, heads or 1, N, N) applied to values (B, heads, N, head_dim), heads side by side,
+        then the block's (default: the last) out-projection: (B, N, width)."""
+        out = weights @ v  # (B, heads, N, head_dim)
+        out = out.transpose(1, 2).flatten(2)  # (B, N, width)
+        return (block or self.last).attn.out_proj(out)
 
-    def _omega(self, attention: str, grid: tuple[int, int], sigma: float, like: Tensor) -> Tensor | None:
-        if not get_attention(attention).neighbourhood:
-            return None
-        return gaussian_bias(grid[0], grid[1], float(sigma), like.device, like.dtype)
+    def finish_block(self, tokens: Tensor, attended: Tensor, arch: str) -> Tensor:
+        """The last block's output (B, T, width) from its input `tokens` and their `attend`ed attention."""
+        return ARCHITECTURES.get(arch)(self.last, tokens, attended)
 
-    @torch.no_grad()
-    def attention_weights(self, tokens: Tensor, grid: tuple[int, int], attention: str, sigma: float) -> Tensor:
-        """Last-block attention weights (B, heads, T, T) of a variant on trunk tokens."""
-        q, k, _ = self._last_qkv(tokens, self.visual.transformer.resblocks[-1].ln_1(tokens))
-        return get_attention(attention).fn(q, k, self._omega(attention, grid, sigma, q))
-
-    @torch.no_grad()
-    def head(self, tokens: Tensor, grid: tuple[int, int], attention: str, arch: str, sigma: float) -> Tensor:
-        """Patch features (B, h*w, embed_dim) from trunk tokens through the modified last block."""
-        variant = get_attention(attention)
-        check_architecture(arch)
-        block = self.visual.transformer.resblocks[-1]
-
-        def attend(x: Tensor) -> Tensor:
-            q, k, v = self._last_qkv(tokens, x)
-            weights = variant.fn(q, k, self._omega(attention, grid, sigma, q))
-            out = (weights @ v).transpose(1, 2).reshape(x.shape)
-            return block.attn.out_proj(out)
-
-        x = ARCHITECTURES[arch](block, tokens, attend)
+    def project(self, x: Tensor, drop_cls: bool = True) -> Tensor:
+        """`ln_post`, then the projection to the joint embedding (when the model has one) of tokens (B, T, width);
+        (B, T - 1, embed_dim) without [CLS] (first) by default."""
         x = self.visual.ln_post(x)
         if self.visual.proj is not None:
             x = x @ self.visual.proj
-        return x[:, 1:]
+        return x[:, 1:] if drop_cls else x
+
+    @torch.no_grad()
+    def attention_weights(self, trunk: Trunk, grid: tuple[int, int], attention: str, sigma: float) -> Tensor:
+        """A variant's last-block attention weights (B, heads, T, T) on the trunk's tokens."""
+        p = self.last_qkv(trunk)
+        return get_attention(attention).fn(p, neighbourhood_bias(attention, grid, sigma, p.q))
+
+    @torch.no_grad()
+    def last_block(self, trunk: Trunk, grid: tuple[int, int], attention: str, arch: str, sigma: float) -> Tensor:
+        """Patch features (B, h*w, embed_dim): the last block with an attention variant and architecture."""
+        weights = self.attention_weights(trunk, grid, attention, sigma)
+        attended = self.attend(weights, self.last_qkv(trunk).v)
+        return self.project(self.finish_block(trunk.tokens, attended, arch))
 
     def features(self, images: Tensor, attention: str, arch: str, sigma: float) -> Tensor:
         """Patch features (B, h*w, embed_dim) for images (B, 3, H, W)."""
         grid = self.grid(*images.shape[-2:])
-        return self.head(self.trunk(images), grid, attention, arch, sigma)
+        return self.last_block(self.run_trunk(images), grid, attention, arch, sigma)

@@ -1,33 +1,38 @@
 """Heads: how a method turns the trunk's output into patch features.
 
-The default head, ``last_block``, runs the replaced last block (`Settings.attention`, `.arch`,
-`.sigma`) on the trunk's tokens. A method that needs more (earlier blocks' tokens or attention
-weights, several passes, the text queries or the window images) registers its own head::
+A head is one decorated function with what it needs declared beside it::
 
-    @register_head("mine", taps=lambda settings: Taps(attention=frozenset({5, 6})))
+    @register_head("mine", params=MineParams, taps=lambda settings: Taps(attention=frozenset({5})))
     def mine(inputs: HeadInput, settings: Settings) -> Tensor:
-        ...  # inputs.trunk.attention[5]: (n, heads, T, T)
+        ...  # inputs.trunk.attention[5]: (n, heads, T, T); settings.params: a MineParams
         return features  # (n, h*w, embed_dim)
 
-A head may also say what its last-layer attention is, for inspection (`Segmenter.patch_attention`,
-the attention-map study): `register_head(name, taps=..., attention=fn)` with `fn(inputs, settings)`
-returning the weights that mix the last layer's values, (n, heads or 1, T, T) over all tokens
-([CLS] first) or (n, heads or 1, h*w, h*w) between patches. It should share its computation with
-the head (`naclip/methods/resclip.py`, `scclip.py`).
+- `params`: the `Params` dataclass of the method's own parameters (flags, variants, provenance);
+- `taps`: the earlier blocks' tokens or attention weights it reads (kept only when asked);
+- `attention`: optionally, what its last layer applies, for inspection (`Segmenter.patch_attention`,
+  the attention-map study): `fn(inputs, settings)` returning (n, heads or 1, T, T) over all tokens
+  ([CLS] first) or (n, heads or 1, h*w, h*w) between patches, computed by the function the head uses;
+- `models`: second frozen models (`naclip.second_model.SecondModel`) whose features it reads from
+  `inputs.models[name]`.
 
-The trunk runs once per image for every variant of a run; it keeps the union of the taps that
-the variants' heads declare, and nothing when they declare none.
+The default head, ``last_block``, runs the replaced last block (`LastBlockParams`: attention
+variant, architecture, sigma) through the encoder's public last-block API (`naclip.encoder`). The
+trunk runs once per image for every variant of a run; values a head computes once per trunk for
+all of them go through `inputs.trunk.kept`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from naclip.encoder import DenseEncoder, Taps, Trunk
-from naclip.settings import Settings
+from naclip.attention import ATTENTIONS, get_attention
+from naclip.encoder import ARCHITECTURES, DenseEncoder, Taps, Trunk
+from naclip.registry import Registry
+from naclip.second_model import SecondModel
+from naclip.settings import Params, Settings, option
 
 HeadFn = Callable[["HeadInput", Settings], Tensor]
 AttentionFn = Callable[["HeadInput", Settings], Tensor]
@@ -38,48 +43,73 @@ class HeadInput:
     """Everything a head may use for a batch of n windows."""
 
     encoder: DenseEncoder
-    trunk: Trunk  # tokens entering the last block, and the declared taps
+    trunk: Trunk  # tokens entering the last block, the declared taps, values kept for the whole sweep
     grid: tuple[int, int]  # (h, w) patch grid of each window
     windows: Tensor  # (n, 3, H, W) the normalised window images the trunk saw (padded if the protocol pads)
     queries: Tensor  # (Q, embed_dim) L2-normalised text embeddings, in the scoring dtype
+    models: dict[str, Tensor] = field(default_factory=dict)  # second model -> its features (n, D, h', w')
 
 
 @dataclass(frozen=True)
 class Head:
     name: str
     fn: HeadFn
+    params: type[Params]
     taps: Callable[[Settings], Taps]
     attention: AttentionFn | None = None  # the last layer's attention weights, for inspection
+    models: tuple[SecondModel, ...] = ()
 
 
-HEADS: dict[str, Head] = {}
+HEADS: Registry[Head] = Registry("head")
 
 
 def register_head(
-    name: str, taps: Callable[[Settings], Taps] = lambda settings: Taps(), attention: AttentionFn | None = None
+    name: str,
+    params: type[Params] = Params,
+    taps: Callable[[Settings], Taps] = lambda settings: Taps(),
+    attention: AttentionFn | None = None,
+    models: tuple[SecondModel, ...] = (),
 ) -> Callable[[HeadFn], HeadFn]:
-    """Register `fn(inputs, settings) -> (n, h*w, embed_dim)` features under `name`, with the taps it needs
-    and, optionally, `attention(inputs, settings)`: its last layer's attention weights (see the module)."""
+    """Register `fn(inputs, settings) -> (n, h*w, embed_dim)` features under `name`, with its parameters, the
+    taps it needs, optionally its last layer's attention weights and its second models (see the module)."""
 
     def decorate(fn: HeadFn) -> HeadFn:
-        HEADS[name] = Head(name, fn, taps, attention)
+        HEADS.register(name, Head(name, fn, params, taps, attention, tuple(models)))
         return fn
 
     return decorate
 
 
 def get_head(name: str) -> Head:
-    if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; expected one of {sorted(HEADS)}")
-    return HEADS[name]
+    return HEADS.get(name)
+
+
+@dataclass(frozen=True)
+class LastBlockParams(Params):
+    """The replaced last block: its attention variant, its architecture, and the Gaussian bias's sigma."""
+
+    attention: str = option("naclip", "method", "last-block attention variant", choices=lambda: sorted(ATTENTIONS))
+    arch: str = option(
+        "reduced",
+        "method",
+        "last-block architecture: reduced drops the residual and FFN",
+        choices=lambda: sorted(ARCHITECTURES),
+    )
+    sigma: float = option(5.0, "method", "std of the Gaussian neighbourhood bias, in patches", lambda v: v >= 0, ">= 0")
+
+    def check(self) -> None:
+        if get_attention(self.attention).neighbourhood and not self.sigma > 0:
+            raise ValueError(f"attention {self.attention!r} needs sigma > 0, got sigma={self.sigma}")
 
 
 def last_block_attention(inputs: HeadInput, settings: Settings) -> Tensor:
     """The attention variant's last-block weights (n, heads, T, T) on the trunk's tokens."""
-    return inputs.encoder.attention_weights(inputs.trunk.tokens, inputs.grid, settings.attention, settings.sigma)
+    p = settings.params
+    return inputs.encoder.attention_weights(inputs.trunk, inputs.grid, p.attention, p.sigma)
 
 
-@register_head("last_block", attention=last_block_attention)
+@register_head("last_block", params=LastBlockParams, attention=last_block_attention)
 def last_block(inputs: HeadInput, settings: Settings) -> Tensor:
     """The last block with an attention variant and architecture: NACLIP, SCLIP, ClearCLIP, MaskCLIP, CLIP."""
-    return inputs.encoder.head(inputs.trunk.tokens, inputs.grid, settings.attention, settings.arch, settings.sigma)
+    p = settings.params
+    return inputs.encoder.last_block(inputs.trunk, inputs.grid, p.attention, p.arch, p.sigma)

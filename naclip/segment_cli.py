@@ -18,7 +18,7 @@ from naclip.segmenter import Segmenter
 from naclip.viz import label_image, overlay
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction, argv: Sequence[str] = ()) -> None:
     parser = subparsers.add_parser(
         "segment",
         help="segment your images with your own class names",
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("segmentations"), help="output folder")
     parser.add_argument("--save-probs", action="store_true", help="also write per-class probabilities (.npy)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours")
-    add_settings_arguments(parser)
+    add_settings_arguments(parser, argv)
     parser.set_defaults(func=run)
 
 

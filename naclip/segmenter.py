@@ -15,13 +15,14 @@ from PIL import Image
 from torch import Tensor
 
 from naclip.backbone import load_clip
-from naclip.datasets.benchmarks import get_preset
-from naclip.encoder import DenseEncoder, Taps, Trunk
-from naclip.heads import HeadInput, get_head
+from naclip.benchmarks import get_benchmark
+from naclip.encoder import DenseEncoder, Taps
+from naclip.heads import Head, HeadInput
 from naclip.labels import best_class
-from naclip.methods import get_method
+from naclip.methods.registry import get_method
 from naclip.pamr import affinity, propagate
 from naclip.preprocess import check_size, load_image, prepare
+from naclip.second_model import load_second_model, requested_weights, weights_identity
 from naclip.settings import Settings, check_variant
 from naclip.sliding import channels_first, crop_windows, stitch, window_boxes
 from naclip.text import ClassSet, QueryCache, parse_classes, read_class_file
@@ -68,18 +69,25 @@ class Segmenter:
     """Training-free open-vocabulary segmentation with any open_clip ViT.
 
     `Segmenter(method="clearclip")` runs a method with its own default protocol, and keyword
-    overrides of any `Settings` field (`Segmenter(sigma=3, pamr_steps=0)`); `Segmenter(settings)`
-    takes a ready `Settings`. `Segmenter.for_benchmark("voc21", method="sclip")` applies that
-    method's protocol on that benchmark, class file included.
+    overrides of any setting of it (`Segmenter(sigma=3, pamr_steps=0)`); `Segmenter(settings)`
+    takes ready `Settings` (the method is theirs). `Segmenter.for_benchmark("voc21", method="sclip")`
+    applies that method's protocol on that benchmark, class file included. A method's second
+    models (`naclip.second_model`) are loaded once here, beside CLIP.
     """
 
-    def __init__(self, settings: Settings | None = None, *, method: str = "naclip", **overrides: Any):
+    def __init__(self, settings: Settings | None = None, *, method: str | None = None, **overrides: Any):
         overrides = _as_text(overrides)
         if settings is None:
-            settings = get_method(method).settings(**overrides)
-        elif overrides:
-            settings = settings.replace(**overrides)
-        self.settings, self.method, self.benchmark = settings, method, None
+            settings = get_method(method or "naclip").settings(**overrides)
+        else:
+            if method is not None and method != settings.method:
+                raise ValueError(
+                    f"method={method!r} given with settings of method {settings.method!r}; expected one of the two "
+                    f"(get_method({method!r}).settings(...) makes settings of {method!r})"
+                )
+            if overrides:
+                settings = settings.replace(**overrides)
+        self.settings, self.benchmark = settings, None
         self.device = resolve_device(settings.device)
         default = torch.float16 if self.device.type == "cuda" else torch.float32
         self.dtype = getattr(torch, settings.dtype) if settings.dtype else default
@@ -94,24 +102,58 @@ class Segmenter:
                 f"slide_crop={settings.slide_crop} is smaller than the {patch}-pixel patch of {settings.model}; "
                 f"expected 0 (whole image) or at least {patch}"
             )
+        models = self.head(settings).models
+        self.second_weights = requested_weights(settings.vfm_pretrained, models, settings.pretrained is None)
+        self.models = {  # name -> (spec, frozen module)
+            model.name: (
+                model,
+                load_second_model(model, self.second_weights[model.name], self.device, self.dtype, settings.seed),
+            )
+            for model in models
+        }
         cache_dir = Path(settings.cache_dir) if settings.cache_dir else None
         self.text_cache = QueryCache(self._weights_key(), directory=cache_dir)
         self.classes: ClassSet | None = None
         self._queries: tuple[Tensor, tuple[tuple[int, int], ...]] | None = None
 
     @classmethod
-    def for_benchmark(cls, benchmark: str, method: str = "naclip", **overrides: Any) -> Segmenter:
-        """`method` as its authors ran it on `benchmark` (settings and class file); `overrides` on top."""
-        preset = get_preset(benchmark)
+    def for_benchmark(
+        cls,
+        benchmark: str | None,
+        method: str = "naclip",
+        classes: str | os.PathLike | Sequence[str] | None = None,
+        **overrides: Any,
+    ) -> Segmenter:
+        """`method` as its authors ran it on `benchmark` (its settings and class file there), `overrides` on top.
+
+        `benchmark`: a key of `naclip.benchmarks.BENCHMARKS` (an alias, or an embedded sample's name, takes
+        that benchmark's protocol), or None for the method's default protocol. `classes` (class lines or a
+        class file) replaces the class file: the method's own on that benchmark, else the benchmark's.
+        """
         chosen = get_method(method)
-        segmenter = cls(chosen.settings(preset.protocol, **_as_text(overrides)), method=method)
-        segmenter.benchmark = preset.key
-        segmenter.set_classes(chosen.class_file(preset.protocol) or preset.class_path)
+        key = get_benchmark(benchmark).key if benchmark is not None else None
+        segmenter = cls(chosen.settings(key, **_as_text(overrides)))
+        segmenter.benchmark = benchmark
+        if classes is None and key is not None:
+            classes = chosen.class_file(key) or get_benchmark(key).class_path
+        if classes is not None:
+            segmenter.set_classes(classes)
         return segmenter
 
     @property
+    def method(self) -> str:
+        """The method these settings belong to."""
+        return self.settings.method
+
+    @staticmethod
+    def head(settings: Settings) -> Head:
+        """The head that makes the patch features of `settings`' method."""
+        return get_method(settings.method).head_spec
+
+    @property
     def random_weights(self) -> bool:
-        return self.settings.random_weights
+        """Whether any weights (CLIP's or a second model's) are random: every result is meaningless."""
+        return self.settings.random_weights or any(weights is None for weights in self.second_weights.values())
 
     @property
     def min_side(self) -> int:
@@ -127,15 +169,17 @@ class Segmenter:
         if os.path.isfile(pretrained):
             stat = os.stat(pretrained)
             weights = f"{self.settings.model}|{os.path.abspath(pretrained)}|{stat.st_size}|{stat.st_mtime_ns}"
-        return f"{weights}|{self.dtype}|{self.device.type}"
+        second = "".join(f"|{name}={weights_identity(w)}" for name, w in self.second_weights.items())
+        return f"{weights}{second}|{self.dtype}|{self.device.type}"
 
     @property
     def config(self) -> dict[str, Any]:
-        """Every setting that shapes a prediction, with the method and the device actually used (provenance)."""
-        values = self.settings.to_dict(("backbone", "protocol", "method"))
+        """Every setting that shapes a prediction, the method's own parameters among them, with the device
+        actually used and each second model's weights (provenance)."""
+        values = self.settings.to_dict(("method", "backbone", "protocol"))
         return {
-            "method": self.method,
             **values,
+            "vfm_pretrained": tuple(f"{name}={weights_identity(w)}" for name, w in self.second_weights.items()),
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
         }
@@ -208,21 +252,34 @@ class Segmenter:
         batch = self.settings.window_batch
         taps = Taps()
         for setting in settings:
-            taps = taps | get_head(setting.head).taps(setting)
-        windows, trunks = [], []  # per batch of windows: (n, 3, h, w) images and the trunk's output
+            taps = taps | self.head(setting).taps(setting)
+        # per batch of windows: (n, 3, h, w) images, the trunk's output, the second models' features
+        windows, trunks, features = [], [], []
         for start in range(0, len(boxes), batch):
             part = crop_windows(image, boxes[start : start + batch])  # (n, 3, h, w)
             if any(padding):
                 part = F.pad(part, padding)  # zeros in normalised space: the mean colour
             windows.append(part)
             trunks.append(self.encoder.run_trunk(part, taps))
+            features.append({name: spec.features(module, part) for name, (spec, module) in self.models.items()})
         guides: dict[tuple[int, ...], Tensor] = {}  # PAMR affinities depend only on the image
         workspace = Workspace()  # large buffers, reused by each setting in turn
         results = []
         for setting in settings:
             logits = stitch(
                 lambda part, s=setting: self._window_logits(
-                    trunks[part.start // batch], windows[part.start // batch], window, padding, s, queries[0], workspace
+                    HeadInput(
+                        self.encoder,
+                        trunks[part.start // batch],
+                        self.encoder.grid(*windows[part.start // batch].shape[-2:]),
+                        windows[part.start // batch],
+                        queries[0],
+                        features[part.start // batch],
+                    ),
+                    window,
+                    padding,
+                    s,
+                    workspace,
                 ),
                 boxes,
                 tuple(image.shape[-2:]),
@@ -233,34 +290,44 @@ class Segmenter:
         return results
 
     def variant(self, overrides: Mapping[str, Any]) -> Settings:
-        """These settings with method-group `overrides` (anything else would change the shared trunk)."""
-        check_variant(overrides)
-        return self.settings.replace(**overrides)
+        """These settings with method-group `overrides` (anything else would change the shared trunk).
+
+        `method` in `overrides` switches to that method's own parameters (its preset's; the other
+        overrides apply on top) on this segmenter's trunk: its second models must be this one's.
+        """
+        check_variant(overrides, self.settings.method)
+        settings = self.settings.replace(**overrides)
+        missing = [model.name for model in self.head(settings).models if model.name not in self.models]
+        if missing:
+            raise ValueError(
+                f"a variant of method {settings.method!r} needs second models {missing} that this segmenter (method "
+                f"{self.settings.method!r}) did not load; expected a segmenter of {settings.method!r}"
+            )
+        return settings
 
     def _window_logits(
         self,
-        trunk: Trunk,
-        windows: Tensor,
+        inputs: HeadInput,
         window: tuple[int, int],
         padding: tuple[int, ...],
         settings: Settings,
-        queries: Tensor,
         workspace: Workspace,
     ) -> Iterator[Tensor]:
-        """Per window, (Q, h, w) cosine similarities of its patches to the queries, upsampled to the window.
+        """Per window of `inputs`, (Q, h, w) cosine similarities of its patches to the queries, upsampled to the
+        window (cut back to it where the protocol pads).
 
         Upsampled a few windows at a time (the same values as all at once) into one buffer of
         `workspace`; each window is read before the next chunk overwrites it.
         """
         left, right, top, bottom = padding
         padded = (window[0] + top + bottom, window[1] + left + right)
-        grid = self.encoder.grid(*padded)
+        grid = inputs.grid
         work = torch.promote_types(self.dtype, torch.float32)  # score half-precision features in float32
-        queries = queries.to(work)
-        features = get_head(settings.head).fn(HeadInput(self.encoder, trunk, grid, windows, queries), settings)
+        inputs.queries = queries = inputs.queries.to(work)
+        features = self.head(settings).fn(inputs, settings)
         features = F.normalize(features.to(work), dim=-1)
         logits = features @ queries.T  # (n, h*w, Q)
-        logits = logits.transpose(1, 2).reshape(len(windows), -1, *grid)  # (n, Q, h, w), stored channels-last
+        logits = logits.transpose(1, 2).reshape(len(inputs.windows), -1, *grid)  # (n, Q, h, w), stored channels-last
         per_window = logits.shape[1] * padded[0] * padded[1] * logits.element_size()
         chunk = max(1, min(UPSAMPLE_BYTES // per_window, self.settings.window_batch))
         for part in logits.split(chunk):
@@ -336,9 +403,11 @@ class Segmenter:
         """
         given = {key: value for key, value in (("attention", attention), ("sigma", sigma)) if value is not None}
         settings = self.variant({**overrides, **given})
-        head = get_head(settings.head)
+        head = self.head(settings)
         if head.attention is None:
-            raise ValueError(f"head {settings.head!r} registers no attention function to inspect")
+            raise ValueError(
+                f"head {head.name!r} (method {settings.method!r}) registers no attention function to inspect"
+            )
         tensor = self.prepare(load_image(image)).to(self.device, self.dtype)[None]  # (1, 3, H, W)
         grid = self.encoder.grid(*tensor.shape[-2:])
         trunk = self.encoder.run_trunk(tensor, head.taps(settings))
@@ -347,7 +416,9 @@ class Segmenter:
             queries = self._query_features()[0].to(work)
         else:
             queries = torch.zeros(0, self.clip.visual.output_dim, device=self.device, dtype=work)
-        weights = head.attention(HeadInput(self.encoder, trunk, grid, tensor, queries), settings)[0].float().mean(0)
+        models = {name: spec.features(module, tensor) for name, (spec, module) in self.models.items()}
+        weights = head.attention(HeadInput(self.encoder, trunk, grid, tensor, queries, models), settings)[0]
+        weights = weights.float().mean(0)
         if weights.shape[-1] == 1 + grid[0] * grid[1]:
             weights = weights[1:, 1:]  # [CLS] first: patches only
         return weights.reshape(-1, *grid).cpu().numpy()

@@ -1,49 +1,39 @@
-"""Every option of a segmenter in one typed, frozen object.
+"""Every option of a segmenter in typed, frozen objects.
 
-Each field declares its group, help text and check; the command-line flags (`naclip.options`),
-`--variant` parsing, the method presets (`naclip.methods`) and provenance all derive from it.
+`Settings` holds what every method has, and the method's name; `Settings.params` holds the
+method's own parameters, a `Params` dataclass that the method declares beside its head
+(`naclip/methods/`). Each field declares its group, help text and check; the command-line flags
+(`naclip.options`), `--variant` parsing, the method presets and provenance all derive from them.
 Groups:
-- ``backbone``: which weights run where (`model`, `pretrained`, `device`, `dtype`, `seed`);
+- ``backbone``: which weights run where (`model`, `pretrained`, `device`, `dtype`, `seed`, the
+  weights of a method's second models);
 - ``protocol``: what the image goes through before the model (resize, windows);
-- ``method``: the last block and the post-processing. Only these may vary within one run: a
-  sweep over them reuses the trunk pass (`Segmenter.predict_variants`);
+- ``method``: the method's name, its own parameters and the post-processing. Only these may vary
+  within one run: a sweep over them reuses the trunk pass (`Segmenter.predict_variants`);
 - ``runtime``: how the work is scheduled; never changes a result.
 
-A variant is ``settings.replace(sigma=3)``; values given as text ("3", "8,16", "none") are typed.
+Flat names address both: `settings.replace(sigma=3, pamr_steps=0)` sets a parameter of the method
+and a shared field; `settings.sigma` reads `settings.params.sigma`. A method's parameters are named
+after it (`resclip_rcs_weights`), so one name means one thing across methods. Values given as
+text ("3", "8,16", "none") are typed; a name that belongs to another method is refused naming it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import math
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from naclip.registry import Registry, unknown
 
 GROUPS = ("backbone", "protocol", "method", "runtime")
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _NONE = ("none", "null", "random", "")
-
-
-def _choices_attention() -> list[str]:
-    from naclip.attention import ATTENTIONS
-
-    return sorted(ATTENTIONS)
-
-
-def _choices_arch() -> list[str]:
-    from naclip.encoder import ARCHITECTURES
-
-    return sorted(ARCHITECTURES)
-
-
-def _choices_head() -> list[str]:
-    from naclip.heads import HEADS
-
-    return sorted(HEADS)
 
 
 def option(
@@ -52,7 +42,7 @@ def option(
     help: str,
     check: Callable[[Any], bool] | None = None,
     expect: str = "",
-    choices: Callable[[], list[str]] | tuple[str, ...] | None = None,
+    choices: Callable[[], Iterable[str]] | tuple[str, ...] | None = None,
 ) -> Any:
     """A settings field: default, group, help text, and a check with what it expects."""
     assert group in GROUPS
@@ -60,18 +50,76 @@ def option(
     return field(default=default, metadata=meta)
 
 
-def _positive(value: float) -> bool:
+def positive(value: float) -> bool:
     return value > 0
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything that decides a prediction (and a few things that only schedule it)."""
+class Checked:
+    """A frozen dataclass of `option` fields, typed from text and checked on construction."""
 
+    def __post_init__(self) -> None:
+        kinds = typing.get_type_hints(type(self))
+        for f in option_fields(type(self)):
+            value = coerce_as(f.name, kinds[f.name], getattr(self, f.name))
+            object.__setattr__(self, f.name, value)
+            check, choices = f.metadata["check"], f.metadata["choices"]
+            allowed = list(choices() if callable(choices) else choices or ())
+            if value is not None and allowed and value not in allowed:
+                raise ValueError(f"{f.name}={value!r} is not known; expected one of {', '.join(allowed)}")
+            if check is not None and not check(value):
+                raise ValueError(f"{f.name}={value!r}; expected {f.metadata['expect']}")
+        self.check()
+
+    def check(self) -> None:
+        """Checks across fields (override); raise ValueError naming the values."""
+
+    def to_dict(self, groups: tuple[str, ...] = GROUPS) -> dict[str, Any]:
+        """The fields of `groups` by name."""
+        return {f.name: getattr(self, f.name) for f in option_fields(type(self)) if f.metadata["group"] in groups}
+
+
+def option_fields(cls: type) -> list[dataclasses.Field]:
+    """The `option` fields of a settings class, in declaration order."""
+    return [f for f in dataclasses.fields(cls) if "group" in f.metadata]
+
+
+@dataclass(frozen=True)
+class Params(Checked):
+    """A method's own parameters: subclass as a frozen dataclass of `option` fields named after the method.
+
+    `Params` itself is the empty set (a method without parameters of its own).
+    """
+
+    def replace(self, **changes: Any) -> Params:
+        """A copy with `changes` (field names of this class) applied, typed and checked."""
+        return dataclasses.replace(self, **changes)
+
+
+# The parameters each registered method starts from (its preset's values), by method name; filled by
+# `naclip.methods.registry.register_method`.
+METHOD_PARAMS: Registry[Params] = Registry("method")
+
+
+@dataclass(frozen=True)
+class Settings(Checked):
+    """Everything that decides a prediction (and a few things that only schedule it).
+
+    `params` are the method's own parameters; None takes those of `method` as its preset sets them.
+    """
+
+    method: str = option("naclip", "method", "the method (a registered preset; naclip data list --method NAME)")
     # backbone
     model: str = option("ViT-B-16", "backbone", "open_clip ViT name (ViT-B-16, ViT-B-32, ViT-L-14, ...)")
     pretrained: str | None = option(
         "openai", "backbone", "open_clip tag (openai, laion2b_s34b_b88k, ...), a checkpoint file, or none (random)"
+    )
+    vfm_pretrained: tuple[str, ...] = option(
+        (),
+        "backbone",
+        "weights of the method's second models as NAME=WEIGHTS (a tag, a file, or none); unnamed: each model's "
+        "default (random when pretrained is none)",
+        lambda v: all("=" in entry and entry.split("=", 1)[0] for entry in v),
+        "NAME=WEIGHTS entries, like dino=/path/to/dino.pth",
     )
     device: str = option("auto", "backbone", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     dtype: str | None = option(
@@ -79,26 +127,15 @@ class Settings:
     )
     seed: int = option(0, "backbone", "seed of random weights (pretrained none)")
     # protocol
-    short_side: int = option(336, "protocol", "resize so the short side has this length", _positive, "> 0")
-    long_side: int = option(2048, "protocol", "... and the long side at most this", _positive, "> 0")
+    short_side: int = option(336, "protocol", "resize so the short side has this length", positive, "> 0")
+    long_side: int = option(2048, "protocol", "... and the long side at most this", positive, "> 0")
     slide_crop: int = option(224, "protocol", "sliding-window size (0: whole image at once)", lambda v: v >= 0, ">= 0")
-    slide_stride: int = option(112, "protocol", "sliding-window stride", _positive, "> 0")
+    slide_stride: int = option(112, "protocol", "sliding-window stride", positive, "> 0")
     pad_windows: bool = option(
         False, "protocol", "zero-pad each window to a multiple of the patch size, centred (ClearCLIP)"
     )
-    # method
-    head: str = option(
-        "last_block",
-        "method",
-        "how patch features are made from the trunk",
-        choices=_choices_head,
-    )
-    attention: str = option("naclip", "method", "last-block attention variant", choices=_choices_attention)
-    arch: str = option(
-        "reduced", "method", "last-block architecture: reduced drops the residual and FFN", choices=_choices_arch
-    )
-    sigma: float = option(5.0, "method", "std of the Gaussian neighbourhood bias, in patches", lambda v: v >= 0, ">= 0")
-    logit_scale: float = option(40.0, "method", "softmax temperature applied to cosine similarities", _positive, "> 0")
+    # method: post-processing, shared by every method
+    logit_scale: float = option(40.0, "method", "softmax temperature applied to cosine similarities", positive, "> 0")
     prob_threshold: float = option(
         0.0, "method", "pixels whose top class probability is below this become class 0", lambda v: 0 <= v <= 1, "0..1"
     )
@@ -114,113 +151,24 @@ class Settings:
         (8, 16), "method", "PAMR dilations", lambda v: len(v) > 0 and min(v) >= 1, "positive integers"
     )
     renormalise: bool = option(True, "method", "rescale the returned class probabilities to sum to 1 per pixel")
-    # method: ResCLIP's head (naclip/methods/resclip.py)
-    resclip_rcs_layers: tuple[int, ...] = option(
-        (5, 6, 7, 8),
-        "method",
-        "ResCLIP: trunk blocks (0-based) whose q-k attention maps RCS averages",
-        lambda v: len(v) > 0 and min(v) >= 0,
-        "block indices >= 0",
-    )
-    resclip_rcs_weights: tuple[float, ...] = option(
-        (2.0, 0.6),
-        "method",
-        "ResCLIP: (tau, lambda) of RCS, attention <- tau ((1 - lambda) attention + lambda RCS); 1,0 turns RCS off",
-        lambda v: len(v) == 2 and v[0] > 0 and 0 <= v[1] <= 1,
-        "tau > 0 and 0 <= lambda <= 1, like 2,0.3",
-    )
-    resclip_sfr_weights: tuple[float, ...] = option(
-        (2.1, 0.6),
-        "method",
-        "ResCLIP: (tau, lambda) of SFR, logits <- tau ((1 - lambda) logits + lambda prior); 1,0: off, no first pass",
-        lambda v: len(v) == 2 and v[0] > 0 and 0 <= v[1] <= 1,
-        "tau > 0 and 0 <= lambda <= 1, like 1.8,0.7",
-    )
-    resclip_temp_threshold: float = option(
-        0.1,
-        "method",
-        "ResCLIP: first-pass pixels whose top query probability is below this take query 0",
-        lambda v: 0 <= v <= 1,
-        "0..1",
-    )
-    resclip_delete_same_entity: bool = option(
-        True, "method", "ResCLIP: decay the prior between patches of one query whose path leaves that query"
-    )
-    resclip_whole_path: bool = option(
-        False,
-        "method",
-        "ResCLIP: check the whole path between two patches (the authors' code checks only its first distance/max part)",
-    )
-    # method: SC-CLIP's head (naclip/methods/scclip.py)
-    scclip_neighbours: int = option(
-        30, "method", "SC-CLIP: neighbours of the outlier factor that finds anomaly patch tokens", _positive, "> 0"
-    )
-    scclip_contamination: float = option(
-        0.05,
-        "method",
-        "SC-CLIP: share of patch tokens flagged as anomalies (outlier factor above this upper quantile)",
-        lambda v: 0 <= v < 1,
-        "in [0, 1)",
-    )
-    scclip_pre_layer: int = option(
-        8,
-        "method",
-        "SC-CLIP: trunk block (0-based) whose patch similarity aggregates the tokens and guides the last attention",
-        lambda v: v >= 0,
-        ">= 0",
-    )
-    scclip_post_layer: int = option(
-        3,
-        "method",
-        "SC-CLIP: trunk block (0-based) whose patch similarity aggregates the last block's output",
-        lambda v: v >= 0,
-        ">= 0",
-    )
-    scclip_fusion_layers: tuple[int, ...] = option(
-        (3, 4, 5, 6, 7, 8, 9),
-        "method",
-        "SC-CLIP: trunk blocks (0-based) whose tokens are summed and passed through the last block again",
-        lambda v: len(v) > 0 and min(v) >= 0,
-        "block indices >= 0",
-    )
-    scclip_beta: float = option(
-        0.4,
-        "method",
-        "SC-CLIP: patch similarities below this are left out of the aggregations",
-        lambda v: -1 <= v <= 1,
-        "in [-1, 1]",
-    )
-    scclip_res_cls: float = option(
-        0.3,
-        "method",
-        "SC-CLIP: weight of the [CLS] token added to every patch after the last block",
-        lambda v: v >= 0,
-        ">= 0",
-    )
-    scclip_fix_positions: bool = option(
-        False,
-        "method",
-        "SC-CLIP: put anomaly patches at their own (row, column); false keeps the authors' (i // rows, i % rows), "
-        "the same on square patch grids",
-    )
     # runtime
-    window_batch: int = option(16, "runtime", "windows encoded together (bounds memory)", _positive, "> 0")
+    window_batch: int = option(16, "runtime", "windows encoded together (bounds memory)", positive, "> 0")
     cache_dir: str | None = option(None, "runtime", "where text embeddings are cached (default ~/.cache/naclip)")
+    # the method's own parameters
+    params: Params = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = coerce(f.name, getattr(self, f.name))
-            object.__setattr__(self, f.name, value)
-            check, choices = f.metadata["check"], f.metadata["choices"]
-            allowed = choices() if callable(choices) else choices
-            if value is not None and allowed and value not in allowed:
-                raise ValueError(f"{f.name}={value!r} is not known; expected one of {', '.join(allowed)}")
-            if check is not None and not check(value):
-                raise ValueError(f"{f.name}={value!r}; expected {f.metadata['expect']}")
-        from naclip.attention import get_attention
+        super().__post_init__()
+        preset = METHOD_PARAMS.get(self.method)
+        params = preset if self.params is None else self.params
+        if type(params) is not type(preset):
+            raise ValueError(
+                f"params of type {type(params).__name__} given for method {self.method!r}; expected "
+                f"{type(preset).__name__}"
+            )
+        object.__setattr__(self, "params", params)
 
-        if get_attention(self.attention).neighbourhood and not self.sigma > 0:
-            raise ValueError(f"attention {self.attention!r} needs sigma > 0, got sigma={self.sigma}")
+    def check(self) -> None:
         if self.long_side < self.short_side:
             raise ValueError(f"long_side={self.long_side} is below short_side={self.short_side}; expected >=")
         if self.slide_crop > 0 and self.slide_stride > self.slide_crop:
@@ -229,44 +177,102 @@ class Settings:
                 "windows would never be seen; expected a stride <= the crop"
             )
 
+    def __getattr__(self, name: str) -> Any:
+        """The method's own parameters read through: `settings.sigma` is `settings.params.sigma`."""
+        if name.startswith("__") or name == "params":
+            raise AttributeError(name)
+        params = self.__dict__.get("params")
+        if params is not None and name in {f.name for f in option_fields(type(params))}:
+            return getattr(params, name)
+        owners = owners_of(name)
+        if owners:
+            raise AttributeError(f"{name!r} is a parameter of {', '.join(owners)}, not of {self.method!r}")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def replace(self, **changes: Any) -> Settings:
-        """A copy with `changes` applied (typed from text where needed); unknown keys are refused."""
-        check_keys(changes)
-        return dataclasses.replace(self, **changes)
+        """A copy with `changes` applied (typed from text where needed); names unknown to the method are refused.
+
+        `method` switches to another method's own parameters (as its preset sets them) before the
+        other changes apply.
+        """
+        method = str(changes.get("method", self.method))
+        check_keys(changes, method)
+        own = {key: value for key, value in changes.items() if key in SETTINGS_FIELDS}
+        params = METHOD_PARAMS.get(method) if method != self.method else self.params
+        mine = {key: value for key, value in changes.items() if key not in SETTINGS_FIELDS}
+        return dataclasses.replace(self, **own, params=params.replace(**mine) if mine else params)
 
     def to_dict(self, groups: tuple[str, ...] = GROUPS) -> dict[str, Any]:
-        """The fields of `groups` by name (for provenance, tables and run keys)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["group"] in groups}
+        """The fields of `groups` by name, the method's own parameters flattened in (provenance, tables, keys)."""
+        values = super().to_dict(groups)
+        return {**values, **self.params.to_dict(groups)}
 
     @property
     def random_weights(self) -> bool:
         return self.pretrained is None
 
 
-FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Settings)}
-TYPES: dict[str, Any] = typing.get_type_hints(Settings)
-VARIANT_KEYS: tuple[str, ...] = tuple(name for name, f in FIELDS.items() if f.metadata["group"] == "method")
+SETTINGS_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in option_fields(Settings)}
 
 
-def check_keys(keys: typing.Iterable[str], allowed: typing.Iterable[str] | None = None, what: str = "key") -> None:
-    """ValueError naming an unknown key and the closest known one."""
-    known = list(FIELDS if allowed is None else allowed)
+def params_fields(method: str) -> dict[str, dataclasses.Field]:
+    """The fields of `method`'s own parameters by name."""
+    return {f.name: f for f in option_fields(type(METHOD_PARAMS.get(method)))}
+
+
+def fields_of(method: str) -> dict[str, dataclasses.Field]:
+    """Every field a settings object of `method` has: the shared ones, then the method's own."""
+    return {**SETTINGS_FIELDS, **params_fields(method)}
+
+
+def variant_keys(method: str) -> tuple[str, ...]:
+    """What may vary within a run of `method`: the method group (its own parameters, the post-processing)."""
+    return tuple(name for name, f in fields_of(method).items() if f.metadata["group"] == "method")
+
+
+def owners_of(name: str) -> list[str]:
+    """The registered methods that have a parameter `name` of their own."""
+    return [method for method in METHOD_PARAMS if name in params_fields(method)]
+
+
+def check_keys(keys: Iterable[str], method: str) -> None:
+    """ValueError naming an unknown key: the method it belongs to, or the closest known one."""
+    known = fields_of(method)
     for key in keys:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; expected one of {', '.join(known)}"
-            raise ValueError(f"unknown {what} {key!r}{hint}")
+        if key in known:
+            continue
+        owners = owners_of(key)
+        if owners:
+            raise ValueError(f"{key!r} is a parameter of method {' and '.join(owners)}, not of {method!r}")
+        others = [name for other in METHOD_PARAMS for name in params_fields(other) if name not in known]
+        error = unknown("key", key, list(dict.fromkeys([*known, *others])))
+        raise error if "did you mean" in str(error) else unknown("key", key, list(known))
 
 
-def check_variant(overrides: Mapping[str, Any]) -> None:
-    """A variant may change only the method group; anything else would change the shared trunk."""
-    check_keys(overrides)
-    fixed = [key for key in overrides if key not in VARIANT_KEYS]
+def check_variant(overrides: Mapping[str, Any], method: str) -> None:
+    """A variant of `method` may change only the method group; anything else would change the shared trunk."""
+    target = str(overrides.get("method", method))
+    check_keys(overrides, target)
+    fixed = [key for key in overrides if key not in variant_keys(target)]
     if fixed:
         raise ValueError(
             f"variant keys {fixed} cannot vary within a run (they change the shared trunk pass); "
-            f"a variant may set {', '.join(VARIANT_KEYS)}"
+            f"a variant of {target} may set {', '.join(variant_keys(target))}"
         )
+
+
+def field_type(name: str) -> Any:
+    """The declared type of field `name`: a shared one, or any registered method's own."""
+    if name in SETTINGS_FIELDS:
+        return _SETTINGS_TYPES[name]
+    for method in owners_of(name):
+        return typing.get_type_hints(type(METHOD_PARAMS.get(method)))[name]
+    raise unknown("key", name, list(SETTINGS_FIELDS))
+
+
+def coerce(name: str, value: Any) -> Any:
+    """`value` in the type of field `name`: '3' -> 3.0 for sigma, '8,16' -> (8, 16), 'none' -> None."""
+    return coerce_as(name, field_type(name), value)
 
 
 def _optional(kind: Any) -> tuple[Any, bool]:
@@ -278,13 +284,13 @@ def _optional(kind: Any) -> tuple[Any, bool]:
     return kind, False
 
 
-_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
-_PLURAL = {bool: "true/false values", int: "integers", float: "numbers", str: "names"}
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a finite number", str: "text"}
+_PLURAL = {bool: "true/false values", int: "integers", float: "finite numbers", str: "names"}
 
 
-def coerce(name: str, value: Any) -> Any:
-    """`value` in the type of field `name`: '3' -> 3.0 for sigma, '8,16' -> (8, 16), 'none' -> None."""
-    kind, nullable = _optional(TYPES[name])
+def coerce_as(name: str, declared: Any, value: Any) -> Any:
+    """`value` as the declared type of field `name` (see `coerce`)."""
+    kind, nullable = _optional(declared)
     if value is None or (nullable and isinstance(value, str) and value.strip().lower() in _NONE):
         if not nullable:
             raise ValueError(f"{name} must be set; expected {_EXPECTED.get(kind, 'a value')}")
@@ -319,4 +325,10 @@ def _scalar(kind: type, value: Any) -> Any:
         if isinstance(number, float) and not number.is_integer():
             raise ValueError
         return int(number)
-    return float(value)
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError
+    return number
+
+
+_SETTINGS_TYPES = typing.get_type_hints(Settings)

@@ -32,3 +32,23 @@ def make_segmenter(seed: int = 0, **kwargs):
 @pytest.fixture
 def tiny():
     return make_segmenter
+
+
+@pytest.fixture
+def temporary_method():
+    """`add(method)` registers a `Method` (and `head` name, if the test registered one) for this test only."""
+    from naclip.heads import HEADS
+    from naclip.methods import register_method, unregister_method
+
+    added: list[str] = []
+
+    def add(method):
+        register_method(lambda: method)
+        added.append(method.name)
+        return method
+
+    yield add
+    for name in added:
+        head = unregister_method(name).head
+        if head.startswith("test-") and head in HEADS:
+            HEADS.unregister(head)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from naclip.attention import ATTENTIONS, gaussian_bias, get_attention, register_attention
+from naclip.attention import ATTENTIONS, QKV, gaussian_bias, get_attention, register_attention
 from tests.conftest import VOC_IMAGE
 
 
@@ -100,7 +100,7 @@ def _direct(name: str, q: np.ndarray, k: np.ndarray, omega: np.ndarray) -> np.nd
 def test_variant_matches_direct_computation(qk, name):
     q, k, omega = qk
     variant = get_attention(name)
-    weights = variant.fn(q, k, omega if variant.neighbourhood else None)
+    weights = variant.fn(QKV(q, k, torch.zeros_like(k)), omega if variant.neighbourhood else None)
     assert weights.shape == (2, 3, 7, 7)
     np.testing.assert_allclose(weights.numpy(), _direct(name, q.numpy(), k.numpy(), omega.numpy()), atol=1e-10)
 
@@ -112,8 +112,8 @@ def test_unknown_variant_names_the_choices():
 
 def test_a_new_variant_is_one_function(tiny):
     @register_attention("kq-test")
-    def key_query(q, k, omega):
-        return (k @ q.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1)
+    def key_query(p, omega):
+        return (p.k @ p.q.transpose(-2, -1) * p.q.shape[-1] ** -0.5).softmax(-1)
 
     try:
         segmenter = tiny(attention="kq-test", pamr_steps=0)

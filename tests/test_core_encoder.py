@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
-from naclip.encoder import DenseEncoder, Taps, interpolate_positions
+from naclip.encoder import DenseEncoder, Taps, Trunk, interpolate_positions
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_reduced_block_is_attention_only(encoder):
     if not block.attn.batch_first:
         expected = expected.transpose(0, 1)
     expected = encoder.visual.ln_post(expected) @ encoder.visual.proj
-    torch.testing.assert_close(encoder.head(tokens, (14, 14), "vanilla", "reduced", 5.0), expected[:, 1:])
+    torch.testing.assert_close(encoder.last_block(Trunk(tokens), (14, 14), "vanilla", "reduced", 5.0), expected[:, 1:])
 
 
 def test_reduced_ignores_ffn_weights_vanilla_does_not(encoder):
@@ -218,62 +218,59 @@ def test_trunk_taps_keep_layers_and_attention_without_changing_the_tokens(encode
     assert encoder.run_trunk(images).layers == {} and encoder.run_trunk(images).attention == {}
 
 
-def test_a_new_head_declares_its_taps_and_gets_them(tiny):
-    from naclip.heads import HEADS, register_head
+def test_a_new_head_declares_its_taps_and_gets_them(tiny, temporary_method):
+    from naclip.heads import register_head
+    from naclip.methods import Method
 
     seen = []
 
     @register_head("test-tapped", taps=lambda settings: Taps(attention=frozenset({1})))
     def tapped(inputs, settings):
         seen.append((sorted(inputs.trunk.attention), inputs.windows.shape, inputs.queries.shape))
-        return inputs.encoder.head(inputs.trunk.tokens, inputs.grid, "kk", "reduced", 5.0)
+        return inputs.encoder.last_block(inputs.trunk, inputs.grid, "kk", "reduced", 5.0)
 
-    try:
-        seg = tiny(pamr_steps=0, slide_crop=0)
-        seg.set_classes(["cat", "dog"])
-        image = torch.randn(3, 64, 80)
-        plain, custom = seg.predict_variants(image, (64, 80), [{"attention": "kk"}, {"head": "test-tapped"}])
-        assert seen == [([1], (1, 3, 64, 80), (2, 32))]
-        np.testing.assert_allclose(plain.probs, custom.probs, atol=1e-6)
-    finally:
-        del HEADS["test-tapped"]
+    temporary_method(Method("test-tapped", "k-k block through a head of its own", {}, {}, head="test-tapped"))
+    seg = tiny(pamr_steps=0, slide_crop=0)
+    seg.set_classes(["cat", "dog"])
+    image = torch.randn(3, 64, 80)
+    plain, custom = seg.predict_variants(image, (64, 80), [{"attention": "kk"}, {"method": "test-tapped"}])
+    assert seen == [([1], (1, 3, 64, 80), (2, 32))]
+    np.testing.assert_allclose(plain.probs, custom.probs, atol=1e-6)
 
 
-def test_last_block_projection_is_shared_by_variants_and_dropped_with_the_trunk(encoder, monkeypatch):
-    """A sweep projects q, k, v once per trunk output; changed tokens or a new trunk recompute them."""
+def test_last_block_projection_is_computed_once_per_trunk(encoder, monkeypatch):
+    """A sweep projects q, k, v (and k k^T) once per trunk: every setting on one trunk shares them, a new
+    trunk computes its own, and the shared values equal a fresh computation bit for bit."""
     images = torch.randn(2, 3, 64, 80)
-    tokens, grid = encoder.trunk(images), (4, 5)
+    trunk, grid = encoder.run_trunk(images), (4, 5)
     calls = []
-    original = encoder._qkv
-    monkeypatch.setattr(encoder, "_qkv", lambda x, block=None: calls.append(x.shape) or original(x, block))
-    first = encoder.head(tokens, grid, "naclip", "reduced", 5.0)
-    encoder.head(tokens, grid, "naclip", "reduced", 2.0)
-    encoder.head(tokens, grid, "csa", "vanilla", 5.0)
-    encoder.attention_weights(tokens, grid, "kk", 5.0)
+    original = encoder.qkv
+    monkeypatch.setattr(encoder, "qkv", lambda x, block=None: calls.append(x.shape) or original(x, block))
+    first = encoder.last_block(trunk, grid, "naclip", "reduced", 5.0)
+    encoder.last_block(trunk, grid, "naclip", "reduced", 2.0)
+    encoder.last_block(trunk, grid, "csa", "vanilla", 5.0)
+    encoder.attention_weights(trunk, grid, "kk", 5.0)
     assert len(calls) == 1
-    fresh = DenseEncoder(encoder.visual).head(tokens.clone(), grid, "naclip", "reduced", 5.0)
-    torch.testing.assert_close(first, fresh, rtol=0, atol=0)
-    tokens.add_(1.0)  # in place: the kept projection no longer applies
-    encoder.head(tokens, grid, "naclip", "reduced", 5.0)
+    kept = encoder.last_qkv(trunk)
+    assert kept.kk is kept.kk  # k k^T computed once for every sigma
+    fresh = encoder.last_block(Trunk(trunk.tokens.clone()), grid, "naclip", "reduced", 5.0)
     assert len(calls) == 2
-    del tokens
-    assert encoder._head_qkv == {}
+    torch.testing.assert_close(first, fresh, rtol=0, atol=0)
 
 
-def test_a_head_with_trainable_parameters_predicts_without_recording_gradients(tiny):
-    from naclip.heads import HEADS, register_head
+def test_a_head_with_trainable_parameters_predicts_without_recording_gradients(tiny, temporary_method):
+    from naclip.heads import register_head
+    from naclip.methods import Method
 
     scale = nn.Parameter(torch.tensor(2.0))
 
     @register_head("test-trainable")
     def trainable(inputs, settings):
-        return inputs.encoder.head(inputs.trunk.tokens, inputs.grid, "kk", "reduced", 5.0) * scale
+        return inputs.encoder.last_block(inputs.trunk, inputs.grid, "kk", "reduced", 5.0) * scale
 
-    try:
-        seg = tiny(pamr_steps=0, slide_crop=32, slide_stride=16)
-        seg.set_classes(["cat", "dog"])
-        image = torch.randn(3, 48, 64)
-        plain, custom = seg.predict_variants(image, (48, 64), [{"attention": "kk"}, {"head": "test-trainable"}])
-        np.testing.assert_allclose(plain.probs, custom.probs, atol=1e-6)  # scaling features changes no cosine
-    finally:
-        del HEADS["test-trainable"]
+    temporary_method(Method("test-trainable", "k-k features times a trainable scale", {}, {}, head="test-trainable"))
+    seg = tiny(pamr_steps=0, slide_crop=32, slide_stride=16)
+    seg.set_classes(["cat", "dog"])
+    image = torch.randn(3, 48, 64)
+    plain, custom = seg.predict_variants(image, (48, 64), [{"attention": "kk"}, {"method": "test-trainable"}])
+    np.testing.assert_allclose(plain.probs, custom.probs, atol=1e-6)  # scaling features changes no cosine

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import naclip.backbone as backbone
+from naclip.encoder import Trunk
 from naclip.preprocess import load_image, prepare, resized_size
 from tests.conftest import VOC_IMAGE, make_segmenter
 
@@ -207,7 +208,7 @@ def test_patch_attention_maps(segmenter):
     assert np.unravel_index(maps[centre].argmax(), (21, 21)) == (10, 10)
     # The default head's attention is the variant's weights on the trunk's tokens, as before heads said it.
     tokens = segmenter.encoder.trunk(segmenter.prepare(load_image(VOC_IMAGE))[None])
-    weights = segmenter.encoder.attention_weights(tokens, (21, 21), "naclip", 1.0)[0].mean(0)[1:, 1:]
+    weights = segmenter.encoder.attention_weights(Trunk(tokens), (21, 21), "naclip", 1.0)[0].mean(0)[1:, 1:]
     np.testing.assert_array_equal(maps, weights.reshape(-1, 21, 21).numpy())
     np.testing.assert_array_equal(segmenter.patch_attention(VOC_IMAGE, sigma=1.0), maps)  # naclip: the default
 

@@ -11,10 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from naclip.benchmarks import BENCHMARKS
 from naclip.cli import main
 from naclip.encoder import Taps
 from naclip.heads import HeadInput, get_head
-from naclip.methods import BENCHMARK_KEYS, get_method
+from naclip.methods import get_method
 from naclip.methods.resclip import patch_mode, paths_stay, resclip_attention, semantic_prior
 from naclip.pamr import pamr
 from naclip.preprocess import load_image
@@ -39,7 +40,7 @@ CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("benchmark", BENCHMARK_KEYS)
+@pytest.mark.parametrize("benchmark", BENCHMARKS.names())
 def test_preset_follows_the_authors_configs(benchmark):
     method = get_method("resclip")
     s = method.settings(benchmark)
@@ -52,7 +53,7 @@ def test_preset_follows_the_authors_configs(benchmark):
         sfr,
     )
     # test_all.sh wo_resi resclip 5; logit scale, no area threshold, no final PAMR, renormalised scores.
-    assert (s.head, s.attention, s.arch, s.sigma, s.logit_scale) == ("resclip", "naclip", "reduced", 5.0, 40.0)
+    assert (method.head, s.attention, s.arch, s.sigma, s.logit_scale) == ("resclip", "naclip", "reduced", 5.0, 40.0)
     assert (s.area_threshold, s.pamr_steps, s.renormalise, s.pad_windows) == (0.0, 0, True, False)
     assert s.resclip_rcs_layers == (5, 6, 7, 8) and s.resclip_delete_same_entity and not s.resclip_whole_path
     assert method.class_file(benchmark) is None and method.authors_protocol
@@ -108,7 +109,7 @@ def test_rcs_mixes_the_trunks_attention_into_the_last_block():
     # (1, 0) for both: no taps, no first pass, NACLIP's last block.
     off = seg.settings.replace(resclip_rcs_weights=(1.0, 0.0))
     assert get_head("resclip").taps(off) == Taps()
-    naclip = encoder.head(trunk.tokens, (14, 14), "naclip", "reduced", 5.0)
+    naclip = encoder.last_block(trunk, (14, 14), "naclip", "reduced", 5.0)
     torch.testing.assert_close(get_head("resclip").fn(inputs, off), naclip)
 
 
@@ -262,7 +263,8 @@ def test_for_benchmark_and_the_command_line(tmp_path):
     run = ["eval", "--benchmark", "voc21-sample", "--method", "resclip", "--limit", "1", "--out", str(tmp_path)]
     assert main([*run, *model, "--resclip-rcs-layers", "0,1", "--no-progress", "--workers", "0"]) == 0
     row = pd.read_csv(tmp_path / "summary.csv", dtype=str).iloc[0]
-    assert (row["method"], row["head"], row["slide_crop"], row["prob_threshold"]) == ("resclip", "resclip", "0", "0.1")
+    assert (row["method"], row["slide_crop"], row["prob_threshold"]) == ("resclip", "0", "0.1")
+    assert "scclip_beta" not in row.index  # another method's parameters stay out of its tables
     assert (row["resclip_temp_threshold"], row["resclip_sfr_weights"], row["resclip_rcs_layers"]) == (
         "0.5",
         "2.2,0.7",
@@ -272,9 +274,11 @@ def test_for_benchmark_and_the_command_line(tmp_path):
 
 def test_settings_and_head_refuse_what_resclip_cannot_run():
     with pytest.raises(ValueError, match="resclip_sfr_weights"):
-        Settings(resclip_sfr_weights=(2.0,))
+        get_method("resclip").settings(resclip_sfr_weights=(2.0,))
     with pytest.raises(ValueError, match="resclip_rcs_weights"):
-        Settings(resclip_rcs_weights=(2.0, 1.5))
+        get_method("resclip").settings(resclip_rcs_weights=(2.0, 1.5))
+    with pytest.raises(ValueError, match="'resclip_rcs_weights' is a parameter of method resclip, not of 'naclip'"):
+        Settings().replace(resclip_rcs_weights=(2.0, 0.3))
     seg = make_segmenter(method="resclip", model="naclip-tiny", pretrained=None, device="cpu", slide_crop=0)
     seg.set_classes(["cat", "dog"])
     with pytest.raises(ValueError, match=r"resclip_rcs_layers=\(5, 6, 7, 8\) asks for blocks \[5, 6, 7, 8\].*0\.\.1"):

@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from naclip.benchmarks import BENCHMARKS
 from naclip.cli import main
 from naclip.encoder import Taps
 from naclip.heads import HeadInput, get_head
-from naclip.methods import BENCHMARK_KEYS, get_method
+from naclip.methods import get_method
 from naclip.methods import scclip as sc
 from naclip.preprocess import load_image
 from naclip.segmenter import Segmenter
@@ -239,14 +240,15 @@ def test_head_refuses_missing_blocks_and_places_outliers_on_any_grid():
 
 
 # -- the preset -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("benchmark", BENCHMARK_KEYS)
+@pytest.mark.parametrize("benchmark", BENCHMARKS.names())
 def test_preset_follows_the_authors_configs(benchmark):
     method = get_method("scclip")
     s = method.settings(benchmark)
     short, crop, stride, logit, prob, area = SCCLIP[benchmark]
     assert (s.short_side, s.long_side, s.slide_crop, s.slide_stride) == (short, 2048, crop, stride)
     assert (s.logit_scale, s.prob_threshold, s.area_threshold) == (logit, prob, area)
-    assert (s.head, s.pad_windows, s.pamr_steps, s.renormalise) == ("scclip", False, 0, False)
+    assert (method.head, s.pad_windows, s.pamr_steps, s.renormalise) == ("scclip", False, 0, False)
+    assert not {"attention", "arch", "sigma"} & set(s.to_dict())  # NACLIP's block parameters are not SC-CLIP's
     # configs/base_config.py:4-8 and VisionTransformer.__init__ (clip/model.py:247), lof_pytorch's defaults
     assert (s.scclip_pre_layer, s.scclip_post_layer, s.scclip_fusion_layers) == (8, 3, (3, 4, 5, 6, 7, 8, 9))
     assert (s.scclip_beta, s.scclip_res_cls, s.scclip_neighbours, s.scclip_contamination) == (0.4, 0.3, 30, 0.05)
@@ -255,11 +257,11 @@ def test_preset_follows_the_authors_configs(benchmark):
 
 
 def test_settings_take_text_and_refuse_bad_values():
-    s = Settings().replace(scclip_fusion_layers="2,3 4", scclip_fix_positions="true", scclip_neighbours="10")
+    s = get_method("scclip").settings(scclip_fusion_layers="2,3 4", scclip_fix_positions="true", scclip_neighbours="10")
     assert (s.scclip_fusion_layers, s.scclip_fix_positions, s.scclip_neighbours) == ((2, 3, 4), True, 10)
     for bad in (dict(scclip_fusion_layers=()), dict(scclip_contamination=1.0), dict(scclip_pre_layer=-1)):
         with pytest.raises(ValueError):
-            Settings().replace(**bad)
+            get_method("scclip").settings(**bad)
 
 
 def test_for_benchmark_and_the_command_line(tmp_path):
@@ -275,5 +277,6 @@ def test_for_benchmark_and_the_command_line(tmp_path):
     layers = ["--scclip-pre-layer", "1", "--scclip-post-layer", "0", "--scclip-fusion-layers", "0,1"]
     assert main([*run, *model, *layers, "--slide-crop", "112", "--no-progress", "--workers", "0"]) == 0
     row = pd.read_csv(out / "summary.csv").iloc[0]
-    assert (row["method"], row["head"], row["scclip_fusion_layers"]) == ("scclip", "scclip", "0,1")
+    assert (row["method"], row["scclip_fusion_layers"]) == ("scclip", "0,1")
+    assert not {"sigma", "attention", "resclip_rcs_weights"} & set(row.index)
     assert (row.logit_scale, row.prob_threshold, row.area_threshold) == (50, 0.15, 0.1)

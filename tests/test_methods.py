@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 
 import naclip.segmenter as segmenter_module
+from naclip.benchmarks import BENCHMARKS
 from naclip.cli import main
-from naclip.methods import BENCHMARK_KEYS, METHODS, get_method
+from naclip.encoder import Trunk
+from naclip.methods import METHODS, get_method
 from naclip.methods.registry import CLASSES_DIR
 from naclip.segmenter import Segmenter, drop_small_classes, window_padding
 from tests.conftest import VOC_IMAGE, make_segmenter
@@ -67,7 +69,7 @@ TABLES["maskclip"] = NACLIP  # no authors' run under these protocols: NACLIP's s
 
 
 @pytest.mark.parametrize("name", list(FIXED))
-@pytest.mark.parametrize("benchmark", BENCHMARK_KEYS)
+@pytest.mark.parametrize("benchmark", BENCHMARKS.names())
 def test_each_preset_follows_its_authors_configs(name, benchmark):
     method = get_method(name)
     s = method.settings(benchmark)
@@ -108,7 +110,7 @@ def test_maskclip_is_the_value_path():
     weight, bias = block.attn.in_proj_weight[2 * width :], block.attn.in_proj_bias[2 * width :]
     values = F.linear(block.ln_1(tokens), weight, bias)
     expected = encoder.visual.ln_post(block.attn.out_proj(values)) @ encoder.visual.proj
-    torch.testing.assert_close(encoder.head(tokens, (14, 14), "identity", "reduced", 5.0), expected[:, 1:])
+    torch.testing.assert_close(encoder.last_block(Trunk(tokens), (14, 14), "identity", "reduced", 5.0), expected[:, 1:])
 
 
 def test_area_threshold_on_a_hand_made_case():

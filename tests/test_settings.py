@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from naclip.options import add_settings_arguments, settings_overrides
-from naclip.settings import FIELDS, VARIANT_KEYS, Settings, check_variant
+from naclip.settings import SETTINGS_FIELDS, Settings, check_variant, fields_of, variant_keys
 
 
 def test_defaults_and_groups():
@@ -21,7 +21,7 @@ def test_defaults_and_groups():
     )
     assert settings.pamr_dilations == (8, 16) and settings.area_threshold == 0.0
     assert {
-        "head",
+        "method",
         "attention",
         "arch",
         "sigma",
@@ -31,10 +31,10 @@ def test_defaults_and_groups():
         "pamr_steps",
         "pamr_dilations",
         "renormalise",
-    } <= set(VARIANT_KEYS)
-    assert not set(VARIANT_KEYS) & set(settings.to_dict(("backbone", "protocol", "runtime")))
-    assert set(settings.to_dict(("backbone",))) == {"model", "pretrained", "device", "dtype", "seed"}
-    assert set(settings.to_dict()) == set(FIELDS)
+    } <= set(variant_keys("naclip"))
+    assert not set(variant_keys("naclip")) & set(settings.to_dict(("backbone", "protocol", "runtime")))
+    assert set(settings.to_dict(("backbone",))) == {"model", "pretrained", "vfm_pretrained", "device", "dtype", "seed"}
+    assert set(settings.to_dict()) == set(fields_of("naclip")) == {*SETTINGS_FIELDS, "attention", "arch", "sigma"}
 
 
 @pytest.mark.parametrize(
@@ -65,7 +65,9 @@ def test_replace_types_values(changes, expected):
     [
         ({"sigm": 3}, "unknown key 'sigm'; did you mean 'sigma'"),
         ({"pamr_step": 0}, "unknown key 'pamr_step'; did you mean 'pamr_steps'"),
-        ({"sigma": "wide"}, r"sigma='wide'; expected a number"),
+        ({"sigma": "wide"}, r"sigma='wide'; expected a finite number"),
+        ({"logit_scale": "inf"}, r"logit_scale='inf'; expected a finite number"),
+        ({"sigma": float("nan")}, r"sigma=nan; expected a finite number"),
         ({"pamr_steps": 2.5}, r"pamr_steps=2.5; expected an integer"),
         ({"pamr_steps": True}, r"pamr_steps=True; expected an integer"),
         ({"pamr_dilations": "4,x"}, r"pamr_dilations='4,x'; expected integers like 8,16"),
@@ -100,11 +102,11 @@ def test_whole_image_needs_no_stride_check():
 
 
 def test_a_variant_changes_only_the_method_settings():
-    check_variant({"sigma": 3, "attention": "kk", "pamr_steps": 0})
+    check_variant({"sigma": 3, "attention": "kk", "pamr_steps": 0}, "naclip")
     with pytest.raises(ValueError, match=r"\['short_side'\] cannot vary within a run"):
-        check_variant({"short_side": 448})
+        check_variant({"short_side": 448}, "naclip")
     with pytest.raises(ValueError, match="unknown key 'sigmaa'; did you mean 'sigma'"):
-        check_variant({"sigmaa": 3})
+        check_variant({"sigmaa": 3}, "naclip")
 
 
 def test_flags_derive_from_the_fields():
@@ -115,7 +117,7 @@ def test_flags_derive_from_the_fields():
     assert settings_overrides(args) == {"sigma": 3.0, "pamr_dilations": [4, 8], "pad_windows": True, "pretrained": None}
     assert settings_overrides(parser.parse_args([])) == {}  # flags left out leave the preset alone
     flags = {option for action in parser._actions for option in action.option_strings}
-    assert {"--" + name.replace("_", "-") for name in FIELDS} <= flags
+    assert {"--" + name.replace("_", "-") for name in fields_of("naclip") if name != "method"} <= flags
     with pytest.raises(SystemExit):
         parser.parse_args(["--dtype", "float99"])
     with pytest.raises(SystemExit):

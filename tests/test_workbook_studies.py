@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from naclip.attention import get_attention
+from naclip.attention import QKV, get_attention
 from naclip.datasets import open_benchmark
 from naclip.methods import get_method
 from naclip.workbook import studies
@@ -59,7 +59,7 @@ def test_vanilla_gauss_is_query_key_plus_the_bias():
     q, k = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
     omega = torch.rand(5, 5)
     expected = (q @ k.transpose(-2, -1) / math.sqrt(8) + omega).softmax(-1)
-    torch.testing.assert_close(get_attention("vanilla_gauss").fn(q, k, omega), expected)
+    torch.testing.assert_close(get_attention("vanilla_gauss").fn(QKV(q, k, k), omega), expected)
     assert get_attention("vanilla_gauss").neighbourhood
 
 
@@ -209,12 +209,12 @@ def test_attention_maps_run_each_methods_preset_and_head(tiny):
     assert grid == (7, 7) and patches == [(3, 3), (0, 6)]
     tensor = segmenter.prepare(image)[None]
     chosen = [3 * 7 + 3, 6]
-    before = segmenter.encoder.attention_weights(segmenter.encoder.trunk(tensor), grid, "naclip", 5.0)
+    before = segmenter.encoder.attention_weights(segmenter.encoder.run_trunk(tensor), grid, "naclip", 5.0)
     np.testing.assert_array_equal(maps["naclip"], before[0].mean(0)[1:, 1:][chosen].reshape(2, 7, 7).numpy())
     queries = segmenter._query_features()[0]
     for method in ("resclip", "scclip"):
-        settings = get_method(method).settings(**layers)
-        assert settings.head == method
+        settings = get_method(method).settings(**{k: v for k, v in layers.items() if k.startswith(method)})
+        assert get_method(method).head == method
         head = get_head(method)
         trunk = segmenter.encoder.run_trunk(tensor, head.taps(settings))
         weights = head.attention(HeadInput(segmenter.encoder, trunk, grid, tensor, queries), settings)[0].mean(0)
@@ -223,6 +223,8 @@ def test_attention_maps_run_each_methods_preset_and_head(tiny):
         assert not np.allclose(maps[method], maps["naclip"])
     with pytest.raises(ValueError, match="cannot vary within a run"):
         studies.patch_attention_maps(segmenter, image, [(0.5, 0.5)], ["naclip"], short_side=64)
+    with pytest.raises(ValueError, match="unknown key 'scclip_beat'; did you mean 'scclip_beta'"):
+        studies.patch_attention_maps(segmenter, image, [(0.5, 0.5)], ["naclip", "scclip"], scclip_beat=0.3)
 
 
 def test_successors_are_told_apart_from_naclip_by_their_head():
@@ -230,4 +232,4 @@ def test_successors_are_told_apart_from_naclip_by_their_head():
 
     assert published_method("naclip", "reduced", False) == "naclip-nopamr"
     assert published_method("naclip", "reduced", False, head="resclip") == "resclip"
-    assert published_method("naclip", "reduced", False, head="scclip") == "scclip"
+    assert published_method(None, None, False, head="scclip") == "scclip"  # its head has no attention or arch

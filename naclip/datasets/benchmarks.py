@@ -1,4 +1,4 @@
-"""The eight benchmarks of the protocol, their presets, the embedded samples, and where data lives."""
+"""Where the data of the eight benchmarks and of the embedded samples lives, and how to open it."""
 
 from __future__ import annotations
 
@@ -6,90 +6,82 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from naclip.benchmarks import ALIASES, BENCHMARKS, RESOURCES, SAMPLE_SUFFIX, Benchmark, get_benchmark
 from naclip.datasets import layouts
 from naclip.datasets.base import SegDataset
 from naclip.datasets.layouts import Layout
+from naclip.registry import unknown
 
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
-CLASSES_DIR = RESOURCES / "classes"
 SAMPLES_DIR = RESOURCES / "samples"
 DATA_ENV = "NACLIP_DATA"
 
 
 @dataclass(frozen=True)
 class Preset:
-    """A benchmark: its layout, default sub-folder of the data root, class file and label conventions.
+    """Where a benchmark's data lives: its layout and default sub-folder of the data root.
 
-    How a method runs on it (sizes, windows, thresholds) is the method's protocol for `protocol`
-    (`naclip.methods`); an embedded sample set takes the protocol of the benchmark it samples.
-    `background`: class 0 is the background (spelled as stuff words in the class file).
+    What the benchmark is (class file, label conventions) is `naclip.benchmarks`; how a method runs
+    on it, the method's protocol for it (`naclip.methods`). An embedded sample set (`<key>-sample`)
+    is a few images of a benchmark, under that benchmark's protocol.
     """
 
     key: str
-    title: str
     layout: Layout
     folder: str
-    class_file: str
-    reduce_zero_label: bool = False
-    background: bool = False
-    sample: bool = False
-    protocol: str = ""
+    sample_title: str = ""  # an embedded sample's description; empty for the full benchmark
 
-    def __post_init__(self) -> None:
-        if not self.protocol:
-            object.__setattr__(self, "protocol", self.key)
+    @property
+    def benchmark(self) -> Benchmark:
+        return get_benchmark(self.key)
+
+    @property
+    def sample(self) -> bool:
+        return bool(self.sample_title)
+
+    @property
+    def protocol(self) -> str:
+        return self.benchmark.key
+
+    @property
+    def title(self) -> str:
+        return self.sample_title or self.benchmark.title
+
+    @property
+    def class_file(self) -> str:
+        return self.benchmark.class_file
 
     @property
     def class_path(self) -> Path:
-        return CLASSES_DIR / self.class_file
+        return self.benchmark.class_path
+
+    @property
+    def reduce_zero_label(self) -> bool:
+        return self.benchmark.reduce_zero_label
+
+    @property
+    def background(self) -> bool:
+        return self.benchmark.background
 
 
 _VOC, _CTX, _COCO = "VOCdevkit/VOC2012", "VOCdevkit/VOC2010", "coco_stuff164k"
-_ADE = "ade/ADEChallengeData2016"
 _VOC_SAMPLE, _ADE_SAMPLE = "14 PASCAL VOC 2012 images (embedded)", "3 ADE20K val images (embedded)"
-PRESETS: dict[str, Preset] = {
-    p.key: p
-    for p in [
-        Preset("voc21", "PASCAL VOC 2012 val", layouts.VOC, _VOC, "voc21.txt", background=True),
-        Preset("voc20", "PASCAL VOC 2012 val", layouts.VOC, _VOC, "voc20.txt", reduce_zero_label=True),
-        Preset("context60", "PASCAL Context val", layouts.CONTEXT, _CTX, "context60.txt", background=True),
-        Preset("context59", "PASCAL Context val", layouts.CONTEXT, _CTX, "context59.txt", reduce_zero_label=True),
-        Preset("coco_object", "COCO-Object val2017", layouts.COCO_OBJECT, _COCO, "coco_object.txt", background=True),
-        Preset("coco_stuff", "COCO-Stuff 164k val2017", layouts.COCO_STUFF, _COCO, "coco_stuff.txt"),
-        Preset("cityscapes", "Cityscapes val", layouts.CITYSCAPES, "cityscapes", "city_scapes.txt"),
-        Preset("ade20k", "ADE20K val", layouts.ADE20K, _ADE, "ade20k.txt", reduce_zero_label=True),
-        Preset(
-            "voc21-sample", _VOC_SAMPLE, layouts.VOC, "voc", "voc21.txt", background=True, sample=True, protocol="voc21"
-        ),
-        Preset(
-            "voc20-sample",
-            _VOC_SAMPLE,
-            layouts.VOC,
-            "voc",
-            "voc20.txt",
-            reduce_zero_label=True,
-            sample=True,
-            protocol="voc20",
-        ),
-        Preset(
-            "ade20k-sample",
-            _ADE_SAMPLE,
-            layouts.ADE20K,
-            "ade",
-            "ade20k.txt",
-            reduce_zero_label=True,
-            sample=True,
-            protocol="ade20k",
-        ),
-    ]
+_LAYOUTS = {
+    "voc21": (layouts.VOC, _VOC),
+    "context60": (layouts.CONTEXT, _CTX),
+    "coco_object": (layouts.COCO_OBJECT, _COCO),
+    "voc20": (layouts.VOC, _VOC),
+    "context59": (layouts.CONTEXT, _CTX),
+    "coco_stuff": (layouts.COCO_STUFF, _COCO),
+    "cityscapes": (layouts.CITYSCAPES, "cityscapes"),
+    "ade20k": (layouts.ADE20K, "ade/ADEChallengeData2016"),
 }
-# Accepted spellings besides the keys.
-ALIASES = {
-    "coco_stuff164k": "coco_stuff",
-    "city_scapes": "cityscapes",
-    "coco-object": "coco_object",
-    "coco-stuff": "coco_stuff",
-    "ade": "ade20k",
+_SAMPLES = [("voc21", "voc", _VOC_SAMPLE), ("voc20", "voc", _VOC_SAMPLE), ("ade20k", "ade", _ADE_SAMPLE)]
+PRESETS: dict[str, Preset] = {
+    **{key: Preset(key, *_LAYOUTS[key]) for key in BENCHMARKS},
+    **{
+        key + SAMPLE_SUFFIX: Preset(key + SAMPLE_SUFFIX, _LAYOUTS[key][0], folder, title)
+        for key, folder, title in _SAMPLES
+    },
 }
 
 
@@ -97,7 +89,7 @@ def get_preset(name: str) -> Preset:
     """The preset of a benchmark key (or alias); ValueError listing the keys otherwise."""
     key = ALIASES.get(name, name)
     if key not in PRESETS:
-        raise ValueError(f"unknown benchmark {name!r}; choose one of {', '.join(PRESETS)} (or 'folder')")
+        raise unknown("benchmark", name, [*PRESETS, "folder"])
     return PRESETS[key]
 
 

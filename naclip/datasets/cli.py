@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from naclip.benchmarks import CLASSES_DIR
 from naclip.datasets import coco
 from naclip.datasets.base import BadSample, check_sample, image_size
 from naclip.datasets.benchmarks import DATA_ENV, PRESETS, open_benchmark
 from naclip.datasets.folder import add_folder_arguments, folder_from_args, unpaired_masks
 from naclip.methods import METHODS, get_method
-from naclip.methods.registry import CLASSES_DIR
 from naclip.preprocess import MIN_SIDE
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction, argv: Sequence[str] = ()) -> None:
     parser = subparsers.add_parser("data", help="benchmarks: list, check, prepare COCO-Object / COCO-Stuff")
     commands = parser.add_subparsers(dest="data_command", required=True)
 
@@ -73,10 +74,11 @@ def run_list(args: argparse.Namespace) -> int:
             f"{settings.prob_threshold:>8} {str(preset.reduce_zero_label):>9}  {folder}"
         )
     fixed = method.settings()
+    own = ", ".join(f"{key} {value}" for key, value in fixed.params.to_dict().items()) or "none"
     print(
-        f"everywhere: attention {fixed.attention}, arch {fixed.arch}, PAMR steps {fixed.pamr_steps}, "
-        f"area threshold {fixed.area_threshold} (VOC21: {method.settings('voc21').area_threshold}), "
-        f"windows padded: {fixed.pad_windows}"
+        f"everywhere: PAMR steps {fixed.pamr_steps}, area threshold {fixed.area_threshold} (VOC21: "
+        f"{method.settings('voc21').area_threshold}), windows padded: {fixed.pad_windows}; head {method.head}, "
+        f"its own parameters: {own}"
     )
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from naclip.evaluation.runner import evaluate
 from naclip.options import add_settings_arguments, settings_overrides
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction, argv: Sequence[str] = ()) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="mIoU on the benchmarks (or your own folder of images and masks)",
@@ -46,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     add_folder_arguments(parser)
-    add_settings_arguments(parser)
+    add_settings_arguments(parser, argv)
     parser.set_defaults(func=run)
 
 

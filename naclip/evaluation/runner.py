@@ -47,7 +47,7 @@ class NothingScored(ValueError):
 
 @dataclass
 class Variant:
-    """A named set of method-setting overrides (`naclip.settings.VARIANT_KEYS`) evaluated on the shared trunk."""
+    """A named set of method-setting overrides (`naclip.settings.variant_keys`) evaluated on the shared trunk."""
 
     name: str
     overrides: dict[str, Any]
@@ -66,12 +66,12 @@ class Options:
     progress: bool = True
 
 
-def make_variants(variants: Sequence[Mapping[str, Any]] | None) -> list[Variant]:
-    """Named variants; a variant's name is its `name` key or its overrides spelled `key=value,...`."""
+def make_variants(variants: Sequence[Mapping[str, Any]] | None, method: str = "naclip") -> list[Variant]:
+    """Named variants of `method`; a variant's name is its `name` key or its overrides spelled `key=value,...`."""
     result = []
     for variant in variants or [{}]:
         overrides = {key: value for key, value in variant.items() if key != "name"}
-        check_variant(overrides)
+        check_variant(overrides, method)
         name = variant.get("name") or ",".join(f"{k}={outputs.text(v)}" for k, v in overrides.items()) or "default"
         result.append(Variant(str(name), overrides))
     names = [variant.name for variant in result]
@@ -82,14 +82,16 @@ def make_variants(variants: Sequence[Mapping[str, Any]] | None) -> list[Variant]
 
 def run_content(dataset: SegDataset, segmenter: Segmenter, variants: list[Variant]) -> dict[str, Any]:
     """Everything that shapes a per-image record, hashed into the key under which records are reused:
-    library versions, the dataset (items, files, label conventions), the class lines, the weights, the
-    method, the device type and precision, and every setting of each variant (seed included)."""
+    library versions, the dataset (items, files, label conventions), the class lines, the weights (a second
+    model's too), the method, the device type and precision, and every setting of each variant (the method's
+    own parameters and the seed included)."""
     settings = [segmenter.variant(variant.overrides) for variant in variants]
     return {
         "versions": library_versions(),
         "dataset": dataset_identity(dataset),
         "class_lines": list(segmenter.classes.lines),
         "weights": weights_identity(segmenter.settings.pretrained),
+        "second_models": segmenter.config["vfm_pretrained"],
         "method": segmenter.method,
         "device": [segmenter.device.type, str(segmenter.dtype)],
         "variants": [
@@ -111,9 +113,10 @@ def run_dataset(
     options: Options,
 ) -> Run:
     """Score every image of `dataset` under each variant; this rank takes its share, ranks sum up."""
-    settings = get_method(method).settings(dataset.protocol, **overrides)
-    segmenter = Segmenter(settings.replace(device=str(group.device(settings.device))), method=method)
-    segmenter.set_classes(dataset.class_file)
+    device = str(group.device(get_method(method).settings(dataset.protocol, **overrides).device))
+    segmenter = Segmenter.for_benchmark(
+        dataset.protocol, method, classes=dataset.class_file, **{**overrides, "device": device}
+    )
     base = {**segmenter.config, "random_weights": segmenter.random_weights}
     configs = [{**base, **segmenter.variant(variant.overrides).to_dict(("method",))} for variant in variants]
     state = ResumeState(options.partial_root, dataset.name, run_content(dataset, segmenter, variants), group.rank)
@@ -275,7 +278,7 @@ def evaluate(
     `SegDataset`s (e.g. `folder_dataset(...)`). `method` (a key of `naclip.methods.METHODS`) runs with
     its authors' protocol on each benchmark, class file included (its default protocol on your own
     data); `overrides` are `Settings` fields applied on top. `variants` are overrides of the method
-    settings (`naclip.settings.VARIANT_KEYS`, optional `name`) sharing one trunk pass per image, with
+    settings (`naclip.settings.variant_keys(method)`, optional `name`) sharing one trunk pass per image, with
     one confusion matrix each.
 
     The returned frame holds mIoU, aAcc, mAcc (percent), n_images, n_skipped, n_resumed, seconds,
@@ -293,7 +296,7 @@ def evaluate(
     specs = [benchmarks] if isinstance(benchmarks, (str, SegDataset)) else list(benchmarks)
     if not specs:
         raise ValueError("no benchmark given")
-    named = make_variants(variants)
+    named = make_variants(variants, method)
     chosen = get_method(method)
     chosen.settings(**overrides)  # refuse bad settings before any data is read
     out_dir = writable_folder(out, "output folder") if out is not None else None

@@ -1,28 +1,28 @@
-"""Methods as presets: a last-block change, a post-processing and a protocol per benchmark.
+"""Methods as presets: a head with its own parameters, a post-processing and a protocol per benchmark.
 
 A method is one decorated function returning a `Method` (as timm registers models)::
 
     @register_method
     def mymethod() -> Method:
-        return Method("mymethod", "My method", defaults={"attention": "kk"}, benchmarks={...})
+        return Method("mymethod", "My method", head="last_block", defaults={"attention": "kk"}, benchmarks={...})
 
-`Method.settings(benchmark, **overrides)` gives the `Settings` the authors used on that
-benchmark (their default protocol when `benchmark` is None or unknown to them), with `overrides`
-applied on top.
+`Method.settings(benchmark, **overrides)` gives the `Settings` the authors used on that benchmark
+(their default protocol when `benchmark` is None or unknown to them), with `overrides` applied on
+top. A method defined outside the package registers the same way when its module is imported, or
+through the `naclip.methods` entry point group (see `naclip.methods`).
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from naclip.settings import Settings, check_keys
-
-CLASSES_DIR = Path(__file__).resolve().parent.parent / "resources" / "classes"
-BENCHMARK_KEYS = ("voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
+from naclip.benchmarks import BENCHMARKS, CLASSES_DIR
+from naclip.heads import Head, get_head
+from naclip.registry import Registry, unknown
+from naclip.settings import METHOD_PARAMS, SETTINGS_FIELDS, Settings, option_fields, owners_of
 
 
 @dataclass(frozen=True)
@@ -38,32 +38,54 @@ class Protocol:
 class Method:
     """A training-free segmentation method as its authors ran it.
 
-    `defaults` are the method's own settings (last block, post-processing, default protocol);
+    `head` names the registered head that makes its patch features (and declares its own parameters);
+    `defaults` are the method's own settings (its parameters, post-processing, default protocol);
     `benchmarks` the per-benchmark protocol. `authors_protocol` is False when no run of the authors
     under these benchmarks is public and NACLIP's protocol stands in (say so wherever it is shown).
+    `docs` is the page of notes on how it follows (and departs from) its authors' code.
     """
 
     name: str
     title: str
     defaults: Mapping[str, Any]
     benchmarks: Mapping[str, Protocol]
+    head: str = "last_block"
     source: str = ""
     authors_protocol: bool = True
     note: str = ""
+    docs: str = ""
 
     def __post_init__(self) -> None:
-        check_keys(self.defaults)
-        check_keys(self.benchmarks, BENCHMARK_KEYS, what="benchmark")
-        for protocol in self.benchmarks.values():
-            check_keys(protocol.settings)
+        known = {**SETTINGS_FIELDS, **{f.name: f for f in option_fields(self.head_spec.params)}}
+        for where, keys in [("defaults", self.defaults)] + [
+            (f"benchmark {key}", protocol.settings) for key, protocol in self.benchmarks.items()
+        ]:
+            for key in keys:
+                if key not in known or key == "method":
+                    raise _refused(self.name, key, where, list(known))
+        for key in self.benchmarks:
+            BENCHMARKS.get(key)
+
+    @property
+    def head_spec(self) -> Head:
+        return get_head(self.head)
+
+    def own_params(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The entries of `values` that are this method's own parameters."""
+        names = {f.name for f in option_fields(self.head_spec.params)}
+        return {key: value for key, value in values.items() if key in names}
 
     def protocol(self, benchmark: str | None) -> Protocol:
-        """The protocol on `benchmark` (a key of BENCHMARK_KEYS); an empty one for other data."""
+        """The protocol on `benchmark` (a key of `naclip.benchmarks.BENCHMARKS`); an empty one for other data."""
         return self.benchmarks.get(benchmark or "", Protocol())
 
     def settings(self, benchmark: str | None = None, **overrides: Any) -> Settings:
         """The settings of this method on `benchmark` (None: its default protocol), then `overrides`."""
-        return Settings().replace(**{**self.defaults, **self.protocol(benchmark).settings}).replace(**overrides)
+        return (
+            Settings(method=self.name)
+            .replace(**{**self.defaults, **self.protocol(benchmark).settings})
+            .replace(**overrides)
+        )
 
     def class_file(self, benchmark: str | None) -> Path | None:
         """The method's own class file on `benchmark`; None where it uses the benchmark's."""
@@ -73,23 +95,36 @@ class Method:
     def describe(self) -> str:
         """A paragraph: what the method is, where its settings come from."""
         origin = "the authors' protocol" if self.authors_protocol else "NACLIP's protocol (no authors' run published)"
-        return f"{self.name}: {self.title}; {origin}. {self.note}".strip()
+        notes = f" Notes: {self.docs}." if self.docs else ""
+        return f"{self.name}: {self.title}; {origin}. {self.note}{notes}".strip()
 
 
-METHODS: dict[str, Method] = {}
+def _refused(method: str, key: str, where: str, known: list[str]) -> ValueError:
+    owners = [owner for owner in owners_of(key) if owner != method]
+    if owners:
+        return ValueError(f"method {method!r}, {where}: {key!r} is a parameter of {', '.join(owners)}")
+    error = unknown("key", key, [name for name in known if name != "method"])
+    return ValueError(f"method {method!r}, {where}: {error}")
+
+
+METHODS: Registry[Method] = Registry("method")
 
 
 def register_method(fn: Callable[[], Method]) -> Callable[[], Method]:
-    """Register the `Method` that `fn()` returns under its name."""
+    """Register the `Method` that `fn()` returns under its name; its parameters start from its defaults."""
     method = fn()
-    METHODS[method.name] = method
+    params = method.head_spec.params(**method.own_params(method.defaults))
+    METHOD_PARAMS.register(method.name, params)
+    METHODS.register(method.name, method)
     return fn
+
+
+def unregister_method(name: str) -> Method:
+    """Remove the method `name` from the registry; the `Method` it was."""
+    METHOD_PARAMS.unregister(name)
+    return METHODS.unregister(name)
 
 
 def get_method(name: str) -> Method:
     """The registered method `name`; ValueError with the closest name otherwise."""
-    if name not in METHODS:
-        close = difflib.get_close_matches(name, list(METHODS), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(f"unknown method {name!r}; {hint}expected one of {', '.join(METHODS)}")
-    return METHODS[name]
+    return METHODS.get(name)

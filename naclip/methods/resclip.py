@@ -1,59 +1,32 @@
 """ResCLIP (Yang, Deng, Li, Duan, CVPR 2025): residual cross-correlation self-attention (RCS) and
 semantic feedback refinement (SFR) on NACLIP's last block.
 
-Settings from github:yvhangyang/ResCLIP at 0e085f7, run as its README's `test_all.sh wo_resi
-resclip 5` (arch 'wo_resi': reduced block; attention 'resclip': k-k logits plus the Gaussian bias,
-sigma 5): segmentor defaults `resclip_segmentor.py:23-26` (logit scale 40, prob_thd 0, 224/112
-windows, no final PAMR), per-benchmark lines in `configs/cfg_*.py` (short side, temp_thd, weights,
-prob_thd, whole image on VOC), the benchmarks' own class files (NACLIP's, identical). Where the
-segmentor has no default (temp_thd, the weights), the default protocol takes `demo.py:41-45`.
-
-The head follows `clip/model.py`:
-- RCS (`:325-332`): the mean of the q-k attention maps of blocks 6-9 (indices 5..8) is mixed into
-  the last block's attention after its softmax, A <- tau ((1 - lambda) A + lambda RCS) (`:489-494`).
-- SFR (`:335-347`): a first pass through the last block with RCS (`create_logit_temp`, `:242-290`)
-  scores the window's patches against every query, upsamples them to the window, refines them by
-  PAMR (10 steps, dilations 8/16, guided by the window image) and applies softmax(logit_scale).
-  Each pixel takes its top query, query 0 below temp_thd; each patch the most frequent query of its
-  pixels (`create_patch_matrix`, `:106-126`). The prior (`generate_attention_sfr`, `:152-240`) is 1
-  between patches of one query, decayed by exp(-d / d_max) (Chebyshev distances) where the path
-  between them leaves that query (delete_same_entity), smoothed along each row by a 1-D Gaussian
-  (sigma), clipped at 0 and normalised per row. Divided by its maximum and rounded to float16, it is
-  mixed into the last block's logits before the bias and softmax: tau ((1 - lambda) L + lambda P)
-  (`:473-487`).
-
-Reproduced as their code computes it on the CPU in float32, including what changes numbers:
-- the prior is rounded to float16 and lambda * prior computed in float16 (`:477-484`), whatever
-  the model's precision;
-- the path check (`check_path`, `:132-148`) samples a path at t = k / d_max for k <= d, so between
-  patches at distance d it covers only the first d / d_max of the way (`resclip_whole_path` checks
-  the whole way: not their behaviour);
-- first-pass labels are query indices (a class's synonyms are different entities) and unsure
-  pixels take query 0, a real class on benchmarks without background;
-- the smoothing runs along the row-major patch order, wrapping from one patch row to the next;
-- a tie for a patch's most frequent query goes as `torch.mode` decides on the device in use (the
-  CPU takes the smallest query).
-Their first pass runs in the model's precision (float16 on their GPUs); here it is scored in float32.
-Not reproduced: PAMR of the first pass is moved to CUDA (`.cuda()`) and skipped without a word on
-any RuntimeError (`:279-284`): here it always runs. `self.use_rcs=use_rcs,` (`resclip_segmentor.py:61-62`)
-stores a tuple, always true, so RCS and SFR cannot be switched off there: here (tau, lambda) =
-(1, 0) switches either off (SFR's first pass then does not run). Their area_thd branch
-(`resclip_segmentor.py:175-180`) changes logits that nothing reads; no config sets area_thd.
+Run as github:yvhangyang/ResCLIP@0e085f7 runs it (`test_all.sh wo_resi resclip 5`); the head follows
+their `clip/model.py`:
+- RCS: the mean of the q-k attention maps of blocks 6-9 (indices 5..8), mixed into the last block's
+  attention after its softmax, A <- tau ((1 - lambda) A + lambda RCS);
+- SFR: a first pass through the last block with RCS, upsampled to the window, refined by PAMR and
+  soft-maxed, labels each patch; the prior built from those labels is mixed into the last block's
+  logits before the bias and the softmax, tau ((1 - lambda) L + lambda P).
+Where each value comes from and what is reproduced as their code computes it (float16 prior, the
+path check, query labels, ...): docs/methods/resclip.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from naclip.encoder import ARCHITECTURES, DenseEncoder, Taps, Trunk
-from naclip.heads import HeadInput, register_head
+from naclip.attention import neighbourhood_bias
+from naclip.encoder import DenseEncoder, Taps, Trunk
+from naclip.heads import HeadInput, LastBlockParams, register_head
 from naclip.methods.registry import Method, Protocol, register_method
 from naclip.pamr import pamr
-from naclip.settings import Settings
+from naclip.settings import Settings, option
 
 SFR_PAMR_STEPS, SFR_PAMR_DILATIONS = 10, (8, 16)  # the first pass's PAMR, fixed (model.py:279)
 
@@ -78,6 +51,60 @@ STRATEGIES: dict[str, tuple[Callable[[Tensor, Tensor], Tensor], ...]] = {
     "qq": (_qq,),  # their 'clearclip'
     "vanilla": (_qk,),  # their 'vanilla'
 }
+
+
+@dataclass(frozen=True)
+class ResclipParams(LastBlockParams):
+    """NACLIP's last block (attention: one of ResCLIP's strategies) with RCS and SFR."""
+
+    resclip_rcs_layers: tuple[int, ...] = option(
+        (5, 6, 7, 8),
+        "method",
+        "ResCLIP: trunk blocks (0-based) whose q-k attention maps RCS averages",
+        lambda v: len(v) > 0 and min(v) >= 0,
+        "block indices >= 0",
+    )
+    resclip_rcs_weights: tuple[float, ...] = option(
+        (2.0, 0.6),
+        "method",
+        "ResCLIP: (tau, lambda) of RCS, attention <- tau ((1 - lambda) attention + lambda RCS); 1,0 turns RCS off",
+        lambda v: len(v) == 2 and v[0] > 0 and 0 <= v[1] <= 1,
+        "tau > 0 and 0 <= lambda <= 1, like 2,0.3",
+    )
+    resclip_sfr_weights: tuple[float, ...] = option(
+        (2.1, 0.6),
+        "method",
+        "ResCLIP: (tau, lambda) of SFR, logits <- tau ((1 - lambda) logits + lambda prior); 1,0: off, no first pass",
+        lambda v: len(v) == 2 and v[0] > 0 and 0 <= v[1] <= 1,
+        "tau > 0 and 0 <= lambda <= 1, like 1.8,0.7",
+    )
+    resclip_temp_threshold: float = option(
+        0.1,
+        "method",
+        "ResCLIP: first-pass pixels whose top query probability is below this take query 0",
+        lambda v: 0 <= v <= 1,
+        "0..1",
+    )
+    resclip_delete_same_entity: bool = option(
+        True, "method", "ResCLIP: decay the prior between patches of one query whose path leaves that query"
+    )
+    resclip_whole_path: bool = option(
+        False,
+        "method",
+        "ResCLIP: check the whole path between two patches (the authors' code checks only its first distance/max part)",
+    )
+
+    def check(self) -> None:
+        super().check()
+        if self.attention not in STRATEGIES:
+            raise ValueError(
+                f"the resclip head runs ResCLIP's attention strategies, expected attention naclip (their "
+                f"'resclip'), csa ('sclip'), qq ('clearclip') or vanilla; got {self.attention!r}"
+            )
+        if self.resclip_sfr_weights[1] > 0 and not self.sigma > 0:
+            raise ValueError(
+                f"SFR smooths its prior with a Gaussian of std sigma; expected sigma > 0, got {self.sigma}"
+            )
 
 
 def residual_mix(x: Tensor, other: Tensor | None, weights: Sequence[float]) -> Tensor:
@@ -120,40 +147,31 @@ def mixed_attention(
 ) -> Tensor:
     """The last block's attention weights (n, heads, T, T) from its q, k (n, heads, T, d): the strategy's
     logits with the SFR prior and the Gaussian bias, soft-maxed, then RCS; the head's and the inspection's."""
-    omega = encoder._omega(settings.attention, grid, settings.sigma, q)
+    omega = neighbourhood_bias(settings.attention, grid, settings.sigma, q)
     return resclip_attention(q, k, omega, settings.attention, rcs, settings.resclip_rcs_weights, prior, sfr_weights)
 
 
 def last_block(
     encoder: DenseEncoder,
-    tokens: Tensor,
+    trunk: Trunk,
     grid: tuple[int, int],
     settings: Settings,
     rcs: Tensor | None,
     prior: Tensor | None = None,
     sfr_weights: Sequence[float] = (1.0, 0.0),
 ) -> Tensor:
-    """Patch features (n, h*w, embed_dim) of the last block with ResCLIP's attention on trunk tokens (n, T, width);
+    """Patch features (n, h*w, embed_dim) of the last block with ResCLIP's attention on the trunk's tokens;
     without `sfr_weights` no SFR (the first pass)."""
-    block = encoder.visual.transformer.resblocks[-1]
-
-    def attend(x: Tensor) -> Tensor:
-        q, k, v = encoder._last_qkv(tokens, x)  # projected once for the first pass and the final one
-        weights = mixed_attention(encoder, q, k, grid, settings, rcs, prior, sfr_weights)
-        return block.attn.out_proj((weights @ v).transpose(1, 2).reshape(x.shape))
-
-    x = ARCHITECTURES[settings.arch](block, tokens, attend)
-    x = encoder.visual.ln_post(x)
-    if encoder.visual.proj is not None:
-        x = x @ encoder.visual.proj
-    return x[:, 1:]
+    p = encoder.last_qkv(trunk)  # projected once for the first pass and the final one
+    weights = mixed_attention(encoder, p.q, p.k, grid, settings, rcs, prior, sfr_weights)
+    return encoder.project(encoder.finish_block(trunk.tokens, encoder.attend(weights, p.v), settings.arch))
 
 
 def residual_attention(encoder: DenseEncoder, trunk: Trunk, layers: Sequence[int]) -> Tensor:
     """RCS: the mean of the trunk blocks' attention weights, (n, heads, T, T)."""
     missing = [i for i in layers if i not in trunk.attention]
     if missing:
-        last = len(encoder.visual.transformer.resblocks) - 2
+        last = encoder.depth - 2
         raise ValueError(
             f"resclip_rcs_layers={tuple(layers)} asks for blocks {missing}, but this model's trunk has blocks "
             f"0..{last}; expected indices up to {last}"
@@ -172,7 +190,7 @@ def patch_mode(labels: Tensor, patch: tuple[int, int], grid: tuple[int, int]) ->
 def first_pass_labels(inputs: HeadInput, settings: Settings, rcs: Tensor | None) -> Tensor:
     """(n, h, w) SFR's patch labels: the first pass's window segmentation (PAMR, softmax, temp_thd) per patch."""
     encoder, grid, queries = inputs.encoder, inputs.grid, inputs.queries
-    features = last_block(encoder, inputs.trunk.tokens, grid, settings, rcs)
+    features = last_block(encoder, inputs.trunk, grid, settings, rcs)
     features = F.normalize(features.to(queries.dtype), dim=-1)
     logits = (features @ queries.T).transpose(1, 2).reshape(len(features), -1, *grid)  # (n, Q, h, w)
     size = tuple(inputs.windows.shape[-2:])
@@ -244,20 +262,11 @@ def _taps(settings: Settings) -> Taps:
 
 def rcs_and_prior(inputs: HeadInput, settings: Settings) -> tuple[Tensor | None, Tensor | None]:
     """RCS (n, heads, T, T) from the trunk and SFR's prior (n, 1, T, T, float16) from a first pass; None when off."""
-    if settings.attention not in STRATEGIES:
-        raise ValueError(
-            f"the resclip head runs ResCLIP's attention strategies, expected attention naclip (their "
-            f"'resclip'), csa ('sclip'), qq ('clearclip') or vanilla; got {settings.attention!r}"
-        )
     rcs = None
     if settings.resclip_rcs_weights[1] > 0:
         rcs = residual_attention(inputs.encoder, inputs.trunk, settings.resclip_rcs_layers)
     prior = None
     if settings.resclip_sfr_weights[1] > 0:
-        if not settings.sigma > 0:
-            raise ValueError(
-                f"SFR smooths its prior with a Gaussian of std sigma; expected sigma > 0, got {settings.sigma}"
-            )
         if not len(inputs.queries):
             raise ValueError(
                 "SFR's prior comes from a first pass scored against the text queries, and there are none: set the "
@@ -277,23 +286,20 @@ def resclip_last_attention(inputs: HeadInput, settings: Settings) -> Tensor:
     Rows sum to tau of RCS (2 with the defaults; twice that for the two-softmax 'csa' strategy).
     """
     rcs, prior = rcs_and_prior(inputs, settings)
-    encoder = inputs.encoder
-    tokens = inputs.trunk.tokens
-    q, k, _ = encoder._last_qkv(tokens, encoder.visual.transformer.resblocks[-1].ln_1(tokens))
-    return mixed_attention(encoder, q, k, inputs.grid, settings, rcs, prior, settings.resclip_sfr_weights)
+    p = inputs.encoder.last_qkv(inputs.trunk)
+    return mixed_attention(inputs.encoder, p.q, p.k, inputs.grid, settings, rcs, prior, settings.resclip_sfr_weights)
 
 
-@register_head("resclip", taps=_taps, attention=resclip_last_attention)
+@register_head("resclip", params=ResclipParams, taps=_taps, attention=resclip_last_attention)
 @torch.no_grad()
 def resclip_head(inputs: HeadInput, settings: Settings) -> Tensor:
     """ResCLIP's patch features (n, h*w, embed_dim): RCS from the trunk, SFR from a first pass."""
     rcs, prior = rcs_and_prior(inputs, settings)
     sfr_weights = settings.resclip_sfr_weights
-    return last_block(inputs.encoder, inputs.trunk.tokens, inputs.grid, settings, rcs, prior, sfr_weights)
+    return last_block(inputs.encoder, inputs.trunk, inputs.grid, settings, rcs, prior, sfr_weights)
 
 
 DEFAULTS = dict(
-    head="resclip",
     attention="naclip",
     arch="reduced",
     sigma=5.0,
@@ -342,4 +348,6 @@ def resclip() -> Method:
         },
         source="github:yvhangyang/ResCLIP@0e085f7",
         note="RCS and SFR on the reduced k-k block with the Gaussian bias; no final PAMR; whole image on VOC.",
+        head="resclip",
+        docs="docs/methods/resclip.md",
     )

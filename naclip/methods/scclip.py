@@ -1,42 +1,13 @@
 """SC-CLIP (Bai, Liu, Han, Zhang, Tang, 2024): Self-Calibrated CLIP.
 
-The head, as the authors' `VisionTransformer.forward` (`clip/model.py:254-316`) computes it from the
-tokens after the last trunk block (block 10 of ViT-B/16), per window:
-
-1. anomaly tokens: a local outlier factor over the patch tokens (30 neighbours, 5% flagged,
-   `lof_pytorch` `:208-227`), each flagged token replaced by the mean of its unflagged 3 x 3
-   neighbours (`mean_interpolation` `:348-373`);
-2. the tokens aggregated by the (outlier-corrected) patch similarity of block 8, similarities
-   below beta 0.4 ignored (`:280-288`, `adaptively_aggregate` `:343-346`);
-3. the last block reduced to its attention, whose weights are the mean of softmax(3 x (s - mean s),
-   -inf where negative) of that block-8 similarity s and softmax(k k^T / sqrt(d)) (`custom_attn`
-   `:318-341`), plus 0.3 x the [CLS] token (`:290-291`); then aggregated by block 3's similarity
-   (`:293-297`);
-4. multi-level fusion: the sum of blocks 3..9's tokens through the same attention, [CLS] residual and
-   aggregation, added (`:299-306`); then `ln_post` and `proj`.
-
-Protocol, from github:SuleBai/SC-CLIP@0417ba9: `scclip_segmentor.py:19-22` (logit scale 40, prob_thd
-0, 224/112 windows, no area threshold, no PAMR) with `configs/base_config.py:1-9` (layer indices
-8 / 3 / 3..9, res_cls 0.3) and the lines of each `configs/cfg_*.py` cited per benchmark; windows are
-not padded (`:86-125`); scores are the softmax after the synonym max and area threshold, not
-renormalised (`:154-186`). Class files are the same as NACLIP's and SCLIP's. Published (secondary
-source, ViT-B/16): VOC21 64.6, PC60 36.8, C-Obj 37.7, VOC20 84.3, PC59 40.1, C-Stf 26.6, City 41.0,
-ADE 20.1.
-
-Reproduced as written, and what differs from the method's description:
-- the LOF is the simplified LOF on squared distances: a token's own k-distance stands in for its
-  neighbours' in the reachability distance (`:214-215`), so the score is the mean ratio of its
-  k-distance to its neighbours'. The init commit (74471da) flagged the 10 largest-norm tokens
-  instead, its comment saying both give the same results;
-- a flagged patch i is placed at (i // rows, i % rows) (`:275`): right on square grids, the only
-  ones the authors' protocols make (224 windows); on others it lands elsewhere, or off the grid,
-  where their code fails (an error here). `scclip_fix_positions=true` places it at (i // cols, i % cols);
-- the LOF's threshold is compared in the tokens' precision (a 0-dim float32 quantile against
-  float16 scores under CUDA), as theirs; with no token flagged their code fails, here nothing is
-  replaced; their code runs one window at a time (batch 1), this head runs each window alone in a batch.
-
-The layer indices are settings with the ViT-B/16 values; the init commit's commented ViT-L/14
-config (74471da `configs/base_config.py:12-21`) used pre 16, post 6, fusion 8..18, res_cls 0.1.
+The head, as the authors' `VisionTransformer.forward` (github:SuleBai/SC-CLIP@0417ba9,
+`clip/model.py:254-316`) computes it from the tokens after the last trunk block, per window:
+anomaly tokens found by a local outlier factor and replaced by their neighbours' mean; the tokens
+aggregated by block 8's patch similarity; the last block reduced to its attention, averaged with
+that similarity's attention, plus 0.3 x [CLS], aggregated by block 3's similarity; the sum of
+blocks 3..9's tokens through the same attention, added. Where each value comes from, and what is
+reproduced as their code computes it (the simplified LOF, the anomaly placement on non-square
+grids, ...): docs/methods/scclip.md.
 """
 
 from __future__ import annotations
@@ -50,11 +21,69 @@ from torch import Tensor, nn
 from naclip.encoder import DenseEncoder, Taps
 from naclip.heads import HeadInput, register_head
 from naclip.methods.registry import Method, Protocol, register_method
-from naclip.settings import Settings
+from naclip.settings import Params, Settings, option, positive
 
 MID_SCALE = 3.0  # custom_attn: (s - mean s) * 3.0, clip/model.py:329
 AGGREGATE_EPS = 1e-6  # adaptively_aggregate, clip/model.py:344
 DISTANCE_ELEMENTS = 2**22  # elements of one chunk of pairwise differences (16 MB in float32: the LOF's memory)
+
+
+@dataclass(frozen=True)
+class ScclipParams(Params):
+    """SC-CLIP's own parameters; the layer indices are ViT-B/16's (the init commit's ViT-L/14 config used
+    pre 16, post 6, fusion 8..18, res_cls 0.1)."""
+
+    scclip_neighbours: int = option(
+        30, "method", "SC-CLIP: neighbours of the outlier factor that finds anomaly patch tokens", positive, "> 0"
+    )
+    scclip_contamination: float = option(
+        0.05,
+        "method",
+        "SC-CLIP: share of patch tokens flagged as anomalies (outlier factor above this upper quantile)",
+        lambda v: 0 <= v < 1,
+        "in [0, 1)",
+    )
+    scclip_pre_layer: int = option(
+        8,
+        "method",
+        "SC-CLIP: trunk block (0-based) whose patch similarity aggregates the tokens and guides the last attention",
+        lambda v: v >= 0,
+        ">= 0",
+    )
+    scclip_post_layer: int = option(
+        3,
+        "method",
+        "SC-CLIP: trunk block (0-based) whose patch similarity aggregates the last block's output",
+        lambda v: v >= 0,
+        ">= 0",
+    )
+    scclip_fusion_layers: tuple[int, ...] = option(
+        (3, 4, 5, 6, 7, 8, 9),
+        "method",
+        "SC-CLIP: trunk blocks (0-based) whose tokens are summed and passed through the last block again",
+        lambda v: len(v) > 0 and min(v) >= 0,
+        "block indices >= 0",
+    )
+    scclip_beta: float = option(
+        0.4,
+        "method",
+        "SC-CLIP: patch similarities below this are left out of the aggregations",
+        lambda v: -1 <= v <= 1,
+        "in [-1, 1]",
+    )
+    scclip_res_cls: float = option(
+        0.3,
+        "method",
+        "SC-CLIP: weight of the [CLS] token added to every patch after the last block",
+        lambda v: v >= 0,
+        ">= 0",
+    )
+    scclip_fix_positions: bool = option(
+        False,
+        "method",
+        "SC-CLIP: put anomaly patches at their own (row, column); false keeps the authors' (i // rows, i % rows), "
+        "the same on square patch grids",
+    )
 
 
 def squared_distances(points: Tensor) -> Tensor:
@@ -167,10 +196,8 @@ def calibrated_weights(k: Tensor, mid: Tensor) -> Tensor:
 
 def calibrated_attention(encoder: DenseEncoder, block: nn.Module, tokens: Tensor, mid: Tensor) -> Tensor:
     """The last block's attention on patch tokens (n, N, width) with weights (mid + softmax(k k^T / sqrt(d))) / 2."""
-    _, k, v = encoder._qkv(block.ln_1(tokens), block)  # each (n, heads, N, head_dim)
-    out = calibrated_weights(k, mid) @ v  # (n, heads, N, head_dim)
-    out = out.transpose(1, 2).reshape(tokens.shape)  # (n, N, width), heads side by side
-    return block.ls_1(block.attn.out_proj(out))
+    p = encoder.qkv(block.ln_1(tokens), block)  # each (n, heads, N, head_dim)
+    return block.ls_1(encoder.attend(calibrated_weights(p.k, mid), p.v, block))  # (n, N, width)
 
 
 def _layers(settings: Settings) -> frozenset[int]:
@@ -178,7 +205,7 @@ def _layers(settings: Settings) -> frozenset[int]:
 
 
 def _check_depth(encoder: DenseEncoder, settings: Settings) -> None:
-    trunk_blocks = len(encoder.visual.transformer.resblocks) - 1
+    trunk_blocks = encoder.depth - 1
     if max(_layers(settings)) >= trunk_blocks:
         raise ValueError(
             f"SC-CLIP's layers (scclip_pre_layer={settings.scclip_pre_layer}, scclip_post_layer="
@@ -221,25 +248,26 @@ def scclip_attention(inputs: HeadInput, settings: Settings) -> Tensor:
     block mixes the tokens before their values are taken. Rows sum to 1 (less the aggregation's 1e-6).
     """
     calibration = calibrate(inputs, settings)
-    block = inputs.encoder.visual.transformer.resblocks[-1]
-    _, k, _ = inputs.encoder._qkv(block.ln_1(calibration.tokens), block)
+    encoder = inputs.encoder
+    k = encoder.qkv(encoder.last.ln_1(calibration.tokens)).k
     return calibration.post[:, None] @ calibrated_weights(k, calibration.mid)
 
 
-@register_head("scclip", taps=lambda settings: Taps(layers=_layers(settings)), attention=scclip_attention)
+@register_head(
+    "scclip", params=ScclipParams, taps=lambda settings: Taps(layers=_layers(settings)), attention=scclip_attention
+)
 @torch.no_grad()
 def scclip_head(inputs: HeadInput, settings: Settings) -> Tensor:
     """SC-CLIP's patch features (n, h*w, embed_dim), each window on its own."""
     encoder, trunk = inputs.encoder, inputs.trunk
-    block = encoder.visual.transformer.resblocks[-1]
+    block = encoder.last
     calibration, res_cls = calibrate(inputs, settings), settings.scclip_res_cls
     x = calibrated_attention(encoder, block, calibration.tokens, calibration.mid) + res_cls * trunk.tokens[:, :1]
     x = calibration.post @ x
     fused = sum(trunk.layers[i] for i in settings.scclip_fusion_layers)  # (n, 1 + N, width)
     fused = calibrated_attention(encoder, block, fused[:, 1:], calibration.mid) + res_cls * fused[:, :1]
     x = x + calibration.post @ fused
-    x = encoder.visual.ln_post(x)
-    return x @ encoder.visual.proj if encoder.visual.proj is not None else x
+    return encoder.project(x, drop_cls=False)  # patch tokens only already
 
 
 @register_method
@@ -249,7 +277,6 @@ def scclip() -> Method:
         "scclip",
         "SC-CLIP (anomaly tokens resolved, mid-layer calibrated attention, multi-level fusion)",
         dict(
-            head="scclip",
             logit_scale=40.0,
             prob_threshold=0.0,
             area_threshold=0.0,
@@ -277,4 +304,6 @@ def scclip() -> Method:
         },
         source="github:SuleBai/SC-CLIP@0417ba9",
         note="Windows 224/112 everywhere (Cityscapes at 560), no PAMR; area threshold on VOC21.",
+        head="scclip",
+        docs="docs/methods/scclip.md",
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from naclip.workbook.layout import Workbook
@@ -11,14 +12,19 @@ from naclip.workbook.params import DEFAULT_PROFILE, FALLBACK_PROFILE
 
 
 def _folders(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--notebooks", type=Path, help="the study notebooks (default: notebooks/ of the workbook "
-                        "found from the working directory, else of the naclip checkout)")
-    parser.add_argument("--params", type=Path, help="the profiles' parameter files (default: params/ beside the "
-                        "notebooks)")
+    parser.add_argument(
+        "--notebooks",
+        type=Path,
+        help="the study notebooks (default: notebooks/ of the workbook "
+        "found from the working directory, else of the naclip checkout)",
+    )
+    parser.add_argument(
+        "--params", type=Path, help="the profiles' parameter files (default: params/ beside the notebooks)"
+    )
     parser.add_argument("--results", type=Path, help="where runs go (default: results/ beside the notebooks)")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction, argv: Sequence[str] = ()) -> None:
     """Add the `workbook` subcommand and its `run` and `list` actions."""
     parser = subparsers.add_parser("workbook", help="run the study notebooks (tables and figures)")
     actions = parser.add_subparsers(dest="action", required=True)
@@ -36,20 +42,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     run.add_argument("targets", nargs="*", metavar="STUDY", help="study names (default: all)")
-    run.add_argument("--profile", help="a folder of parameter files in params/ (paper, smoke), or its path; "
-                     f"default: {DEFAULT_PROFILE}")
+    run.add_argument(
+        "--profile",
+        help=f"a folder of parameter files in params/ (paper, smoke), or its path; default: {DEFAULT_PROFILE}",
+    )
     run.add_argument("--model", help="open_clip model for every study (e.g. ViT-L-14)")
     run.add_argument("--pretrained", help="pretrained tag or checkpoint file for every study ('none': random)")
     run.add_argument("--device", help="device for every study (auto, cpu, cuda, mps)")
     run.add_argument("--force", action="store_true", help="redo runs that are already complete")
-    run.add_argument("--jobs", type=int, default=1, help="notebooks run at once (default 1; more only where the "
-                     "cores and the memory allow: each notebook loads its own model)")
+    run.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="notebooks run at once (default 1; more only where the "
+        "cores and the memory allow: each notebook loads its own model)",
+    )
     run.add_argument("--dry-run", action="store_true", help="show what would run, with each run's state; run nothing")
     _folders(run)
     run.set_defaults(func=_run)
-    listing = actions.add_parser("list", help="the studies, their runs and each run's state",
-                                 description="Every study with its runs under each profile (or --profile's) and "
-                                 "any other run folder: complete, stale (and why), failed or missing.")
+    listing = actions.add_parser(
+        "list",
+        help="the studies, their runs and each run's state",
+        description="Every study with its runs under each profile (or --profile's) and "
+        "any other run folder: complete, stale (and why), failed or missing.",
+    )
     listing.add_argument("--profile", help="only this profile's runs")
     _folders(listing)
     listing.set_defaults(func=_list)
@@ -73,8 +89,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     report = regenerate(args.targets, args.profile, workbook, args.force, overrides, args.jobs)
     print(
-        f"workbook: {len(report.executed)} run(s) executed, {len(report.skipped)} skipped, "
-        f"{len(report.failed)} failed"
+        f"workbook: {len(report.executed)} run(s) executed, {len(report.skipped)} skipped, {len(report.failed)} failed"
     )
     for run, error in report.failed:
         last = error.strip().splitlines()[-1] if error.strip() else ""

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from naclip.attention import gaussian_bias, get_attention
 from naclip.datasets import PRESETS, SegDataset, get_preset
 from naclip.methods import METHODS, get_method
-from naclip.settings import check_variant, coerce
+from naclip.settings import check_variant, coerce, owners_of, variant_keys
 from naclip.workbook.published import BACKBONE, BENCHMARKS, IMAGES, ROWS
 
 NO_AUTHORS_RUN = "NACLIP's protocol (no authors' run published)"
@@ -46,8 +46,15 @@ def kernel_table(grid: tuple[int, int], patch: tuple[int, int], sigmas: Sequence
     rows, cols = np.indices(grid)
     distance = np.hypot(rows - patch[0], cols - patch[1]).ravel()
     frames = [
-        pd.DataFrame({"sigma": float(sigma), "row": rows.ravel(), "col": cols.ravel(), "distance": distance,
-                      "omega": patch_bias(grid, patch, sigma).ravel()})
+        pd.DataFrame(
+            {
+                "sigma": float(sigma),
+                "row": rows.ravel(),
+                "col": cols.ravel(),
+                "distance": distance,
+                "omega": patch_bias(grid, patch, sigma).ravel(),
+            }
+        )
         for sigma in sigmas
     ]
     return pd.concat(frames, ignore_index=True)
@@ -95,8 +102,9 @@ def evaluate_methods(
 def label_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Evaluator rows with ``post-processing`` ("none" / "PAMR") and ``protocol`` (whose protocol ran) columns."""
     pamr = frame["pamr_steps"].astype(int) > 0
-    labelled = frame.assign(**{"post-processing": np.where(pamr, "PAMR", "none"),
-                               "protocol": [protocol_label(m) for m in frame["method"]]})
+    labelled = frame.assign(
+        **{"post-processing": np.where(pamr, "PAMR", "none"), "protocol": [protocol_label(m) for m in frame["method"]]}
+    )
     labelled.attrs = {}  # the evaluator's per-class table stays with `frame`; concat cannot compare attrs
     return labelled
 
@@ -106,13 +114,18 @@ def label_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 def component_variants() -> list[dict]:
     """The 8 on/off combinations of NACLIP's components: Gaussian bias, key-key similarity, reduced block."""
-    attention = {(False, False): "vanilla", (False, True): "kk", (True, False): "vanilla_gauss",
-                 (True, True): "naclip"}
+    attention = {(False, False): "vanilla", (False, True): "kk", (True, False): "vanilla_gauss", (True, True): "naclip"}
     variants = []
     for gauss, key_key, reduced in itertools.product((False, True), repeat=3):
         parts = [name for name, on in (("Gauss", gauss), ("KK", key_key), ("reduced", reduced)) if on]
-        variants.append({"name": " + ".join(parts) or "none (CLIP)", "attention": attention[gauss, key_key],
-                         "arch": "reduced" if reduced else "vanilla", "pamr_steps": 0})
+        variants.append(
+            {
+                "name": " + ".join(parts) or "none (CLIP)",
+                "attention": attention[gauss, key_key],
+                "arch": "reduced" if reduced else "vanilla",
+                "pamr_steps": 0,
+            }
+        )
     return variants
 
 
@@ -128,40 +141,68 @@ def sweep_variants(key: str, values: Sequence, pamr_steps: int = 0, **fixed: Any
 
 def grid_variants(attentions: Sequence[str], archs: Sequence[str]) -> list[dict]:
     """Every (attention, architecture) pair, without PAMR."""
-    return [{"name": f"{att}/{arch}", "attention": att, "arch": arch, "pamr_steps": 0}
-            for arch in archs for att in attentions]
+    return [
+        {"name": f"{att}/{arch}", "attention": att, "arch": arch, "pamr_steps": 0}
+        for arch in archs
+        for att in attentions
+    ]
 
 
 # -- comparison with the published numbers ---------------------------------------------------------------
 
 # The settings a published run is matched on; the others (device, window batch, ...) never change a label.
-_MATCHED = ("attention", "arch", "sigma", "logit_scale", "prob_threshold", "area_threshold", "pamr_steps",
-            "pamr_dilations", "short_side", "long_side", "slide_crop", "slide_stride", "pad_windows")
+_MATCHED = (
+    "attention",
+    "arch",
+    "sigma",
+    "logit_scale",
+    "prob_threshold",
+    "area_threshold",
+    "pamr_steps",
+    "pamr_dilations",
+    "short_side",
+    "long_side",
+    "slide_crop",
+    "slide_stride",
+    "pad_windows",
+)
 
 
-def published_method(attention: str, arch: str, pamr: bool, head: str = "last_block") -> str | None:
-    """The method preset whose head, last block and post-processing these are (None: no paper ran them)."""
+def published_method(attention: str | None, arch: str | None, pamr: bool, head: str = "last_block") -> str | None:
+    """The method preset whose head, last block and post-processing these are (None: no paper ran them).
+
+    `attention` and `arch` are compared where the head has them (None: a head without them, as SC-CLIP's).
+    """
     for method in METHODS.values():
         settings = method.settings()
-        if (settings.head, settings.attention, settings.arch, settings.pamr_steps > 0) == (head, attention, arch, pamr):
+        own = settings.params.to_dict()
+        block = (own.get("attention"), own.get("arch"))
+        if (method.head, *block, settings.pamr_steps > 0) == (head, attention, arch, pamr):
             return method.name
     return None
+
+
+def _value(row: pd.Series, key: str) -> Any:
+    """A row's value, None where the column is missing or empty (a method without that parameter)."""
+    value = row[key] if key in row.index else None
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else value
 
 
 def _differences(row: pd.Series, method: str, protocol: str) -> list[str]:
     """How the settings and class names of `row` differ from `method` as published on `protocol`."""
     expected = get_method(method).settings(protocol)
-    skip = set()
-    if not get_attention(expected.attention).neighbourhood:
+    values = expected.to_dict()
+    skip = {key for key in _MATCHED if key not in values}
+    if "attention" in values and not get_attention(expected.attention).neighbourhood:
         skip.add("sigma")
     if expected.pamr_steps == 0:
         skip.add("pamr_dilations")
     if expected.slide_crop == 0:
         skip.add("slide_stride")
     found = [
-        f"{key} {coerce(key, row[key])!s} (published {getattr(expected, key)!s})"
+        f"{key} {coerce(key, row[key])!s} (published {values[key]!s})"
         for key in _MATCHED
-        if key not in skip and key in row.index and coerce(key, row[key]) != getattr(expected, key)
+        if key not in skip and key in row.index and coerce(key, row[key]) != values[key]
     ]
     if "method" in row.index and get_method(row["method"]).class_file(protocol) != get_method(method).class_file(
         protocol
@@ -173,8 +214,8 @@ def _differences(row: pd.Series, method: str, protocol: str) -> list[str]:
 def _compare_row(row: pd.Series) -> dict[str, Any]:
     """The published number `row` is compared with, whose it is, and why no gap is computed (empty: comparable)."""
     protocol = get_preset(row["benchmark"]).protocol if row["benchmark"] in PRESETS else ""
-    head = row["head"] if "head" in row.index else "last_block"
-    method = published_method(row["attention"], row["arch"], int(row["pamr_steps"]) > 0, head)
+    head = get_method(row["method"]).head if "method" in row.index else "last_block"
+    method = published_method(_value(row, "attention"), _value(row, "arch"), int(row["pamr_steps"]) > 0, head)
     entry = next((r for r in ROWS if r.method == method), None)
     match = {"protocol_key": protocol, "published": np.nan, "published_as": "", "source": ""}
     if method is None:
@@ -188,8 +229,9 @@ def _compare_row(row: pd.Series) -> dict[str, Any]:
     if pd.isna(row["pretrained"]):
         reasons.append("random weights")
     elif (row["model"], row["pretrained"]) != BACKBONE:
-        reasons.append(f"backbone {weights_label(row['model'], row['pretrained'])}; published: "
-                       f"{weights_label(*BACKBONE)}")
+        reasons.append(
+            f"backbone {weights_label(row['model'], row['pretrained'])}; published: {weights_label(*BACKBONE)}"
+        )
     if int(row["n_images"]) != IMAGES[protocol]:
         reasons.append(f"sample: {int(row['n_images'])} of {IMAGES[protocol]} images")
     published = entry.values[list(BENCHMARKS).index(protocol)]
@@ -204,11 +246,17 @@ def _average(group: pd.DataFrame, keys: list[str]) -> dict[str, Any]:
     entry = next((r for r in ROWS if r.method in methods), None) if complete else None
     if entry is None and group["published"].notna().any():
         reasons.append(f"average over {len(group)} benchmark(s); the published average is over all eight")
-    return {**group.iloc[0][keys].to_dict(), "benchmark": "avg", "protocol_key": "",
-            "n_images": int(group["n_images"].sum()), "mIoU": group["mIoU"].mean(),
-            "published": entry.average if entry else np.nan,
-            "published_as": entry.method if entry else "", "source": entry.source if entry else "",
-            "reasons": reasons}
+    return {
+        **group.iloc[0][keys].to_dict(),
+        "benchmark": "avg",
+        "protocol_key": "",
+        "n_images": int(group["n_images"].sum()),
+        "mIoU": group["mIoU"].mean(),
+        "published": entry.average if entry else np.nan,
+        "published_as": entry.method if entry else "",
+        "source": entry.source if entry else "",
+        "reasons": reasons,
+    }
 
 
 def compare_published(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
@@ -223,23 +271,33 @@ def compare_published(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     published average only when all eight benchmarks ran.
     """
     keys = list(dict.fromkeys([*keys, "post-processing", "protocol"]))
-    table = pd.DataFrame([
-        {**{k: row[k] for k in keys}, "benchmark": row["benchmark"], "n_images": int(row["n_images"]),
-         "mIoU": row["mIoU"], **_compare_row(row)}
-        for _, row in frame.iterrows()
-    ])
+    table = pd.DataFrame(
+        [
+            {
+                **{k: row[k] for k in keys},
+                "benchmark": row["benchmark"],
+                "n_images": int(row["n_images"]),
+                "mIoU": row["mIoU"],
+                **_compare_row(row),
+            }
+            for _, row in frame.iterrows()
+        ]
+    )
     averages = [_average(group, keys) for _, group in table.groupby(keys, sort=False, dropna=False)]
     table = pd.concat([table, pd.DataFrame(averages)], ignore_index=True)
     comparable = (table["reasons"].map(len) == 0) & table["published"].notna()
     table["gap"] = (table["mIoU"] - table["published"]).where(comparable)
     table["note"] = table["reasons"].map("; ".join)
-    table["images"] = [f"{n} of {IMAGES[p]}" if p in IMAGES else str(n)
-                       for n, p in zip(table["n_images"], table["protocol_key"], strict=True)]
+    table["images"] = [
+        f"{n} of {IMAGES[p]}" if p in IMAGES else str(n)
+        for n, p in zip(table["n_images"], table["protocol_key"], strict=True)
+    ]
     return table[["benchmark", *keys, "images", "mIoU", "published", "gap", "published_as", "source", "note"]]
 
 
-def overview(comparison: pd.DataFrame, index: Sequence[str], values: Sequence[str] = ("mIoU", "published", "gap")
-             ) -> pd.DataFrame:
+def overview(
+    comparison: pd.DataFrame, index: Sequence[str], values: Sequence[str] = ("mIoU", "published", "gap")
+) -> pd.DataFrame:
     """`compare_published` output as one row per `index` and a column per (value, benchmark), benchmarks in the
     order run and ``avg`` last."""
     benchmarks = list(dict.fromkeys(comparison["benchmark"]))
@@ -255,8 +313,10 @@ def figure_note(comparison: pd.DataFrame) -> str:
     notes = comparison["note"]
     parts = []
     if notes.str.contains("sample:").any():
-        parts.append("Sample benchmarks hold a handful of images: the published marks are on the full validation "
-                     "sets, shown beside them, not compared.")
+        parts.append(
+            "Sample benchmarks hold a handful of images: the published marks are on the full validation "
+            "sets, shown beside them, not compared."
+        )
     if "method" in comparison:
         borrowed = comparison.loc[comparison["protocol"] == NO_AUTHORS_RUN, "method"].unique()
         if len(borrowed):
@@ -305,8 +365,9 @@ def qualitative_rows(
             on_load(segmenter)
         for row, image in zip(labels, images, strict=True):
             row.append(segmenter.predict(image).labels)
-    rows = [[image, *(colorize(lab, dataset.num_classes) for lab in row)]
-            for image, row in zip(images, labels, strict=True)]
+    rows = [
+        [image, *(colorize(lab, dataset.num_classes) for lab in row)] for image, row in zip(images, labels, strict=True)
+    ]
     return rows, legend([lab for row in labels for lab in row], dataset.class_names)
 
 
@@ -330,16 +391,21 @@ def patch_attention_maps(
 
     `points` are (y, x) fractions of the image height and width, so they mean the same place on any
     backbone's grid. Each method runs its preset's method settings (default protocol) and head, with
-    method-group `overrides` on top, on `segmenter`'s backbone and image size (`Segmenter.patch_attention`;
-    ResCLIP's first pass scores the segmenter's classes). Returns
+    method-group `overrides` on top (a method's own parameter only on the methods that have it; one that no
+    registered method has is refused), on
+    `segmenter`'s backbone and image size (`Segmenter.patch_attention`; ResCLIP's first pass scores the
+    segmenter's classes). Returns
     ({method: (len(points), h, w)} head-averaged weights, the patches (row, col), the grid (h, w)).
     """
     if any(not (0 <= y <= 1 and 0 <= x <= 1) for y, x in points):
         raise ValueError(f"points must be (y, x) fractions in [0, 1], got {list(points)}")
-    check_variant(overrides)
+    mine = {method: {k: v for k, v in overrides.items() if k in variant_keys(method)} for method in methods}
+    for key in overrides:
+        if not owners_of(key):  # a key of no method at all: a typo, or a setting that cannot vary
+            check_variant({key: overrides[key]}, methods[0] if methods else "naclip")
     maps, patches, grid = {}, [], (0, 0)
     for method in methods:
-        settings = get_method(method).settings(**overrides)
+        settings = get_method(method).settings(**mine[method])
         weights = segmenter.patch_attention(image, **settings.to_dict(("method",)))
         grid = tuple(weights.shape[1:])
         patches = [(min(int(y * grid[0]), grid[0] - 1), min(int(x * grid[1]), grid[1] - 1)) for y, x in points]
@@ -353,8 +419,9 @@ def attention_table(
     """Tidy attention weights: one row per (method, query patch, key patch)."""
     rows, cols = (a.ravel() for a in np.indices(grid))
     frames = [
-        pd.DataFrame({"method": method, "query_row": qr, "query_col": qc, "row": rows, "col": cols,
-                      "weight": weights[n].ravel()})
+        pd.DataFrame(
+            {"method": method, "query_row": qr, "query_col": qc, "row": rows, "col": cols, "weight": weights[n].ravel()}
+        )
         for method, weights in maps.items()
         for n, (qr, qc) in enumerate(patches)
     ]
@@ -364,9 +431,11 @@ def attention_table(
 def class_summary(probs: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> pd.DataFrame:
     """Per class: the share of pixels labelled with it and its mean and max probability, largest area first."""
     counts = np.bincount(labels.ravel(), minlength=len(names))[: len(names)]
-    return pd.DataFrame({
-        "class": list(names),
-        "pixel_share": counts / labels.size,
-        "mean_probability": probs.reshape(len(names), -1).mean(1),
-        "max_probability": probs.reshape(len(names), -1).max(1),
-    }).sort_values(["pixel_share", "mean_probability"], ascending=False, ignore_index=True)
+    return pd.DataFrame(
+        {
+            "class": list(names),
+            "pixel_share": counts / labels.size,
+            "mean_probability": probs.reshape(len(names), -1).mean(1),
+            "max_probability": probs.reshape(len(names), -1).max(1),
+        }
+    ).sort_values(["pixel_share", "mean_probability"], ascending=False, ignore_index=True)

@@ -1,0 +1,139 @@
+"""Second frozen vision models beside CLIP (a DINO ViT through `timm`, a SAM image encoder, ...).
+
+A head declares the models it needs (`register_head(..., models=(...))`); the `Segmenter` loads each
+once, runs it on every batch of windows with its own preprocessing and hands its features to the
+head (`HeadInput.models[name]`). Its weights come from `Settings.vfm_pretrained` (`NAME=WEIGHTS`):
+a tag its `download` knows, a local checkpoint file, or none for random weights (tests; loudly
+marked). Unnamed, a model takes its `default` tag, or random weights when CLIP's are random.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from naclip.preprocess import PIXEL_MEAN, PIXEL_STD
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)  # on the 0..255 scale, as mmseg configures it
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass(frozen=True)
+class SecondModel:
+    """A frozen vision model a head uses beside CLIP: how to build, load, feed and run it.
+
+    `forward(module, images)` takes images (B, 3, H, W) normalised with `mean`/`std` (0..255 scale)
+    at the size `input_size(H, W)` gives (default: the window's own) and returns patch features
+    (B, D, h, w). `download(tag)` returns the state dict of a named checkpoint (network and cache);
+    None: only files and random weights.
+    """
+
+    name: str
+    build: Callable[[], nn.Module]
+    forward: Callable[[nn.Module, Tensor], Tensor]
+    patch: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    default: str | None = None
+    download: Callable[[str], Mapping[str, Tensor]] | None = None
+    input_size: Callable[[int, int], tuple[int, int]] | None = None
+
+    def prepare(self, windows: Tensor) -> Tensor:
+        """CLIP-normalised windows (B, 3, H, W) renormalised for this model, resized to its input size."""
+        clip_mean, clip_std = (
+            torch.tensor(v, device=windows.device, dtype=torch.float32) for v in (PIXEL_MEAN, PIXEL_STD)
+        )
+        mean, std = (torch.tensor(v, device=windows.device, dtype=torch.float32) for v in (self.mean, self.std))
+        pixels = windows.float() * clip_std[:, None, None] + clip_mean[:, None, None]  # back to 0..255
+        images = (pixels - mean[:, None, None]) / std[:, None, None]
+        if self.input_size is not None:
+            size = self.input_size(*images.shape[-2:])
+            if size != tuple(images.shape[-2:]):
+                images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        return images
+
+    def features(self, module: nn.Module, windows: Tensor) -> Tensor:
+        """Patch features (B, D, h, w) of CLIP-normalised windows (B, 3, H, W), in the module's precision."""
+        dtype = next(module.parameters()).dtype
+        return self.forward(module, self.prepare(windows).to(dtype))
+
+
+def requested_weights(
+    entries: tuple[str, ...], models: tuple[SecondModel, ...], clip_random: bool
+) -> dict[str, str | None]:
+    """Each model's weights from `NAME=WEIGHTS` entries (`Settings.vfm_pretrained`); ValueError for an unknown NAME."""
+    names = [model.name for model in models]
+    given: dict[str, str | None] = {}
+    for entry in entries:
+        name, _, weights = entry.partition("=")
+        if name not in names:
+            expected = f"one of {', '.join(names)}" if names else "none: this method has no second model"
+            raise ValueError(f"vfm_pretrained names model {name!r}; expected {expected}")
+        given[name] = None if weights.strip().lower() in ("", "none", "random", "null") else weights
+    return {
+        model.name: given[model.name] if model.name in given else (None if clip_random else model.default)
+        for model in models
+    }
+
+
+def weights_identity(weights: str | None) -> str:
+    """What a model's weights are, for provenance and cache keys: random, a file (path, size, mtime), or a tag."""
+    if weights is None:
+        return "random"
+    if os.path.isfile(weights):
+        stat = os.stat(weights)
+        return f"{os.path.abspath(weights)}|{stat.st_size}|{stat.st_mtime_ns}"
+    return weights
+
+
+def load_second_model(
+    model: SecondModel, weights: str | None, device: torch.device, dtype: torch.dtype, seed: int
+) -> nn.Module:
+    """`model` built and loaded with `weights` (a file, a tag, or None: random with `seed`), frozen, on `device`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = model.build()
+    if weights is None:
+        warnings.warn(
+            f"second model {model.name!r} has RANDOM weights: every result is meaningless (tests only)", stacklevel=2
+        )
+    else:
+        module.load_state_dict(_state_dict(model, weights))
+    return module.eval().requires_grad_(False).to(device=device, dtype=dtype)
+
+
+def _state_dict(model: SecondModel, weights: str) -> Mapping[str, Tensor]:
+    path = Path(weights).expanduser()
+    if path.is_file():
+        try:
+            state: Any = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises several types for a damaged or unsafe file
+            raise ValueError(
+                f"{path}: cannot read the {model.name!r} checkpoint ({error}); expected a state dict"
+            ) from None
+        for key in ("state_dict", "model", "teacher"):
+            if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+                state = state[key]
+        return state
+    if model.download is None or os.sep in weights:
+        raise FileNotFoundError(
+            f"weights {weights!r} of second model {model.name!r}: no such file; expected a checkpoint file "
+            f"(--vfm-pretrained {model.name}=/path/to/checkpoint) or none for random weights"
+        )
+    try:
+        return model.download(weights)
+    except Exception as error:  # offline, unknown tag, damaged download
+        raise RuntimeError(
+            f"weights {weights!r} of second model {model.name!r} could not be downloaded ({type(error).__name__}: "
+            f"{error}). Run once where the network is reachable (the download is cached), or download the "
+            f"checkpoint yourself and pass --vfm-pretrained {model.name}=/path/to/checkpoint "
+            f"(Segmenter(vfm_pretrained=['{model.name}=/path/to/checkpoint']))"
+        ) from None
