@@ -1,4 +1,8 @@
-"""The NACLIP segmenter: an image and class names in, a label map and class probabilities out."""
+"""The NACLIP segmenter: an image and class names in, a label map and class probabilities out.
+
+This is the fast path; `naclip.reference` states the same prediction plainly, and the tests hold one to the
+other on every method preset.
+"""
 
 from __future__ import annotations
 

@@ -52,3 +52,21 @@ def temporary_method():
         head = unregister_method(name).head
         if head.startswith("test-") and head in HEADS:
             HEADS.unregister(head)
+
+
+@pytest.fixture
+def proxy(monkeypatch):
+    """The test plugin `tests/plugins/proxy_plugin.py` imported as a user's module would be (it registers the
+    method `proxy-test`, whose head reads a second frozen model); unregistered afterwards."""
+    import sys
+
+    from naclip.methods import unregister_method
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent / "plugins"))
+    sys.modules.pop("proxy_plugin", None)
+    import proxy_plugin
+
+    proxy_plugin.seen.clear()
+    yield proxy_plugin
+    unregister_method("proxy-test")
+    sys.modules.pop("proxy_plugin", None)

@@ -25,19 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(model="naclip-tiny", pretrained=None, device="cpu")
 
 
-@pytest.fixture
-def proxy(monkeypatch):
-    """The test plugin imported as a user's module would be; unregistered afterwards."""
-    monkeypatch.syspath_prepend(str(PLUGINS))
-    sys.modules.pop("proxy_plugin", None)
-    import proxy_plugin
-
-    proxy_plugin.seen.clear()
-    yield proxy_plugin
-    unregister_method("proxy-test")
-    sys.modules.pop("proxy_plugin", None)
-
-
 def _entry_point(folder: Path) -> Path:
     """An installed distribution whose `naclip.methods` entry point names the test plugin's module."""
     info = folder / "naclip_proxy_test-0.1.dist-info"

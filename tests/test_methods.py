@@ -10,16 +10,16 @@ import torch
 import torch.nn.functional as F
 
 import naclip.segmenter as segmenter_module
-from naclip.benchmarks import BENCHMARKS
+from naclip.benchmarks import BENCHMARKS, CLASSES_DIR
 from naclip.cli import main
 from naclip.encoder import Trunk
 from naclip.methods import METHODS, get_method
-from naclip.methods.registry import CLASSES_DIR
 from naclip.segmenter import Segmenter, drop_small_classes, window_padding
 from tests.conftest import VOC_IMAGE, make_segmenter
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 TINY = dict(model="naclip-tiny", pretrained=None, device="cpu")
+ROOT = CLASSES_DIR.parents[2]
 
 # (short side, crop, stride, logit scale, prob_thd, area_thd, own class file) per benchmark.
 # SCLIP: github:wangf3014/SCLIP configs/cfg_<benchmark>.py, defaults clip_segmentor.py:19-21.
@@ -86,10 +86,23 @@ def test_each_preset_follows_its_authors_configs(name, benchmark):
 
 
 def test_every_method_is_registered_and_described():
-    assert set(METHODS) == {"naclip", "naclip-nopamr", "clip", "maskclip", "clearclip", "sclip", "resclip", "scclip"}
+    assert {"naclip", "naclip-nopamr", "clip", "maskclip", "clearclip", "sclip", "resclip", "scclip"} <= set(METHODS)
     assert "NACLIP's protocol (no authors' run published)" in get_method("maskclip").describe()
     with pytest.raises(ValueError, match="unknown method 'clearclp'; did you mean 'clearclip'"):
         get_method("clearclp")
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_registered_method_says_where_it_comes_from(name):
+    """Its source, a cited line for each benchmark protocol, its notes page where it names one, its class files."""
+    method = get_method(name)
+    assert method.source and method.describe().startswith(f"{name}: ")
+    for benchmark, protocol in method.benchmarks.items():
+        assert protocol.source, f"{name} on {benchmark}: no source"
+        own = method.class_file(benchmark)
+        assert own is None or own.is_file()
+    if method.docs:
+        assert (ROOT / method.docs).is_file() and method.docs in method.describe()
 
 
 def test_clearclip_class_files_differ_only_in_three_lines():

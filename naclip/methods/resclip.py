@@ -31,6 +31,8 @@ from naclip.settings import Settings, option
 SFR_PAMR_STEPS, SFR_PAMR_DILATIONS = 10, (8, 16)  # the first pass's PAMR, fixed (model.py:279)
 
 
+# Their similarities scale after the product, (k k^T) / sqrt(d), where `QKV.kk` scales k first, as open_clip
+# does: the same in exact arithmetic, rounded differently, so the strategies keep their own.
 def _kk(q: Tensor, k: Tensor) -> Tensor:
     return (k @ k.transpose(-2, -1)) * k.shape[-1] ** -0.5
 
