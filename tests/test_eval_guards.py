@@ -9,10 +9,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from naclip.cli import main
 from naclip.datasets import folder_dataset
+from naclip.datasets.base import Item
 from naclip.evaluation import evaluate
 from tests.helpers_data import build_folder
 
@@ -62,3 +63,47 @@ def test_a_small_shared_memory_does_not_hang_the_workers(tmp_path):
         pytest.fail("the run with a 3 MB /dev/shm hung")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "scored 6" in result.stdout
+
+
+def test_outputs_never_overwrite_the_ground_truth(tmp_path, capsys):
+    dataset = small(tmp_path / "data", count=2)
+    masks = {item.name: item.mask.read_bytes() for item in dataset}
+    (tmp_path / "data/split.txt").write_text("im0\nim1\n")
+    split = folder_dataset(
+        tmp_path / "data/images",
+        tmp_path / "data/masks",
+        tmp_path / "data/classes.txt",
+        split=tmp_path / "data/split.txt",
+    )
+    cases = [
+        (dataset, dict(save_predictions=tmp_path / "data/masks"), "predictions folder .* is the masks folder"),
+        (dataset, dict(save_predictions=tmp_path / "data/masks/pred"), "lies inside the masks folder"),
+        (dataset, dict(out=tmp_path / "data/images/results"), "output folder .* lies inside the images folder"),
+        (dataset, dict(out=tmp_path / "data"), "output folder .*data' contains the images folder"),
+        (split, dict(save_predictions=tmp_path / "data"), "contains the images folder"),
+    ]
+    for data, where, message in cases:
+        with pytest.raises(ValueError, match=message):
+            evaluate(data, **where, **FAST)
+    assert {item.name: item.mask.read_bytes() for item in dataset} == masks
+    assert not list((tmp_path / "data").rglob("*.naclip.lock"))
+    assert split.inputs()[-1] == ("split file", (tmp_path / "data/split.txt").resolve())
+    flags = ["--images", str(tmp_path / "data/images"), "--masks", str(tmp_path / "data/masks")]
+    flags += ["--classes", str(tmp_path / "data/classes.txt"), "--out", str(tmp_path / "out")]
+    fast = "--model naclip-tiny --pretrained none --device cpu --pamr-steps 0 --short-side 32 --slide-crop 0"
+    command = ["eval", "--benchmark", "folder", *flags, *fast.split(), "--no-progress", "--workers", "0"]
+    assert main([*command, "--save-predictions", str(tmp_path / "data/masks")]) == 2
+    err = capsys.readouterr().err
+    assert "is the masks folder" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("line", ["../../outside/evil", "/etc/passwd", "a/../../b"])
+def test_split_lines_stay_inside_their_folders(tmp_path, line):
+    small(tmp_path / "data", count=2)
+    split = tmp_path / "data/split.txt"
+    split.write_text(f"im0\n{line}\n")
+    message = rf"split file .*split\.txt, line 2: item name '{line}' leaves its folders"
+    with pytest.raises(ValueError, match=message):
+        folder_dataset(tmp_path / "data/images", tmp_path / "data/masks", tmp_path / "data/classes.txt", split=split)
+    with pytest.raises(ValueError, match="leaves its folders"):
+        Item(line, tmp_path / "x.jpg", tmp_path / "x.png")

@@ -235,6 +235,27 @@ def check_scored(run: Run) -> None:
         )
 
 
+def check_apart(dataset: SegDataset, folders: list[tuple[Path, str]]) -> None:
+    """ValueError when an output folder is, lies inside or contains one of `dataset`'s inputs.
+
+    Predictions written into the masks folder would overwrite the ground truth they are scored on.
+    """
+    for folder, what in folders:
+        mine = folder.resolve()
+        for kind, path in dataset.inputs():
+            theirs = path.resolve()
+            if mine == theirs or theirs in mine.parents:
+                relation = "is" if mine == theirs else "lies inside"
+            elif mine in theirs.parents:
+                relation = "contains"
+            else:
+                continue
+            raise ValueError(
+                f"{what} {str(folder)!r} {relation} the {kind} {str(theirs)!r} of {dataset.name}; expected a "
+                "folder apart from the data it scores (outputs there could overwrite the ground truth)"
+            )
+
+
 @contextlib.contextmanager
 def _locked(folders: list[tuple[Path, str]], group: Group) -> Iterator[None]:
     """Rank 0 locks each output folder for the run; a refusal (another run holds one) is raised on every rank."""
@@ -315,9 +336,11 @@ def evaluate(
     )
     summary, per_class, runs = [], [], []
     try:
+        datasets = [spec if isinstance(spec, SegDataset) else open_benchmark(spec, data_root) for spec in specs]
+        for dataset in datasets:
+            check_apart(dataset, folders)
         with _locked(folders, group):
-            for spec in specs:
-                dataset = spec if isinstance(spec, SegDataset) else open_benchmark(spec, data_root)
+            for dataset in datasets:
                 dataset = dataset.with_class_file(chosen.class_file(dataset.protocol))
                 unpaired = [str(path) for path in unpaired_masks(dataset)]
                 if unpaired and group.main:
