@@ -7,6 +7,7 @@ file or the new one, plus at worst a `.<name>.*.tmp` leftover that `remove_lefto
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -17,6 +18,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
@@ -167,6 +169,20 @@ def _git(*args: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() if result.returncode == 0 else None
+
+
+@cache
+def code_digest() -> str:
+    """A digest of the naclip package's files (code and resources): any edit to the library changes it.
+
+    Keys both the evaluation's resume records and the workbook's completion records, so that an
+    edited editable install (its version unchanged) is never mixed with what the old code made.
+    """
+    package = Path(naclip.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def library_versions() -> dict[str, str]:

@@ -15,6 +15,8 @@ from naclip.cli import main
 from naclip.datasets import folder_dataset
 from naclip.datasets.base import Item
 from naclip.evaluation import evaluate
+from naclip.evaluation.runner import Interrupted
+from naclip.segmenter import Segmenter
 from tests.helpers_data import build_folder
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -29,6 +31,19 @@ def small(root: Path, count: int = 4):
     return folder_dataset(root / "images", root / "masks", root / "classes.txt")
 
 
+def stop_after(monkeypatch, count: int) -> None:
+    """Make the segmenter raise KeyboardInterrupt (Ctrl-C) after `count` images."""
+    original, calls = Segmenter.predict_variants, []
+
+    def predict(self, *args, **kwargs):
+        if len(calls) == count:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Segmenter, "predict_variants", predict)
+
+
 SHM_RUN = """
 import sys, warnings
 warnings.simplefilter("ignore")
@@ -36,6 +51,8 @@ from pathlib import Path
 from tests.helpers_data import build_folder
 from naclip.datasets import folder_dataset
 from naclip.evaluation import evaluate
+from naclip.evaluation.runner import Interrupted
+from naclip.segmenter import Segmenter
 root = Path(sys.argv[1])
 build_folder(root, count=6, size=(480, 640))
 dataset = folder_dataset(root / "images", root / "masks", root / "classes.txt")
@@ -107,3 +124,33 @@ def test_split_lines_stay_inside_their_folders(tmp_path, line):
         folder_dataset(tmp_path / "data/images", tmp_path / "data/masks", tmp_path / "data/classes.txt", split=split)
     with pytest.raises(ValueError, match="leaves its folders"):
         Item(line, tmp_path / "x.jpg", tmp_path / "x.png")
+
+
+def test_records_of_other_code_are_not_resumed(tmp_path, monkeypatch, capsys):
+    """The resume key holds the digest of the package's code, the one the workbook keys its runs with."""
+    from naclip import io
+    from naclip.evaluation import runner
+    from naclip.workbook import runner as workbook
+
+    assert runner.code_digest is io.code_digest is workbook.code_digest
+    copy = tmp_path / "copy"
+    shutil.copytree(ROOT / "naclip", copy / "naclip", ignore=shutil.ignore_patterns("__pycache__"))
+    digest = [sys.executable, "-c", "import naclip.io as io; print(io.__file__, io.code_digest())"]
+
+    def run() -> str:
+        environment = {**os.environ, "PYTHONPATH": str(copy)}
+        return subprocess.run(digest, capture_output=True, text=True, env=environment, cwd=copy).stdout
+
+    before = run()
+    with open(copy / "naclip/metric.py", "a") as file:
+        file.write("# edited in place, the version unchanged\n")
+    assert before.startswith(str(copy)) and run() != before
+
+    dataset = small(tmp_path / "data")
+    stop_after(monkeypatch, 3)
+    with pytest.raises(Interrupted):
+        evaluate(dataset, out=tmp_path / "out", **FAST)
+    monkeypatch.undo()
+    monkeypatch.setattr(runner, "code_digest", lambda: "edited")
+    assert evaluate(dataset, out=tmp_path / "out", **FAST).n_resumed[0] == 0
+    assert "(code differ) are not reused" in capsys.readouterr().err

@@ -30,7 +30,7 @@ from naclip.evaluation.distributed import Group, join
 from naclip.evaluation.loader import load_prepared
 from naclip.evaluation.outputs import Run
 from naclip.evaluation.records import ResumeState, dataset_identity, weights_identity
-from naclip.io import folder_lock, library_versions, remove_leftovers, writable_folder
+from naclip.io import code_digest, folder_lock, library_versions, remove_leftovers, writable_folder
 from naclip.methods import get_method
 from naclip.metric import ConfusionMatrix
 from naclip.segmenter import Segmenter
@@ -82,11 +82,13 @@ def make_variants(variants: Sequence[Mapping[str, Any]] | None) -> list[Variant]
 
 def run_content(dataset: SegDataset, segmenter: Segmenter, variants: list[Variant]) -> dict[str, Any]:
     """Everything that shapes a per-image record, hashed into the key under which records are reused:
-    library versions, the dataset (items, files, label conventions), the class lines, the weights, the
-    method, the device type and precision, and every setting of each variant (seed included)."""
+    library versions, naclip's code (`code_digest`), the dataset (items, files, label conventions), the
+    class lines, the weights, the method, the device type and precision, and every setting of each
+    variant (seed included)."""
     settings = [segmenter.variant(variant.overrides) for variant in variants]
     return {
         "versions": library_versions(),
+        "code": code_digest(),
         "dataset": dataset_identity(dataset),
         "class_lines": list(segmenter.classes.lines),
         "weights": weights_identity(segmenter.settings.pretrained),
