@@ -154,3 +154,22 @@ def test_records_of_other_code_are_not_resumed(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(runner, "code_digest", lambda: "edited")
     assert evaluate(dataset, out=tmp_path / "out", **FAST).n_resumed[0] == 0
     assert "(code differ) are not reused" in capsys.readouterr().err
+
+
+def test_a_resumed_run_rewrites_predictions_another_run_replaced(tmp_path, monkeypatch):
+    dataset = small(tmp_path / "data")
+    out, preds = tmp_path / "out", tmp_path / "preds"
+    stop_after(monkeypatch, 2)  # run A, killed
+    with pytest.raises(Interrupted):
+        evaluate(dataset, out=out, save_predictions=preds, **FAST)
+    monkeypatch.undo()
+    other = {**FAST, "attention": "vanilla"}  # run B, another setting, completed on the same folders
+    evaluate(dataset, out=out, save_predictions=preds, **other)
+    reference = tmp_path / "reference"
+    evaluate(dataset, save_predictions=reference, **FAST)
+    assert any(
+        (preds / f"{item.name}.png").read_bytes() != (reference / f"{item.name}.png").read_bytes() for item in dataset
+    )
+    evaluate(dataset, out=out, save_predictions=preds, **FAST)  # A resumed: rewrites what B replaced
+    for item in dataset:
+        assert (preds / f"{item.name}.png").read_bytes() == (reference / f"{item.name}.png").read_bytes()

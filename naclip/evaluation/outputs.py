@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from collections.abc import Sequence
@@ -39,8 +40,11 @@ class Run:
     unpaired_masks: list[str] = field(default_factory=list)
 
 
-def save_prediction(labels: np.ndarray, path: Path, num_classes: int) -> None:
-    """A label map as a PNG of class indices: palette PNG up to 255 classes, 16-bit greyscale beyond."""
+def save_prediction(labels: np.ndarray, path: Path, num_classes: int) -> str:
+    """A label map as a PNG of class indices: palette PNG up to 255 classes, 16-bit greyscale beyond.
+
+    Returns the digest of the file written (`file_digest`), which its record keeps.
+    """
     if num_classes <= 255:
         image = label_image(labels, num_classes)
     else:
@@ -48,6 +52,15 @@ def save_prediction(labels: np.ndarray, path: Path, num_classes: int) -> None:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     atomic_write(path, buffer.getvalue())
+    return hashlib.sha256(buffer.getvalue()).hexdigest()
+
+
+def file_digest(path: Path) -> str | None:
+    """The SHA-256 of a file's bytes; None when it cannot be read."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def prediction_path(root: Path, dataset: str, variant: str, nest: tuple[bool, bool], name: str) -> Path:

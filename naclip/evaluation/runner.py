@@ -201,11 +201,12 @@ def score(
             predictions = segmenter.predict_variants(
                 loaded.tensor, loaded.size, [variant.overrides for variant in variants], probs=False
             )
-            paths = files(loaded.index)
-            for path, prediction in zip(paths, predictions):
-                outputs.save_prediction(prediction.labels, path, dataset.num_classes)
+            written = {
+                path: outputs.save_prediction(prediction.labels, path, dataset.num_classes)
+                for path, prediction in zip(files(loaded.index), predictions)
+            }
             parts = [matrix.update(p.labels, loaded.mask) for matrix, p in zip(matrices, predictions)]
-            state.record(loaded.index, parts, paths)
+            state.record(loaded.index, parts, written)
             bar.update()
     finally:
         bar.close()
