@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,12 +11,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from naclip.datasets import SegDataset
 from naclip.io import atomic_write, environment, remove_leftovers, write_csv, write_json
 from naclip.metric import scores
-from naclip.viz import label_image
+from naclip.viz import label_png
 
 SUMMARY_CSV, PER_CLASS_CSV, PROVENANCE_JSON = "summary.csv", "per_class.csv", "provenance.json"
 OUTPUTS = (SUMMARY_CSV, PER_CLASS_CSV, PROVENANCE_JSON)
@@ -41,18 +39,13 @@ class Run:
 
 
 def save_prediction(labels: np.ndarray, path: Path, num_classes: int) -> str:
-    """A label map as a PNG of class indices: palette PNG up to 255 classes, 16-bit greyscale beyond.
+    """A label map as a PNG of class indices (`naclip.viz.label_png`), written atomically.
 
     Returns the digest of the file written (`file_digest`), which its record keeps.
     """
-    if num_classes <= 255:
-        image = label_image(labels, num_classes)
-    else:
-        image = Image.fromarray(labels.astype(np.uint16))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    atomic_write(path, buffer.getvalue())
-    return hashlib.sha256(buffer.getvalue()).hexdigest()
+    data = label_png(labels, num_classes)
+    atomic_write(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def file_digest(path: Path) -> str | None:

@@ -1,0 +1,31 @@
+"""Segment, settings and caches that cannot be silently wrong: class counts, numbers, files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from naclip.cli import main
+from naclip.viz import colorize, palette
+from tests.conftest import VOC_IMAGE
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+TINY = ["--model", "naclip-tiny", "--pretrained", "none", "--device", "cpu", "--pamr-steps", "0"]
+TINY += ["--short-side", "64", "--slide-crop", "0"]
+
+
+def test_segment_keeps_class_indices_past_255(tmp_path):
+    classes = tmp_path / "classes.txt"
+    order = [i for i in range(300) if i not in (144, 180)] + [144, 180]  # the names this random model picks, last
+    classes.write_text("".join(f"thing number {i}\n" for i in order))
+    command = ["segment", str(VOC_IMAGE), "--class-file", str(classes), "--out", str(tmp_path / "out")]
+    assert main([*command, *TINY, "--save-probs"]) == 0
+    labels = np.asarray(Image.open(tmp_path / "out/sample_0000_labels.png"))
+    probs = np.load(tmp_path / "out/sample_0000_probs.npy")
+    assert labels.dtype == np.uint16 and labels.max() > 255
+    np.testing.assert_array_equal(labels, probs.argmax(0))
+    assert Image.open(tmp_path / "out/sample_0000_overlay.png").height == 513
+    colours = colorize(np.array([[299, 300, 255]]), 300)
+    assert (colours[0, 0] == palette(300)[299]).all() and (colours[0, 1] == 255).all()
