@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -9,10 +10,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from naclip.cli import main
-from naclip.datasets import folder_dataset
+from naclip.datasets import BadSample, folder_dataset
 from naclip.datasets.base import Item
 from naclip.evaluation import evaluate
 from naclip.evaluation.runner import Interrupted
@@ -173,3 +176,35 @@ def test_a_resumed_run_rewrites_predictions_another_run_replaced(tmp_path, monke
     evaluate(dataset, out=out, save_predictions=preds, **FAST)  # A resumed: rewrites what B replaced
     for item in dataset:
         assert (preds / f"{item.name}.png").read_bytes() == (reference / f"{item.name}.png").read_bytes()
+
+
+def corrupt_jpeg(path: Path, seed: int = 0) -> None:
+    """A JPEG whose entropy-coded data lost its last 200 bytes: OpenCV decodes it, with a warning only."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (16, 20, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    data = buffer.getvalue()
+    path.write_bytes(data[:-200] + data[-2:])  # the end-of-image marker kept
+
+
+def test_corrupt_jpegs_are_named_and_skippable(tmp_path, capsys):
+    root = tmp_path / "data"
+    build_folder(root, count=3, size=(16, 20))
+    for index in range(3):
+        image = root / f"images/im{index}.png"
+        image.unlink()
+        Image.fromarray(np.random.default_rng(index).integers(0, 256, (16, 20, 3), dtype=np.uint8)).save(
+            image.with_suffix(".jpg"), quality=90
+        )
+    corrupt_jpeg(root / "images/im1.jpg")
+    dataset = folder_dataset(root / "images", root / "masks", root / "classes.txt")
+    with pytest.raises(
+        BadSample, match=r"im1\.jpg' is corrupt \(the JPEG decoder warns: Corrupt JPEG data.*--skip-bad"
+    ):
+        evaluate(dataset, **FAST)
+    frame = evaluate(dataset, skip_bad=True, **FAST)
+    assert (frame.n_images[0], frame.n_skipped[0]) == (2, 1)
+    flags = ["--images", str(root / "images"), "--masks", str(root / "masks"), "--classes", str(root / "classes.txt")]
+    assert main(["data", "check", "folder", *flags]) == 1
+    out = capsys.readouterr().out
+    assert "im1.jpg' is corrupt" in out and "1 with problems" in out
