@@ -53,9 +53,17 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]
             write(file)
         os.chmod(temporary, FILE_MODE)
         os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise _naming(error, path) from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    """`error` with the file it concerns (a full disk's error names none): '[Errno 28] ...: 'path''."""
+    return error if error.filename else OSError(error.errno, f"cannot write: {error.strerror}", str(path))
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
@@ -63,14 +71,45 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     atomic_write_with(path, lambda file: file.write(data))
 
 
+def atomic_write_all(files: dict[Path, bytes]) -> None:
+    """Write each of `files` ({path: data}) to a temporary file beside it, then rename them all.
+
+    Nothing is replaced until every file is written: a full disk (or any error) midway leaves the
+    old set of files, never a mix of new and old ones.
+    """
+    temporaries: list[tuple[str, Path]] = []
+    path = None
+    try:
+        for path, data in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+            temporaries.append((temporary, path))
+            with os.fdopen(handle, "wb") as file:
+                file.write(data)
+            os.chmod(temporary, FILE_MODE)
+        for temporary, path in temporaries:
+            os.replace(temporary, path)
+    except BaseException as error:
+        for temporary, _ in temporaries:
+            Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError) and path is not None:
+            raise _naming(error, path) from None
+        raise
+
+
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     """A data frame as CSV without its index, atomically."""
     atomic_write(path, frame.to_csv(index=False).encode())
 
 
+def json_bytes(value: Any) -> bytes:
+    """`value` as indented JSON (unknown types as their str)."""
+    return (json.dumps(value, indent=2, default=str) + "\n").encode()
+
+
 def write_json(value: Any, path: str | os.PathLike) -> None:
     """`value` as indented JSON (unknown types as their str), atomically."""
-    atomic_write(path, (json.dumps(value, indent=2, default=str) + "\n").encode())
+    atomic_write(path, json_bytes(value))
 
 
 def save_torch(obj: object, path: str | os.PathLike) -> None:

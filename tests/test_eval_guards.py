@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
@@ -208,3 +209,23 @@ def test_corrupt_jpegs_are_named_and_skippable(tmp_path, capsys):
     assert main(["data", "check", "folder", *flags]) == 1
     out = capsys.readouterr().out
     assert "im1.jpg' is corrupt" in out and "1 with problems" in out
+
+
+def test_a_full_disk_leaves_the_previous_tables_whole(tmp_path, monkeypatch, capsys):
+    dataset = small(tmp_path / "data", count=2)
+    out = tmp_path / "out"
+    evaluate(dataset, out=out, **FAST)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    original = os.fdopen
+
+    def full(handle, *args, **kwargs):
+        file = original(handle, *args, **kwargs)
+        if ".provenance.json." in os.readlink(f"/proc/self/fd/{handle}"):
+            file.write = lambda data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+        return file
+
+    monkeypatch.setattr(os, "fdopen", full)
+    with pytest.raises(OSError, match=r"No space left on device: .*provenance\.json"):
+        evaluate(dataset, out=out, **{**FAST, "attention": "vanilla"})
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.name != "partial"} == before
+    assert not list(out.glob(".*.tmp"))

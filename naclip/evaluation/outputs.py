@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from naclip.datasets import SegDataset
-from naclip.io import atomic_write, environment, remove_leftovers, write_csv, write_json
+from naclip.io import atomic_write, atomic_write_all, environment, json_bytes, remove_leftovers
 from naclip.metric import scores
 from naclip.viz import label_png
 
@@ -139,9 +139,13 @@ def provenance(runs: Sequence[Run], **facts: Any) -> dict[str, Any]:
 
 
 def write_results(out: Path, summary: pd.DataFrame, per_class: pd.DataFrame, facts: dict[str, Any]) -> None:
-    """summary.csv, per_class.csv and provenance.json in `out`, each written atomically."""
+    """summary.csv, per_class.csv and provenance.json in `out`, all written before any replaces the old one."""
     for name in OUTPUTS:  # what an earlier run killed while writing them left
         remove_leftovers(out, name)
-    write_csv(summary, out / SUMMARY_CSV)
-    write_csv(per_class, out / PER_CLASS_CSV)
-    write_json(facts, out / PROVENANCE_JSON)
+    atomic_write_all(
+        {
+            out / SUMMARY_CSV: summary.to_csv(index=False).encode(),
+            out / PER_CLASS_CSV: per_class.to_csv(index=False).encode(),
+            out / PROVENANCE_JSON: json_bytes(facts),
+        }
+    )
