@@ -7,6 +7,7 @@ file or the new one, plus at worst a `.<name>.*.tmp` leftover that `remove_lefto
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -170,8 +171,13 @@ def folder_lock(folder: str | os.PathLike, what: str = "folder") -> Iterator[Pat
     path = Path(folder) / LOCK_NAME
     while True:
         try:
-            handle = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+            handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
         except OSError as error:
+            if error.errno == errno.ELOOP:  # a symbolic link planted there: never truncate what it points to
+                raise ValueError(
+                    f"{what} {str(folder)!r}: its lock file {str(path)!r} is a symbolic link; expected a regular "
+                    "file (remove the link)"
+                ) from None
             raise ValueError(
                 f"{what} {str(folder)!r} is not writable ({error.strerror}); expected a folder you may write to"
             ) from None

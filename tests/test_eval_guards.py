@@ -20,6 +20,7 @@ from naclip.datasets import BadSample, folder_dataset
 from naclip.datasets.base import Item
 from naclip.evaluation import evaluate
 from naclip.evaluation.runner import Interrupted
+from naclip.io import LOCK_NAME, folder_lock
 from naclip.segmenter import Segmenter
 from tests.helpers_data import build_folder
 
@@ -56,6 +57,7 @@ from tests.helpers_data import build_folder
 from naclip.datasets import folder_dataset
 from naclip.evaluation import evaluate
 from naclip.evaluation.runner import Interrupted
+from naclip.io import LOCK_NAME, folder_lock
 from naclip.segmenter import Segmenter
 root = Path(sys.argv[1])
 build_folder(root, count=6, size=(480, 640))
@@ -229,3 +231,15 @@ def test_a_full_disk_leaves_the_previous_tables_whole(tmp_path, monkeypatch, cap
         evaluate(dataset, out=out, **{**FAST, "attention": "vanilla"})
     assert {path.name: path.read_bytes() for path in out.iterdir() if path.name != "partial"} == before
     assert not list(out.glob(".*.tmp"))
+
+
+def test_the_lock_never_follows_a_planted_symlink(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_NAME).symlink_to(target)
+    with pytest.raises(ValueError, match=r"lock file .*\.naclip\.lock' is a symbolic link; expected a regular file"):
+        with folder_lock(out, "output folder"):
+            pass
+    assert target.read_text() == "keep me\n"
