@@ -319,4 +319,4 @@ def _scalar(kind: type, value: Any) -> Any:
         if isinstance(number, float) and not number.is_integer():
             raise ValueError
         return int(number)
-    return float(value)
+    return number if abs(number := float(value)) < float("inf") else float("refused: not finite")  # inf, nan

@@ -29,3 +29,25 @@ def test_segment_keeps_class_indices_past_255(tmp_path):
     assert Image.open(tmp_path / "out/sample_0000_overlay.png").height == 513
     colours = colorize(np.array([[299, 300, 255]]), 300)
     assert (colours[0, 0] == palette(300)[299]).all() and (colours[0, 1] == 255).all()
+
+
+def test_non_finite_settings_are_refused():
+    from naclip.settings import TYPES, coerce
+
+    floats = [name for name, kind in TYPES.items() if "float" in str(kind)]
+    assert "logit_scale" in floats and "sigma" in floats
+    for name in floats:
+        for value in ["inf", "-inf", "nan", float("inf"), "1e400"]:
+            with pytest.raises(ValueError, match=rf"^{name}=.*; expected (a number|numbers)"):
+                coerce(name, value)
+
+
+def test_nan_scores_stop_naming_the_image(tmp_path, capsys):
+    command = ["segment", str(VOC_IMAGE), "--classes", "cat; dog", "--out", str(tmp_path / "out"), *TINY]
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--logit-scale", "inf"])
+    assert exited.value.code == 2 and "logit_scale='inf'; expected a number" in capsys.readouterr().err
+    assert main([*command, "--logit-scale", "1e300"]) == 2  # finite, but overflows float32: NaN probabilities
+    err = capsys.readouterr().err
+    assert f"{VOC_IMAGE}: the class scores hold NaN; no label is given" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out/sample_0000_labels.png").exists()

@@ -19,7 +19,7 @@ from naclip.cli import main
 from naclip.datasets import BadSample, folder_dataset
 from naclip.datasets.base import Item
 from naclip.evaluation import evaluate
-from naclip.evaluation.runner import Interrupted
+from naclip.evaluation.runner import Interrupted, NumericalFailure
 from naclip.io import LOCK_NAME, folder_lock
 from naclip.segmenter import Segmenter
 from tests.helpers_data import build_folder
@@ -56,7 +56,7 @@ from pathlib import Path
 from tests.helpers_data import build_folder
 from naclip.datasets import folder_dataset
 from naclip.evaluation import evaluate
-from naclip.evaluation.runner import Interrupted
+from naclip.evaluation.runner import Interrupted, NumericalFailure
 from naclip.io import LOCK_NAME, folder_lock
 from naclip.segmenter import Segmenter
 root = Path(sys.argv[1])
@@ -243,3 +243,22 @@ def test_the_lock_never_follows_a_planted_symlink(tmp_path):
         with folder_lock(out, "output folder"):
             pass
     assert target.read_text() == "keep me\n"
+
+
+def test_nan_scores_stop_the_evaluation_naming_the_image(tmp_path, monkeypatch):
+    """A method's numerical failure (Segmenter raises FloatingPointError) stops the run, naming the image."""
+    dataset = small(tmp_path / "data", count=2)
+
+    def failing(self, *args, **kwargs):
+        raise FloatingPointError("the class scores hold NaN")
+
+    monkeypatch.setattr(Segmenter, "predict_variants", failing)
+    with pytest.raises(NumericalFailure, match=r"im0\.png: the class scores hold NaN; no label is given"):
+        evaluate(dataset, skip_bad=True, **FAST)
+
+
+@pytest.mark.xfail(strict=True, reason="needs Segmenter._finish to raise FloatingPointError on NaN scores")
+def test_an_overflowing_logit_scale_stops_the_evaluation(tmp_path):
+    dataset = small(tmp_path / "data", count=2)
+    with pytest.raises(NumericalFailure, match=r"im0\.png: .*NaN"):
+        evaluate(dataset, **{**FAST, "logit_scale": 1e300})

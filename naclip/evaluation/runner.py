@@ -41,6 +41,18 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C during a run; the message says what was kept and how to resume."""
 
 
+class NumericalFailure(RuntimeError):
+    """A method's scores for an image hold NaN: the image has no label, and the run stops."""
+
+
+def numerical_failure(image: str | os.PathLike, problem: str) -> str:
+    """The one-line message naming the image whose scores are not finite."""
+    return (
+        f"{image}: {problem}; no label is given to an image whose class scores are not finite (a smaller "
+        "--logit-scale, or --dtype float32, may avoid the overflow)"
+    )
+
+
 class NothingScored(ValueError):
     """A dataset gave no number: every image was skipped, or no pixel was labelled."""
 
@@ -198,9 +210,12 @@ def score(
                 bad[loaded.index] = loaded.error
                 state.record_bad(loaded.index, loaded.error)
                 continue
-            predictions = segmenter.predict_variants(
-                loaded.tensor, loaded.size, [variant.overrides for variant in variants], probs=False
-            )
+            try:
+                predictions = segmenter.predict_variants(
+                    loaded.tensor, loaded.size, [variant.overrides for variant in variants], probs=False
+                )
+            except FloatingPointError as error:  # NaN scores: stop rather than label the image class 0
+                raise NumericalFailure(numerical_failure(dataset.items[loaded.index].image, str(error))) from None
             written = {
                 path: outputs.save_prediction(prediction.labels, path, dataset.num_classes)
                 for path, prediction in zip(files(loaded.index), predictions)
