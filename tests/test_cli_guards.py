@@ -51,3 +51,34 @@ def test_nan_scores_stop_naming_the_image(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{VOC_IMAGE}: the class scores hold NaN; no label is given" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out/sample_0000_labels.png").exists()
+
+
+def test_a_damaged_text_cache_is_named_discarded_and_embedded_again(tmp_path, monkeypatch):
+    import torch
+
+    from naclip.text import QueryCache, encode_queries
+    from tests.conftest import make_segmenter
+
+    seg = make_segmenter()
+    calls = []
+
+    def counting(clip, tokenizer, queries, templates):
+        calls.append(list(queries))
+        return encode_queries(clip, tokenizer, queries, templates)
+
+    monkeypatch.setattr("naclip.text.encode_queries", counting)
+    fresh = QueryCache("naclip-tiny|weights", directory=tmp_path).embed(seg.clip, seg.tokenizer, ["cat", "dog"])
+    path = QueryCache("naclip-tiny|weights", directory=tmp_path).path
+    entries = torch.load(path, weights_only=True)
+    entries["cat"]["embedding"], entries["dog"]["embedding"] = entries["dog"]["embedding"], entries["cat"]["embedding"]
+    torch.save(entries, path)
+    for damage in ["swapped", "garbage"]:
+        if damage == "garbage":
+            path.write_bytes(b"not a torch file")
+        calls.clear()
+        with pytest.warns(UserWarning, match=rf"text cache '{path}' is damaged .*discarded"):
+            cache = QueryCache("naclip-tiny|weights", directory=tmp_path)
+        torch.testing.assert_close(cache.embed(seg.clip, seg.tokenizer, ["cat", "dog"]), fresh)
+        assert calls == [["cat", "dog"]]
+    again = QueryCache("naclip-tiny|weights", directory=tmp_path)  # rewritten whole: loads without a warning
+    assert sorted(again.memory) == ["cat", "dog"]
