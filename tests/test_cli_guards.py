@@ -82,3 +82,14 @@ def test_a_damaged_text_cache_is_named_discarded_and_embedded_again(tmp_path, mo
         assert calls == [["cat", "dog"]]
     again = QueryCache("naclip-tiny|weights", directory=tmp_path)  # rewritten whole: loads without a warning
     assert sorted(again.memory) == ["cat", "dog"]
+
+
+def test_flags_are_never_abbreviated(tmp_path, capsys):
+    command = ["segment", str(VOC_IMAGE), "--classes", "cat; dog", "--out", str(tmp_path), *TINY]
+    for flags in [["--sigm", "3"], ["--save-prob"]]:
+        with pytest.raises(SystemExit) as exited:
+            main([*command, *flags])
+        assert exited.value.code == 2 and f"unrecognized arguments: {flags[0]}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["data", "check", "folder", "--image", str(tmp_path)])
+    assert "unrecognized arguments: --image" in capsys.readouterr().err
