@@ -239,10 +239,16 @@ def library_versions() -> dict[str, str]:
 
 
 def environment() -> dict[str, Any]:
-    """Versions and source revision: enough to tell later which code produced a number."""
+    """Versions, source revision and torch's thread count: enough to tell later what produced a number.
+
+    The thread count is recorded because float sums (and so, rarely, a label) depend on it.
+    """
+    import torch
+
     commit = _git("rev-parse", "HEAD")
     return {
         **library_versions(),
+        "torch_threads": torch.get_num_threads(),
         "git_commit": commit,
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else None,
         "python": platform.python_version(),

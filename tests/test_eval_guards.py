@@ -262,3 +262,21 @@ def test_an_overflowing_logit_scale_stops_the_evaluation(tmp_path):
     dataset = small(tmp_path / "data", count=2)
     with pytest.raises(NumericalFailure, match=r"im0\.png: .*NaN"):
         evaluate(dataset, **{**FAST, "logit_scale": 1e300})
+
+
+def test_a_damaged_record_line_is_dropped_and_the_provenance_holds_the_threads(tmp_path, monkeypatch, capsys):
+    import torch
+
+    dataset = small(tmp_path / "data")
+    out, preds = tmp_path / "out", tmp_path / "preds"
+    stop_after(monkeypatch, 3)
+    with pytest.raises(Interrupted):
+        evaluate(dataset, out=out, save_predictions=preds, **FAST)
+    monkeypatch.undo()
+    (log,) = out.glob("partial/*/saved-*.jsonl")
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(lines[0] + b'{"index": \xff\xfe}\n' + b"".join(lines[1:]))  # invalid UTF-8 inside
+    frame = evaluate(dataset, out=out, save_predictions=preds, **FAST)
+    assert frame.n_resumed[0] == 3 and frame.n_images[0] == 4
+    assert f"{log}, line 2: damaged record dropped" in capsys.readouterr().err
+    assert frame.attrs["provenance"]["torch_threads"] == torch.get_num_threads()

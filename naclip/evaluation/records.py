@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -128,13 +129,16 @@ class RecordStore:
         self._log("bad", {"index": index, "reason": reason})
 
     def _entries(self, kind: str) -> list[dict[str, Any]]:
+        """Every whole entry of the `kind` logs; a damaged line (torn by a kill, not UTF-8) is dropped, with a note."""
         entries = []
         for path in sorted(self.directory.glob(f"{kind}-*.jsonl")):
-            for line in path.read_text().splitlines():
+            lines = path.read_bytes().splitlines()
+            for number, line in enumerate(lines, 1):
                 try:
-                    entries.append(json.loads(line))
-                except json.JSONDecodeError:  # torn by a kill
-                    continue
+                    entries.append(json.loads(line.decode()))
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    if number < len(lines):  # not the last line a kill tears: say which record is dropped
+                        print(f"note: {path}, line {number}: damaged record dropped (scored again)", file=sys.stderr)
         return entries
 
     def load(
