@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from naclip import segment_cli
 from naclip.datasets import cli as data_cli
@@ -18,7 +18,13 @@ SUBCOMMANDS = [segment_cli, eval_cli, data_cli, workbook_cli]
 
 
 class _Parser(argparse.ArgumentParser):
-    """A parser whose usage errors are one line (the full usage of `naclip eval` is 40 lines)."""
+    """A parser whose usage errors are one line (the full usage of `naclip eval` is 40 lines).
+
+    Flags are never abbreviated (`--sigm 3` is an error, not `--sigma 3`); sub-parsers are of this class too.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -7,6 +7,8 @@ file or the new one, plus at worst a `.<name>.*.tmp` leftover that `remove_lefto
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import platform
@@ -17,6 +19,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
@@ -51,9 +54,17 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]
             write(file)
         os.chmod(temporary, FILE_MODE)
         os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise _naming(error, path) from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    """`error` with the file it concerns (a full disk's error names none): '[Errno 28] ...: 'path''."""
+    return error if error.filename else OSError(error.errno, f"cannot write: {error.strerror}", str(path))
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
@@ -61,14 +72,45 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     atomic_write_with(path, lambda file: file.write(data))
 
 
+def atomic_write_all(files: dict[Path, bytes]) -> None:
+    """Write each of `files` ({path: data}) to a temporary file beside it, then rename them all.
+
+    Nothing is replaced until every file is written: a full disk (or any error) midway leaves the
+    old set of files, never a mix of new and old ones.
+    """
+    temporaries: list[tuple[str, Path]] = []
+    path = None
+    try:
+        for path, data in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+            temporaries.append((temporary, path))
+            with os.fdopen(handle, "wb") as file:
+                file.write(data)
+            os.chmod(temporary, FILE_MODE)
+        for temporary, path in temporaries:
+            os.replace(temporary, path)
+    except BaseException as error:
+        for temporary, _ in temporaries:
+            Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError) and path is not None:
+            raise _naming(error, path) from None
+        raise
+
+
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     """A data frame as CSV without its index, atomically."""
     atomic_write(path, frame.to_csv(index=False).encode())
 
 
+def json_bytes(value: Any) -> bytes:
+    """`value` as indented JSON (unknown types as their str)."""
+    return (json.dumps(value, indent=2, default=str) + "\n").encode()
+
+
 def write_json(value: Any, path: str | os.PathLike) -> None:
     """`value` as indented JSON (unknown types as their str), atomically."""
-    atomic_write(path, (json.dumps(value, indent=2, default=str) + "\n").encode())
+    atomic_write(path, json_bytes(value))
 
 
 def save_torch(obj: object, path: str | os.PathLike) -> None:
@@ -129,8 +171,13 @@ def folder_lock(folder: str | os.PathLike, what: str = "folder") -> Iterator[Pat
     path = Path(folder) / LOCK_NAME
     while True:
         try:
-            handle = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+            handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE)
         except OSError as error:
+            if error.errno == errno.ELOOP:  # a symbolic link planted there: never truncate what it points to
+                raise ValueError(
+                    f"{what} {str(folder)!r}: its lock file {str(path)!r} is a symbolic link; expected a regular "
+                    "file (remove the link)"
+                ) from None
             raise ValueError(
                 f"{what} {str(folder)!r} is not writable ({error.strerror}); expected a folder you may write to"
             ) from None
@@ -169,6 +216,20 @@ def _git(*args: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+@cache
+def code_digest() -> str:
+    """A digest of the naclip package's files (code and resources): any edit to the library changes it.
+
+    Keys both the evaluation's resume records and the workbook's completion records, so that an
+    edited editable install (its version unchanged) is never mixed with what the old code made.
+    """
+    package = Path(naclip.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def library_versions() -> dict[str, str]:
     """The versions of the code that computes a number: naclip, torch, open_clip."""
     import open_clip
@@ -178,10 +239,16 @@ def library_versions() -> dict[str, str]:
 
 
 def environment() -> dict[str, Any]:
-    """Versions and source revision: enough to tell later which code produced a number."""
+    """Versions, source revision and torch's thread count: enough to tell later what produced a number.
+
+    The thread count is recorded because float sums (and so, rarely, a label) depend on it.
+    """
+    import torch
+
     commit = _git("rev-parse", "HEAD")
     return {
         **library_versions(),
+        "torch_threads": torch.get_num_threads(),
         "git_commit": commit,
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else None,
         "python": platform.python_version(),

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -16,17 +22,46 @@ PIXEL_STD = (68.501, 66.632, 70.323)
 MIN_SIDE = 2  # smallest usable image side in pixels
 
 
+_STDERR = threading.Lock()
+
+
+@contextmanager
+def _c_stderr() -> Iterator[list[str]]:
+    """What C code (libjpeg's warnings) writes to stderr during the block, appended to the yielded list.
+
+    One block at a time in a process (file descriptor 2 is shared by its threads).
+    """
+    captured: list[str] = []
+    with _STDERR, tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.append(sink.read().decode(errors="replace").strip())
+
+
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     """(H, W, 3) uint8 RGB from encoded bytes, decoded as mmcv does (OpenCV, EXIF orientation applied).
 
     Greyscale, palette and alpha images become 3-channel RGB; 16-bit images keep their high byte.
+    A JPEG whose decoder warns (corrupt or truncated data, decoded into garbage pixels) is refused.
     """
-    try:
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error:
-        bgr = None
+    jpeg = data[:2] == b"\xff\xd8"
+    with _c_stderr() if jpeg else contextlib.nullcontext([]) as warnings:
+        try:
+            bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error:
+            bgr = None
     if bgr is None:
         raise ValueError(f"image {name!r} cannot be read (OpenCV cannot decode it); expected a JPEG/PNG/... file")
+    warned = " ".join(line for line in warnings if line)
+    if warned:
+        raise ValueError(f"image {name!r} is corrupt (the JPEG decoder warns: {warned}); expected an intact file")
     return _checked(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), name)
 
 

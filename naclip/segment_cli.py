@@ -11,11 +11,12 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from naclip.io import atomic_write_with, writable_folder
+from naclip.evaluation.runner import NumericalFailure, numerical_failure
+from naclip.io import atomic_write, atomic_write_with, writable_folder
 from naclip.options import add_settings_arguments, settings_overrides
 from naclip.preprocess import check_size, load_image
 from naclip.segmenter import Segmenter
-from naclip.viz import label_image, overlay
+from naclip.viz import label_png, overlay
 
 
 def register(subparsers: argparse._SubParsersAction, argv: Sequence[str] = ()) -> None:
@@ -23,8 +24,9 @@ def register(subparsers: argparse._SubParsersAction, argv: Sequence[str] = ()) -
         "segment",
         help="segment your images with your own class names",
         description="Segment images with free-text classes. Writes <stem>_labels.png (palette PNG of class "
-        "indices), <stem>_overlay.png (image, colours and a legend) and, with --save-probs, <stem>_probs.npy "
-        "(float32, classes x H x W). Images from several folders keep their paths relative to the folders' "
+        "indices; 16-bit greyscale beyond 255 classes), <stem>_overlay.png (image, colours and a legend) "
+        "and, with --save-probs, <stem>_probs.npy (float32, classes x H x W). "
+        "Images from several folders keep their paths relative to the folders' "
         "common parent under --out, so outputs never overwrite each other.",
     )
     parser.add_argument("images", nargs="+", type=Path, help="image files")
@@ -84,8 +86,11 @@ def run(args: argparse.Namespace) -> int:
         for path, stem in tqdm(stems.items(), desc="segment", unit="image", disable=len(stems) < 2):
             image = load_image(path)
             check_size(path, image.shape[:2], settings.short_side, settings.long_side, segmenter.min_side)
-            result = segmenter.predict(image)
-            _save_image(label_image(result.labels, len(names)), Path(f"{stem}_labels.png"))
+            try:
+                result = segmenter.predict(image)
+            except FloatingPointError as error:
+                raise NumericalFailure(numerical_failure(path, str(error))) from None
+            atomic_write(f"{stem}_labels.png", label_png(result.labels, len(names)))
             _save_image(overlay(image, result.labels, names, alpha=args.alpha), Path(f"{stem}_overlay.png"))
             if args.save_probs:
                 atomic_write_with(f"{stem}_probs.npy", lambda file, probs=result.probs: np.save(file, probs))

@@ -374,6 +374,8 @@ class Segmenter:
         if settings.area_threshold > 0:
             probs = drop_small_classes(probs, labels, settings.area_threshold)
             top, labels = best_class(probs)
+        if torch.isnan(top).any():  # a numerical failure (an overflowing logit scale, a head's own): never class 0
+            raise FloatingPointError("the class scores hold NaN")
         labels[top < settings.prob_threshold] = 0
         labels = labels.cpu().numpy().astype(np.int64)
         if not keep_probs:

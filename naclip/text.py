@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -144,8 +145,10 @@ def encode_queries(
 class QueryCache:
     """Query embeddings kept in memory and, for pretrained weights, on disk.
 
-    One file per (model, weights, templates) holds {query: embedding}; adding a class only
-    embeds the new names.
+    One file per (model, weights, templates) holds {query: {"embedding", "digest"}}; adding a class
+    only embeds the new names. Each entry's digest covers its query, the model and weights, the
+    templates and the embedding itself, and is checked on loading: a damaged or tampered file
+    (entries swapped, unreadable) is named in a warning, discarded, and its queries embedded again.
     """
 
     def __init__(
@@ -153,20 +156,47 @@ class QueryCache:
     ):
         self.templates = tuple(templates)
         template_text = "\n".join(template("{}") for template in self.templates)
+        self.identity = f"{weights_key}\n{template_text}"
         self.path = None
         if weights_key is not None:
-            digest = hashlib.sha256(f"{weights_key}\n{template_text}".encode()).hexdigest()[:20]
+            digest = hashlib.sha256(self.identity.encode()).hexdigest()[:20]
             self.path = Path(directory or default_cache_dir()) / "text" / f"{digest}.pt"
         self.memory: dict[str, Tensor] = {}
         if self.path is not None and self.path.is_file():
-            self.memory.update(torch.load(self.path, map_location="cpu", weights_only=True))
+            self.memory.update(self._load(self.path))
+
+    def _digest(self, query: str, embedding: Tensor) -> str:
+        text = hashlib.sha256(f"{self.identity}\n{query}".encode()).digest()
+        return hashlib.sha256(text + embedding.contiguous().numpy().tobytes()).hexdigest()
+
+    def _load(self, path: Path) -> dict[str, Tensor]:
+        """The checked entries of the cache file; none (with a warning naming the file) when it is damaged."""
+        try:
+            entries = torch.load(path, map_location="cpu", weights_only=True)
+            loaded = {}
+            for query, entry in entries.items():
+                embedding = entry["embedding"]
+                if not isinstance(embedding, Tensor) or entry["digest"] != self._digest(query, embedding):
+                    raise ValueError(f"the entry of {query!r} does not match its digest")
+                loaded[query] = embedding
+        except Exception as error:  # any damage: unreadable, another layout, entries swapped or edited
+            reason = (str(error).strip().splitlines() or [""])[0][:160]
+            warnings.warn(
+                f"text cache {str(path)!r} is damaged ({type(error).__name__}: {reason}); discarded, its class "
+                "names are embedded again",
+                stacklevel=3,
+            )
+            return {}
+        return loaded
 
     def embed(self, clip: torch.nn.Module, tokenizer: Callable, queries: Sequence[str]) -> Tensor:
+        """(Q, D) embeddings of `queries`, embedding (and caching) only those not cached yet."""
         missing = list(dict.fromkeys(q for q in queries if q not in self.memory))
         if missing:
             self.memory.update(zip(missing, encode_queries(clip, tokenizer, missing, self.templates).cpu()))
             if self.path is not None:
-                save_torch(self.memory, self.path)
+                entries = {q: {"embedding": e, "digest": self._digest(q, e)} for q, e in self.memory.items()}
+                save_torch(entries, self.path)
         return torch.stack([self.memory[q] for q in queries])
 
 

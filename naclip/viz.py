@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,10 +40,24 @@ def label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
     return image
 
 
+def label_png(labels: np.ndarray, num_classes: int) -> bytes:
+    """A label map as PNG bytes of class indices: a palette PNG up to 255 classes (255 being the void
+    index), 16-bit greyscale beyond, so that no class index is cut to 8 bits."""
+    if num_classes <= 255:
+        image = label_image(labels, num_classes)
+    else:
+        if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.uint16).max):
+            raise ValueError(f"labels must lie in [0, 65535] for a 16-bit PNG, got [{labels.min()}, {labels.max()}]")
+        image = Image.fromarray(labels.astype(np.uint16))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def colorize(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """(H, W, 3) uint8 colours of a label map (255 = void, white)."""
-    colours = np.vstack([palette(num_classes), np.tile(IGNORE_COLOUR, (256 - num_classes, 1))]).astype(np.uint8)
-    return colours[np.clip(labels, 0, 255)]
+    """(H, W, 3) uint8 colours of a label map; values that are no class (255 = void) are white."""
+    colours = np.vstack([palette(num_classes), IGNORE_COLOUR]).astype(np.uint8)
+    return colours[np.where((labels >= 0) & (labels < num_classes), labels, num_classes)]
 
 
 def overlay(

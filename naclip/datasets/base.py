@@ -28,6 +28,14 @@ class Item:
     image: Path
     mask: Path
 
+    def __post_init__(self) -> None:
+        parts = Path(self.name).parts
+        if not parts or Path(self.name).is_absolute() or ".." in parts:
+            raise ValueError(
+                f"item name {self.name!r} leaves its folders; expected a path relative to the images and "
+                "masks folders, without '..'"
+            )
+
 
 def read_class_names(class_file: str | Path) -> list[str]:
     """The display name (first synonym) of each class of a class file, parsed as the Segmenter does."""
@@ -90,6 +98,7 @@ class SegDataset:
     background: bool = False
     protocol: str | None = None
     root: Path | None = None
+    split: Path | None = None  # the file listing the items, if any
 
     def __post_init__(self) -> None:
         if not self.items:
@@ -122,6 +131,17 @@ class SegDataset:
             reduce_zero_label=self.reduce_zero_label,
             ignore_index=self.ignore_index,
         )
+
+    def inputs(self) -> list[tuple[str, Path]]:
+        """What a run reads and must never write: its images and masks folders and its split file."""
+        found: dict[Path, str] = {}
+        for item in self.items:
+            depth = len(Path(item.name).parts)
+            found.setdefault(item.image.parents[depth - 1], "images folder")
+            found.setdefault(item.mask.parents[depth - 1], "masks folder")
+        if self.split is not None:
+            found[self.split] = "split file"
+        return [(what, path) for path, what in found.items()]
 
     def limited(self, limit: int | None) -> SegDataset:
         """The first `limit` items (all when None), same conventions."""

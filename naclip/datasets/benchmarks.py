@@ -129,4 +129,5 @@ def open_benchmark(name: str, data_root: str | Path | None = None) -> SegDataset
         background=preset.background,
         protocol=preset.protocol,
         root=root,
+        split=root / preset.layout.split_file if preset.layout.split_file else None,
     )

@@ -14,7 +14,7 @@ from naclip.datasets.base import BadSample, check_sample, image_size
 from naclip.datasets.benchmarks import DATA_ENV, PRESETS, open_benchmark
 from naclip.datasets.folder import add_folder_arguments, folder_from_args, unpaired_masks
 from naclip.methods import METHODS, get_method
-from naclip.preprocess import MIN_SIDE
+from naclip.preprocess import MIN_SIDE, load_image
 
 
 def register(subparsers: argparse._SubParsersAction, argv: Sequence[str] = ()) -> None:
@@ -29,8 +29,8 @@ def register(subparsers: argparse._SubParsersAction, argv: Sequence[str] = ()) -
 
     check = commands.add_parser(
         "check",
-        help="read every image header and mask of a benchmark (or your folder), report problems",
-        description="Reads every image header and mask; reports missing or unreadable files, images under "
+        help="decode every image and mask of a benchmark (or your folder), report problems",
+        description="Decodes every image and mask; reports missing, unreadable or corrupt files, images under "
         f"{MIN_SIDE} px, masks whose size differs from their image or whose values are no class, and masks "
         "without an image. Exits 1 when anything is wrong.",
     )
@@ -103,6 +103,10 @@ def run_check(args: argparse.Namespace) -> int:
                 raise BadSample(
                     f"{image}: image is {size[1]}x{size[0]} pixels; expected at least {MIN_SIDE}x{MIN_SIDE}"
                 )
+            try:  # decoded in full, as eval decodes it: corrupt data is found, not only bad headers
+                size = load_image(image).shape[:2]
+            except (OSError, ValueError) as error:
+                raise BadSample(str(error)) from None
             mask = check_sample(dataset, index, size)
         except BadSample as error:
             problems.append(str(error))

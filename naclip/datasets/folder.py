@@ -58,6 +58,7 @@ def folder_dataset(
         ignore_index=ignore_index,
         background=background,
         root=images,
+        split=Path(layout.split_file) if layout.split_file else None,
     )
     if not dataset.num_classes <= ignore_index <= MAX_LABEL:
         what = (

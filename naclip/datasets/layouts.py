@@ -49,21 +49,30 @@ class Layout:
             split = root / self.split_file
             if not split.is_file():
                 raise FileNotFoundError(f"missing split file {split}; expected under {root}:\n{self.describe()}")
-            names = [line.strip() for line in split.read_text().splitlines() if line.strip()]
-            if not names:
+            lines = [(number, line.strip()) for number, line in enumerate(split.read_text().splitlines(), 1)]
+            named = [(f"split file {split}, line {number}: ", name) for number, name in lines if name]
+            if not named:
                 raise ValueError(f"split file {split} lists no images")
         else:
-            names = sorted(
-                str(path.relative_to(image_dir))[: -len(self.image_suffix)]
-                for path in image_dir.rglob(f"*{self.image_suffix}")
-                if path.is_file()
+            named = sorted(
+                (
+                    (f"{path}: ", str(path.relative_to(image_dir))[: -len(self.image_suffix)])
+                    for path in image_dir.rglob(f"*{self.image_suffix}")
+                    if path.is_file()
+                ),
+                key=lambda pair: pair[1],  # by name
             )
-            if not names:
+            if not named:
                 raise ValueError(f"no images matching *{self.image_suffix} under {image_dir}: the split is empty")
-        return [
-            Item(name, image_dir / f"{name}{self.image_suffix}", mask_dir / f"{name}{self.mask_suffix}")
-            for name in names
-        ]
+        items = []
+        for where, name in named:
+            try:
+                items.append(
+                    Item(name, image_dir / f"{name}{self.image_suffix}", mask_dir / f"{name}{self.mask_suffix}")
+                )
+            except ValueError as error:  # a name leaving its folders
+                raise ValueError(f"{where}{error}") from None
+        return items
 
 
 VOC = Layout("JPEGImages", "SegmentationClass", split_file="ImageSets/Segmentation/val.txt")

@@ -1,7 +1,9 @@
 """Background decoding: images are read, checked against their masks and `prepare`d in DataLoader workers.
 
 Workers end with the main process, even when it is killed (kill -9): a worker blocked on a full
-queue would otherwise wait forever, holding its memory.
+queue would otherwise wait forever, holding its memory. Workers send numpy arrays (pickled through a
+pipe), never torch tensors: those go through shared memory, and a small /dev/shm (a container's
+64 MB default) or a file size limit made the workers fail and the main process wait for ever.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class Loaded:
     """One image ready for the model, or the reason it cannot be scored (`error`)."""
 
     index: int
-    tensor: torch.Tensor | None = None
+    tensor: torch.Tensor | np.ndarray | None = None  # an array until `load_prepared` hands it out
     size: tuple[int, int] | None = None
     mask: np.ndarray | None = None
     error: str | None = None
@@ -90,11 +92,18 @@ class _Prepared(Dataset):
             mask = check_sample(self.dataset, index, image.shape[:2])
         except BadSample as error:
             return Loaded(index, error=str(error))
-        return Loaded(index, prepare(image, self.short_side, self.long_side), image.shape[:2], mask)
+        return Loaded(index, prepare(image, self.short_side, self.long_side).numpy(), image.shape[:2], mask)
 
 
 def _single(sample: Loaded) -> Loaded:
     return sample
+
+
+def _as_tensors(samples: Iterator[Loaded]) -> Iterator[Loaded]:
+    for sample in samples:
+        if isinstance(sample.tensor, np.ndarray):
+            sample.tensor = torch.from_numpy(sample.tensor)
+        yield sample
 
 
 def load_prepared(
@@ -112,4 +121,4 @@ def load_prepared(
         prefetch_factor=4 if workers else None,
         worker_init_fn=functools.partial(_die_with_parent, parent=os.getpid()) if workers else None,
     )
-    return iter(loader)
+    return _as_tensors(iter(loader))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,12 +11,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from naclip.datasets import SegDataset
-from naclip.io import atomic_write, environment, remove_leftovers, write_csv, write_json
+from naclip.io import atomic_write, atomic_write_all, environment, json_bytes, remove_leftovers
 from naclip.metric import scores
-from naclip.viz import label_image
+from naclip.viz import label_png
 
 SUMMARY_CSV, PER_CLASS_CSV, PROVENANCE_JSON = "summary.csv", "per_class.csv", "provenance.json"
 OUTPUTS = (SUMMARY_CSV, PER_CLASS_CSV, PROVENANCE_JSON)
@@ -39,15 +38,22 @@ class Run:
     unpaired_masks: list[str] = field(default_factory=list)
 
 
-def save_prediction(labels: np.ndarray, path: Path, num_classes: int) -> None:
-    """A label map as a PNG of class indices: palette PNG up to 255 classes, 16-bit greyscale beyond."""
-    if num_classes <= 255:
-        image = label_image(labels, num_classes)
-    else:
-        image = Image.fromarray(labels.astype(np.uint16))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    atomic_write(path, buffer.getvalue())
+def save_prediction(labels: np.ndarray, path: Path, num_classes: int) -> str:
+    """A label map as a PNG of class indices (`naclip.viz.label_png`), written atomically.
+
+    Returns the digest of the file written (`file_digest`), which its record keeps.
+    """
+    data = label_png(labels, num_classes)
+    atomic_write(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_digest(path: Path) -> str | None:
+    """The SHA-256 of a file's bytes; None when it cannot be read."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def prediction_path(root: Path, dataset: str, variant: str, nest: tuple[bool, bool], name: str) -> Path:
@@ -133,9 +139,13 @@ def provenance(runs: Sequence[Run], **facts: Any) -> dict[str, Any]:
 
 
 def write_results(out: Path, summary: pd.DataFrame, per_class: pd.DataFrame, facts: dict[str, Any]) -> None:
-    """summary.csv, per_class.csv and provenance.json in `out`, each written atomically."""
+    """summary.csv, per_class.csv and provenance.json in `out`, all written before any replaces the old one."""
     for name in OUTPUTS:  # what an earlier run killed while writing them left
         remove_leftovers(out, name)
-    write_csv(summary, out / SUMMARY_CSV)
-    write_csv(per_class, out / PER_CLASS_CSV)
-    write_json(facts, out / PROVENANCE_JSON)
+    atomic_write_all(
+        {
+            out / SUMMARY_CSV: summary.to_csv(index=False).encode(),
+            out / PER_CLASS_CSV: per_class.to_csv(index=False).encode(),
+            out / PROVENANCE_JSON: json_bytes(facts),
+        }
+    )

@@ -3,7 +3,8 @@
 Each process appends to its own files in `OUT/partial/<dataset>-<key>/`:
 - `scores-*.npy`: one int64 array per image, written with `np.save`: [image index, number of
   variants, then for each variant its non-zero count n, n flat cell indices and n counts];
-- `saved-*.jsonl`: the prediction PNGs of an image, logged once they are on disk (before its score);
+- `saved-*.jsonl`: the prediction PNGs of an image with the digest of each, logged once they are on
+  disk (before its score);
 - `bad-*.jsonl`: images skipped as bad, with the reason.
 A run killed mid-write leaves at most a torn last record, which is dropped on reading; that image is
 simply scored again. The key (`key.json` holds what it hashes) covers everything that shapes a
@@ -17,6 +18,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -25,6 +27,7 @@ import numpy as np
 
 from naclip.datasets import SegDataset
 from naclip.evaluation.distributed import Group
+from naclip.evaluation.outputs import file_digest
 from naclip.io import remove_leftovers, write_json
 
 KEY_JSON = "key.json"
@@ -119,24 +122,29 @@ class RecordStore:
         np.save(handle, encode(index, matrices))
         handle.flush()
 
-    def add_saved(self, index: int, files: list[Path]) -> None:
-        self._log("saved", {"index": index, "files": [str(path.resolve()) for path in files]})
+    def add_saved(self, index: int, files: dict[Path, str]) -> None:
+        self._log("saved", {"index": index, "files": {str(path.resolve()): digest for path, digest in files.items()}})
 
     def add_bad(self, index: int, reason: str) -> None:
         self._log("bad", {"index": index, "reason": reason})
 
     def _entries(self, kind: str) -> list[dict[str, Any]]:
+        """Every whole entry of the `kind` logs; a damaged line (torn by a kill, not UTF-8) is dropped, with a note."""
         entries = []
         for path in sorted(self.directory.glob(f"{kind}-*.jsonl")):
-            for line in path.read_text().splitlines():
+            lines = path.read_bytes().splitlines()
+            for number, line in enumerate(lines, 1):
                 try:
-                    entries.append(json.loads(line))
-                except json.JSONDecodeError:  # torn by a kill
-                    continue
+                    entries.append(json.loads(line.decode()))
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    if number < len(lines):  # not the last line a kill tears: say which record is dropped
+                        print(f"note: {path}, line {number}: damaged record dropped (scored again)", file=sys.stderr)
         return entries
 
-    def load(self, num_classes: int, variants: int) -> tuple[dict[int, list[np.ndarray]], dict[int, set[str]], dict]:
-        """({index: matrices} scored, {index: PNG paths} saved, {index: reason} skipped as bad) so far."""
+    def load(
+        self, num_classes: int, variants: int
+    ) -> tuple[dict[int, list[np.ndarray]], dict[int, dict[str, str]], dict]:
+        """({index: matrices} scored, {index: {PNG path: digest}} saved, {index: reason} skipped as bad) so far."""
         scored: dict[int, list[np.ndarray]] = {}
         if not self.directory.is_dir():
             return scored, {}, {}
@@ -149,9 +157,9 @@ class RecordStore:
                         break
                     if len(matrices) == variants:
                         scored.setdefault(index, matrices)
-        saved: dict[int, set[str]] = {}
+        saved: dict[int, dict[str, str]] = {}
         for entry in self._entries("saved"):
-            saved.setdefault(int(entry["index"]), set()).update(entry["files"])
+            saved.setdefault(int(entry["index"]), {}).update(entry["files"])
         bad: dict[int, str] = {}
         for entry in self._entries("bad"):
             bad.setdefault(int(entry["index"]), entry["reason"])
@@ -167,7 +175,8 @@ class ResumeState:
     """Where one (dataset, configuration) run stands: its key, its records, and which images are done.
 
     An image is done when its score is recorded and every prediction PNG asked for this time was
-    logged as written and is still on disk; anything else is scored (and written) again. Rank 0
+    logged as written and is still on disk with the digest it was written with (another run writing
+    the same folder may have replaced it); anything else is scored (and written) again. Rank 0
     reads the records and keeps the resumed matrices; every rank gets the same done and bad sets.
     Without a `root` nothing is kept and nothing resumes.
     """
@@ -195,10 +204,8 @@ class ResumeState:
                 shutil.rmtree(self.directory)
             scored, saved, bad = self.store.load(num_classes, variants)
             for index, matrices in scored.items():
-                wanted = files(index)
-                if {str(path.resolve()) for path in wanted} <= saved.get(index, set()) and all(
-                    path.is_file() for path in wanted
-                ):
+                logged = saved.get(index, {})
+                if all(file_digest(path) == logged.get(str(path.resolve()), "") for path in files(index)):
                     self.matrices[index] = matrices
             self.bad = bad
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -233,8 +240,8 @@ class ResumeState:
             )
         return notes
 
-    def record(self, index: int, matrices: list[np.ndarray], files: list[Path]) -> None:
-        """Keep a scored image: its PNGs (already written) are logged first, then its score."""
+    def record(self, index: int, matrices: list[np.ndarray], files: dict[Path, str]) -> None:
+        """Keep a scored image: its PNGs (already written; {path: digest}) are logged first, then its score."""
         if self.store is None:
             return
         if files:

@@ -30,7 +30,7 @@ from naclip.evaluation.distributed import Group, join
 from naclip.evaluation.loader import load_prepared
 from naclip.evaluation.outputs import Run
 from naclip.evaluation.records import ResumeState, dataset_identity, weights_identity
-from naclip.io import folder_lock, library_versions, remove_leftovers, writable_folder
+from naclip.io import code_digest, folder_lock, library_versions, remove_leftovers, writable_folder
 from naclip.methods import get_method
 from naclip.metric import ConfusionMatrix
 from naclip.segmenter import Segmenter
@@ -39,6 +39,18 @@ from naclip.settings import check_variant
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during a run; the message says what was kept and how to resume."""
+
+
+class NumericalFailure(RuntimeError):
+    """A method's scores for an image hold NaN: the image has no label, and the run stops."""
+
+
+def numerical_failure(image: str | os.PathLike, problem: str) -> str:
+    """The one-line message naming the image whose scores are not finite."""
+    return (
+        f"{image}: {problem}; no label is given to an image whose class scores are not finite (a smaller "
+        "--logit-scale, or --dtype float32, may avoid the overflow)"
+    )
 
 
 class NothingScored(ValueError):
@@ -82,12 +94,13 @@ def make_variants(variants: Sequence[Mapping[str, Any]] | None, method: str = "n
 
 def run_content(dataset: SegDataset, segmenter: Segmenter, variants: list[Variant]) -> dict[str, Any]:
     """Everything that shapes a per-image record, hashed into the key under which records are reused:
-    library versions, the dataset (items, files, label conventions), the class lines, the weights (a second
-    model's too), the method, the device type and precision, and every setting of each variant (the method's
-    own parameters and the seed included)."""
+    library versions, naclip's code (`code_digest`), the dataset (items, files, label conventions), the
+    class lines, the weights (a second model's too), the method, the device type and precision, and every
+    setting of each variant (the method's own parameters and the seed included)."""
     settings = [segmenter.variant(variant.overrides) for variant in variants]
     return {
         "versions": library_versions(),
+        "code": code_digest(),
         "dataset": dataset_identity(dataset),
         "class_lines": list(segmenter.classes.lines),
         "weights": weights_identity(segmenter.settings.pretrained),
@@ -199,14 +212,18 @@ def score(
                 bad[loaded.index] = loaded.error
                 state.record_bad(loaded.index, loaded.error)
                 continue
-            predictions = segmenter.predict_variants(
-                loaded.tensor, loaded.size, [variant.overrides for variant in variants], probs=False
-            )
-            paths = files(loaded.index)
-            for path, prediction in zip(paths, predictions):
-                outputs.save_prediction(prediction.labels, path, dataset.num_classes)
+            try:
+                predictions = segmenter.predict_variants(
+                    loaded.tensor, loaded.size, [variant.overrides for variant in variants], probs=False
+                )
+            except FloatingPointError as error:  # NaN scores: stop rather than label the image class 0
+                raise NumericalFailure(numerical_failure(dataset.items[loaded.index].image, str(error))) from None
+            written = {
+                path: outputs.save_prediction(prediction.labels, path, dataset.num_classes)
+                for path, prediction in zip(files(loaded.index), predictions)
+            }
             parts = [matrix.update(p.labels, loaded.mask) for matrix, p in zip(matrices, predictions)]
-            state.record(loaded.index, parts, paths)
+            state.record(loaded.index, parts, written)
             bar.update()
     finally:
         bar.close()
@@ -236,6 +253,27 @@ def check_scored(run: Run) -> None:
             f"{name}: the masks of its {run.scored} scored images hold no labelled pixel (every value is the "
             f"ignore index {run.dataset.ignore_index}); expected class indices 0..{run.dataset.num_classes - 1}"
         )
+
+
+def check_apart(dataset: SegDataset, folders: list[tuple[Path, str]]) -> None:
+    """ValueError when an output folder is, lies inside or contains one of `dataset`'s inputs.
+
+    Predictions written into the masks folder would overwrite the ground truth they are scored on.
+    """
+    for folder, what in folders:
+        mine = folder.resolve()
+        for kind, path in dataset.inputs():
+            theirs = path.resolve()
+            if mine == theirs or theirs in mine.parents:
+                relation = "is" if mine == theirs else "lies inside"
+            elif mine in theirs.parents:
+                relation = "contains"
+            else:
+                continue
+            raise ValueError(
+                f"{what} {str(folder)!r} {relation} the {kind} {str(theirs)!r} of {dataset.name}; expected a "
+                "folder apart from the data it scores (outputs there could overwrite the ground truth)"
+            )
 
 
 @contextlib.contextmanager
@@ -318,9 +356,11 @@ def evaluate(
     )
     summary, per_class, runs = [], [], []
     try:
+        datasets = [spec if isinstance(spec, SegDataset) else open_benchmark(spec, data_root) for spec in specs]
+        for dataset in datasets:
+            check_apart(dataset, folders)
         with _locked(folders, group):
-            for spec in specs:
-                dataset = spec if isinstance(spec, SegDataset) else open_benchmark(spec, data_root)
+            for dataset in datasets:
                 dataset = dataset.with_class_file(chosen.class_file(dataset.protocol))
                 unpaired = [str(path) for path in unpaired_masks(dataset)]
                 if unpaired and group.main:

@@ -35,7 +35,7 @@ from typing import Any, TextIO
 import yaml
 
 import naclip
-from naclip.io import environment, write_json
+from naclip.io import code_digest, environment, write_json
 from naclip.workbook.layout import Study, Workbook
 from naclip.workbook.outputs import FAILED, MANIFEST, MARKER, read_manifest
 from naclip.workbook.params import RESULTS_DIR, Run
@@ -45,16 +45,6 @@ KERNEL_NAME = "naclip-workbook"
 COMPLETE, STALE, FAILED_STATE, MISSING = "complete", "stale", "failed", "missing"
 
 Executor = Callable[[Path, Path, dict[str, Any], Path], None]
-
-
-@cache
-def code_digest() -> str:
-    """A digest of the naclip package's files (code and resources): any edit to the library changes it."""
-    package = Path(naclip.__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def _digest(path: Path) -> str:

@@ -1,0 +1,101 @@
+"""Segment, settings and caches that cannot be silently wrong: class counts, numbers, files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from naclip.cli import main
+from naclip.viz import colorize, palette
+from tests.conftest import VOC_IMAGE
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+TINY = ["--model", "naclip-tiny", "--pretrained", "none", "--device", "cpu", "--pamr-steps", "0"]
+TINY += ["--short-side", "64", "--slide-crop", "0"]
+
+
+def test_segment_keeps_class_indices_past_255(tmp_path):
+    classes = tmp_path / "classes.txt"
+    order = [i for i in range(300) if i not in (144, 180)] + [144, 180]  # the names this random model picks, last
+    classes.write_text("".join(f"thing number {i}\n" for i in order))
+    command = ["segment", str(VOC_IMAGE), "--class-file", str(classes), "--out", str(tmp_path / "out")]
+    assert main([*command, *TINY, "--save-probs"]) == 0
+    labels = np.asarray(Image.open(tmp_path / "out/sample_0000_labels.png"))
+    probs = np.load(tmp_path / "out/sample_0000_probs.npy")
+    assert labels.dtype == np.uint16 and labels.max() > 255
+    np.testing.assert_array_equal(labels, probs.argmax(0))
+    assert Image.open(tmp_path / "out/sample_0000_overlay.png").height == 513
+    colours = colorize(np.array([[299, 300, 255]]), 300)
+    assert (colours[0, 0] == palette(300)[299]).all() and (colours[0, 1] == 255).all()
+
+
+def test_non_finite_settings_are_refused():
+    import typing
+
+    from naclip.methods import METHODS
+    from naclip.settings import Settings, coerce
+
+    kinds = {**typing.get_type_hints(Settings)}
+    for method in METHODS.values():
+        kinds.update(typing.get_type_hints(method.head_spec.params))
+    floats = [name for name, kind in kinds.items() if "float" in str(kind)]
+    assert {"logit_scale", "sigma", "resclip_rcs_weights", "scclip_beta"} <= set(floats)
+    for name in floats:
+        for value in ["inf", "-inf", "nan", float("inf"), "1e400"]:
+            with pytest.raises(ValueError, match=rf"^{name}=.*; expected (a finite number|finite numbers)"):
+                coerce(name, value)
+
+
+def test_nan_scores_stop_naming_the_image(tmp_path, capsys):
+    command = ["segment", str(VOC_IMAGE), "--classes", "cat; dog", "--out", str(tmp_path / "out"), *TINY]
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--logit-scale", "inf"])
+    assert exited.value.code == 2 and "logit_scale='inf'; expected a finite number" in capsys.readouterr().err
+    assert main([*command, "--logit-scale", "1e300"]) == 2  # finite, but overflows float32: NaN probabilities
+    err = capsys.readouterr().err
+    assert f"{VOC_IMAGE}: the class scores hold NaN; no label is given" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out/sample_0000_labels.png").exists()
+
+
+def test_a_damaged_text_cache_is_named_discarded_and_embedded_again(tmp_path, monkeypatch):
+    import torch
+
+    from naclip.text import QueryCache, encode_queries
+    from tests.conftest import make_segmenter
+
+    seg = make_segmenter()
+    calls = []
+
+    def counting(clip, tokenizer, queries, templates):
+        calls.append(list(queries))
+        return encode_queries(clip, tokenizer, queries, templates)
+
+    monkeypatch.setattr("naclip.text.encode_queries", counting)
+    fresh = QueryCache("naclip-tiny|weights", directory=tmp_path).embed(seg.clip, seg.tokenizer, ["cat", "dog"])
+    path = QueryCache("naclip-tiny|weights", directory=tmp_path).path
+    entries = torch.load(path, weights_only=True)
+    entries["cat"]["embedding"], entries["dog"]["embedding"] = entries["dog"]["embedding"], entries["cat"]["embedding"]
+    torch.save(entries, path)
+    for damage in ["swapped", "garbage"]:
+        if damage == "garbage":
+            path.write_bytes(b"not a torch file")
+        calls.clear()
+        with pytest.warns(UserWarning, match=rf"text cache '{path}' is damaged .*discarded"):
+            cache = QueryCache("naclip-tiny|weights", directory=tmp_path)
+        torch.testing.assert_close(cache.embed(seg.clip, seg.tokenizer, ["cat", "dog"]), fresh)
+        assert calls == [["cat", "dog"]]
+    again = QueryCache("naclip-tiny|weights", directory=tmp_path)  # rewritten whole: loads without a warning
+    assert sorted(again.memory) == ["cat", "dog"]
+
+
+def test_flags_are_never_abbreviated(tmp_path, capsys):
+    command = ["segment", str(VOC_IMAGE), "--classes", "cat; dog", "--out", str(tmp_path), *TINY]
+    for flags in [["--sigm", "3"], ["--save-prob"]]:
+        with pytest.raises(SystemExit) as exited:
+            main([*command, *flags])
+        assert exited.value.code == 2 and f"unrecognized arguments: {flags[0]}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["data", "check", "folder", "--image", str(tmp_path)])
+    assert "unrecognized arguments: --image" in capsys.readouterr().err
