@@ -29,6 +29,7 @@ smoke: setup
 
 lint: setup
 	$(PY) -m ruff check naclip tests benchmarks
+	$(PY) -m ruff format --check naclip tests benchmarks
 
 test: lint
 	$(PY) -m pytest -q

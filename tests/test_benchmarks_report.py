@@ -47,8 +47,13 @@ def test_every_benchmark_of_the_report_exists():
 
 def test_speed_verdict_is_on_the_worst_image(capsys):
     frame = pd.DataFrame(
-        {"method": ["naclip"] * 3, "benchmark": ["voc21", "voc21", "coco_object"],
-         "their_s": [10.0, 40.0, 30.0], "our_s": [1.0, 1.0, 1.0], "speedup": [10.0, 40.0, 30.0]}
+        {
+            "method": ["naclip"] * 3,
+            "benchmark": ["voc21", "voc21", "coco_object"],
+            "their_s": [10.0, 40.0, 30.0],
+            "our_s": [1.0, 1.0, 1.0],
+            "speedup": [10.0, 40.0, 30.0],
+        }
     )
     print_speed(frame)
     out = capsys.readouterr().out

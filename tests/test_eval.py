@@ -19,7 +19,13 @@ from tests.helpers_data import build_folder, write_mask
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 TINY = dict(
-    model="naclip-tiny", pretrained=None, device="cpu", pamr_steps=0, short_side=64, slide_crop=0, progress=False,
+    model="naclip-tiny",
+    pretrained=None,
+    device="cpu",
+    pamr_steps=0,
+    short_side=64,
+    slide_crop=0,
+    progress=False,
     workers=0,
 )
 TINY_FLAGS = ["--model", "naclip-tiny", "--pretrained", "none", "--device", "cpu", "--no-progress"]

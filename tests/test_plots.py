@@ -30,19 +30,36 @@ def _saved(fig, tmp_path) -> Image.Image:
 
 
 def results() -> pd.DataFrame:
-    return pd.DataFrame({
-        "benchmark": ["voc21", "voc21", "ade20k", "ade20k"] * 2,
-        "method": ["CLIP", "NACLIP"] * 4,
-        "post-processing": ["none"] * 4 + ["PAMR"] * 4,
-        "mIoU": [10.0, 50.0, 3.0, 15.0, 11.0, 55.0, 3.5, 16.0],
-    })
+    return pd.DataFrame(
+        {
+            "benchmark": ["voc21", "voc21", "ade20k", "ade20k"] * 2,
+            "method": ["CLIP", "NACLIP"] * 4,
+            "post-processing": ["none"] * 4 + ["PAMR"] * 4,
+            "mIoU": [10.0, 50.0, 3.0, 15.0, 11.0, 55.0, 3.5, 16.0],
+        }
+    )
 
 
 def test_metric_bars_labels_panels_legend_and_published_marks(tmp_path):
-    published = pd.DataFrame({"benchmark": ["voc21", "voc21"], "method": ["NACLIP", "NACLIP"],
-                              "post-processing": ["none", "PAMR"], "mIoU": [58.9, 64.07], "pamr": [False, True]})
-    fig = plots.metric_bars(results(), x="benchmark", hue="method", col="post-processing", published=published,
-                            title="Main", labels={"CLIP": "CLIP (borrowed protocol)"}, note="samples only")
+    published = pd.DataFrame(
+        {
+            "benchmark": ["voc21", "voc21"],
+            "method": ["NACLIP", "NACLIP"],
+            "post-processing": ["none", "PAMR"],
+            "mIoU": [58.9, 64.07],
+            "pamr": [False, True],
+        }
+    )
+    fig = plots.metric_bars(
+        results(),
+        x="benchmark",
+        hue="method",
+        col="post-processing",
+        published=published,
+        title="Main",
+        labels={"CLIP": "CLIP (borrowed protocol)"},
+        note="samples only",
+    )
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert len(axes) == 2 and all(ax.get_ylabel() == "mIoU (%)" and ax.get_xlabel() == "benchmark" for ax in axes)
     assert [ax.get_title() for ax in axes] == ["post-processing = none", "post-processing = PAMR"]
@@ -51,18 +68,29 @@ def test_metric_bars_labels_panels_legend_and_published_marks(tmp_path):
     (star,) = [line for line in axes[1].lines if line.get_marker() == "*"]
     assert diamond.get_ydata()[0] == pytest.approx(58.9) and star.get_ydata()[0] == pytest.approx(64.07)
     legend = fig.legends[0]
-    assert [t.get_text() for t in legend.get_texts()] == ["CLIP (borrowed protocol)", "NACLIP",
-                                                          "published, no post-processing", "published, with PAMR"]
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "CLIP (borrowed protocol)",
+        "NACLIP",
+        "published, no post-processing",
+        "published, with PAMR",
+    ]
     assert "samples only" in _texts(fig)
     _saved(fig, tmp_path)
 
 
 def test_sweep_lines_marks_default_and_published(tmp_path):
-    data = pd.DataFrame({"sigma": [1, 3, 5] * 2, "benchmark": ["voc21"] * 3 + ["ade20k"] * 3,
-                         "mIoU": [50, 55, 58, 14, 16, 17]})
-    fig = plots.sweep_lines(data, x="sigma", hue="benchmark", default=5,
-                            published=pd.DataFrame({"sigma": [5, 5], "benchmark": ["voc21", "ade20k"],
-                                                    "mIoU": [58.9, 19.05], "pamr": [False, True]}))
+    data = pd.DataFrame(
+        {"sigma": [1, 3, 5] * 2, "benchmark": ["voc21"] * 3 + ["ade20k"] * 3, "mIoU": [50, 55, 58, 14, 16, 17]}
+    )
+    fig = plots.sweep_lines(
+        data,
+        x="sigma",
+        hue="benchmark",
+        default=5,
+        published=pd.DataFrame(
+            {"sigma": [5, 5], "benchmark": ["voc21", "ade20k"], "mIoU": [58.9, 19.05], "pamr": [False, True]}
+        ),
+    )
     (ax,) = fig.axes
     assert ax.get_xlabel() == "sigma" and ax.get_ylabel() == "mIoU (%)"
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -75,8 +103,14 @@ def test_sweep_lines_marks_default_and_published(tmp_path):
 def test_image_grid_titles_and_a_legend_that_grows_with_the_images(tmp_path):
     image = np.zeros((20, 30, 3), dtype=np.uint8)
     legend = {"sky": (128, 0, 0), "cat": (0, 128, 0)}
-    fig = plots.image_grid([[image, image], [image, image]], ["image", "ground truth"], ["a", "b"],
-                           legend=legend, title="grid", note="a note")
+    fig = plots.image_grid(
+        [[image, image], [image, image]],
+        ["image", "ground truth"],
+        ["a", "b"],
+        legend=legend,
+        title="grid",
+        note="a note",
+    )
     assert [ax.get_title() for ax in fig.axes[:2]] == ["image", "ground truth"]
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["sky", "cat"]
     assert "a note" in _texts(fig)

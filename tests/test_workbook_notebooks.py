@@ -27,23 +27,34 @@ NOTEBOOKS, PARAMS = ROOT / "notebooks", ROOT / "params"
 PAPERMILL = [sys.executable, "-m", "papermill", "--kernel", "python3", "--no-progress-bar"]
 # study -> {table: (columns it must have, rows)}, figures (the smoke profile: one voc20 sample image)
 EXPECTED = {
-    "main": ({"results": ({"benchmark", "method", "post-processing", "protocol", "mIoU", "n_images"}, 6),
-              "per_class": ({"benchmark", "method", "class_name", "IoU"}, 20 * 6),
-              "comparison": ({"benchmark", "method", "images", "mIoU", "published", "gap", "note"}, 12)},
-             ["main"]),
-    "components": ({"results": ({"variant", "attention", "arch", "mIoU"}, 8), "per_class": ({"IoU"}, 8 * 20),
-                    "comparison": ({"variant", "gap", "note"}, 16)}, ["components"]),
-    "sigma": ({"results": ({"sigma", "post-processing", "mIoU"}, 6), "comparison": ({"sigma", "gap"}, 12)},
-              ["sigma"]),
-    "attention": ({"results": ({"attention", "mIoU"}, 6), "comparison": ({"attention", "note"}, 12)},
-                  ["attention"]),
-    "architecture": ({"results": ({"attention", "arch", "mIoU"}, 6), "comparison": ({"attention", "arch"}, 12)},
-                     ["architecture"]),
-    "backbones": ({"results": ({"model", "method", "mIoU"}, 2), "comparison": ({"method", "gap"}, 4)},
-                  ["backbone"]),
+    "main": (
+        {
+            "results": ({"benchmark", "method", "post-processing", "protocol", "mIoU", "n_images"}, 6),
+            "per_class": ({"benchmark", "method", "class_name", "IoU"}, 20 * 6),
+            "comparison": ({"benchmark", "method", "images", "mIoU", "published", "gap", "note"}, 12),
+        },
+        ["main"],
+    ),
+    "components": (
+        {
+            "results": ({"variant", "attention", "arch", "mIoU"}, 8),
+            "per_class": ({"IoU"}, 8 * 20),
+            "comparison": ({"variant", "gap", "note"}, 16),
+        },
+        ["components"],
+    ),
+    "sigma": ({"results": ({"sigma", "post-processing", "mIoU"}, 6), "comparison": ({"sigma", "gap"}, 12)}, ["sigma"]),
+    "attention": ({"results": ({"attention", "mIoU"}, 6), "comparison": ({"attention", "note"}, 12)}, ["attention"]),
+    "architecture": (
+        {"results": ({"attention", "arch", "mIoU"}, 6), "comparison": ({"attention", "arch"}, 12)},
+        ["architecture"],
+    ),
+    "backbones": ({"results": ({"model", "method", "mIoU"}, 2), "comparison": ({"method", "gap"}, 4)}, ["backbone"]),
     "qualitative": ({}, ["qualitative"]),
-    "attention_maps": ({"attention_maps": ({"method", "query_row", "row", "weight"}, 3 * 3 * 21 * 21)},
-                       ["attention_maps"]),
+    "attention_maps": (
+        {"attention_maps": ({"method", "query_row", "row", "weight"}, 3 * 3 * 21 * 21)},
+        ["attention_maps"],
+    ),
     "kernel": ({"kernel": ({"sigma", "row", "col", "distance", "omega"}, 3 * 14 * 14)}, ["kernel"]),
     "demo": ({"classes": ({"class", "pixel_share", "mean_probability"}, 7)}, ["overlay", "probabilities"]),
 }
@@ -100,8 +111,10 @@ def test_the_main_study_is_each_method_beside_its_published_row(smoke):
     assert list(rows.index) == ["clip", "maskclip", "sclip", "clearclip", "naclip-nopamr", "naclip"]
     assert rows.gap.isna().all()  # a sample of random weights is never compared
     assert rows.loc["naclip", "published"] == 83.03 and "sample: 1 of 1449 images" in rows.loc["naclip", "note"]
-    assert rows.loc["clip", "protocol"] == rows.loc["maskclip", "protocol"] == "NACLIP's protocol (no authors' " \
-                                                                              "run published)"
+    assert (
+        rows.loc["clip", "protocol"] == rows.loc["maskclip", "protocol"] == "NACLIP's protocol (no authors' "
+        "run published)"
+    )
 
 
 def test_the_html_index_shows_every_table_and_figure_of_the_smoke_run(smoke):
@@ -119,7 +132,7 @@ def test_the_html_index_shows_every_table_and_figure_of_the_smoke_run(smoke):
             assert f"<b>{figure['name']}</b>: {figure['caption']}" in page.replace("&#x27;", "'")
         figures += len(manifest["figures"])
         tables += len(manifest["tables"])
-    assert page.count("src=\"data:image/png;base64,") == figures
+    assert page.count('src="data:image/png;base64,') == figures
     assert page.count('<table class="dataframe data"') == tables
     assert page.count('class="run random"') == len(EXPECTED) - 1 and "commit " in page
 
@@ -150,8 +163,21 @@ def test_a_notebook_run_by_hand_from_another_folder_lands_in_the_results_and_is_
     notebooks': the outputs land in the workbook's results, marked."""
     elsewhere = workbook / "data" / "photos"
     elsewhere.mkdir(parents=True)
-    papermill([str(workbook / "notebooks" / "demo.ipynb"), "out.ipynb", "-f", str(PARAMS / "smoke" / "demo.yaml"),
-               "-p", "pamr_steps", "0", "-p", "run", "by-hand"], elsewhere)
+    papermill(
+        [
+            str(workbook / "notebooks" / "demo.ipynb"),
+            "out.ipynb",
+            "-f",
+            str(PARAMS / "smoke" / "demo.yaml"),
+            "-p",
+            "pamr_steps",
+            "0",
+            "-p",
+            "run",
+            "by-hand",
+        ],
+        elsewhere,
+    )
     folder = workbook / "results" / "demo" / "by-hand"
     manifest = read_manifest(folder)
     assert manifest["random_weights"] and [f["name"] for f in manifest["figures"]] == ["overlay", "probabilities"]
@@ -170,9 +196,22 @@ def test_a_killed_run_resumes_with_only_what_was_missing(workbook):
         path.write_text(f"grid: [8, 8]\npatch: [3, 3]\nsigmas: [{sigma}]\n")
     first = workbook / "results" / "kernel" / "p-a" / MARKER
     process = subprocess.Popen(
-        [sys.executable, "-m", "naclip", "workbook", "run", "kernel", "--profile", "p", "--notebooks",
-         str(workbook / "notebooks")],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "naclip",
+            "workbook",
+            "run",
+            "kernel",
+            "--profile",
+            "p",
+            "--notebooks",
+            str(workbook / "notebooks"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 180

@@ -14,8 +14,18 @@ from naclip.workbook.params import RESULTS_DIR, RUN, notebook_parameters, plan, 
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS, PARAMS = ROOT / "notebooks", ROOT / "params"
-STUDIES = ["main", "components", "sigma", "attention", "architecture", "backbones", "qualitative", "attention_maps",
-           "kernel", "demo"]
+STUDIES = [
+    "main",
+    "components",
+    "sigma",
+    "attention",
+    "architecture",
+    "backbones",
+    "qualitative",
+    "attention_maps",
+    "kernel",
+    "demo",
+]
 
 
 def workbook(tmp_path: Path, files: dict[str, str]) -> Workbook:
@@ -73,13 +83,22 @@ def test_every_shipped_file_is_a_flat_papermill_file_that_names_its_run(profile)
         if profile == "smoke":
             assert run.parameters.get("pretrained", None) is None and run.parameters.get("limit", 1) == 1
     if profile == "paper":
-        assert [r.name for r in runs if r.study.name == "backbones"] == ["paper-ViT-B-16", "paper-ViT-B-32",
-                                                                         "paper-ViT-L-14"]
+        assert [r.name for r in runs if r.study.name == "backbones"] == [
+            "paper-ViT-B-16",
+            "paper-ViT-B-32",
+            "paper-ViT-L-14",
+        ]
 
 
 def test_profiles_and_run_names(tmp_path):
-    wb = workbook(tmp_path, {"mine/sigma.yaml": "sigmas: [1.0, 2.0]\n",
-                             "mine/kernel/a.yaml": "sigmas: [1.0]\n", "mine/kernel/b.yaml": "run: bee\n"})
+    wb = workbook(
+        tmp_path,
+        {
+            "mine/sigma.yaml": "sigmas: [1.0, 2.0]\n",
+            "mine/kernel/a.yaml": "sigmas: [1.0]\n",
+            "mine/kernel/b.yaml": "run: bee\n",
+        },
+    )
     assert profiles(wb.params) == ["samples", "mine"]
     runs = {f"{r.study.name}/{r.name}": r for r in plan(wb, ["sigma", "kernel", "demo"], "mine")}
     assert list(runs) == ["sigma/mine", "kernel/mine-a", "kernel/bee", "demo/mine"]

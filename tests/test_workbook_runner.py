@@ -39,8 +39,9 @@ class FakeNotebook:
         output.write_text("{}")
         out = RunOutputs(notebook.stem, parameters["run"], parameters["results_dir"])
         random = parameters["pretrained"] is None
-        out.loaded(pd.DataFrame({"model": ["tiny"], "pretrained": [parameters["pretrained"]],
-                                 "random_weights": [random]}))
+        out.loaded(
+            pd.DataFrame({"model": ["tiny"], "pretrained": [parameters["pretrained"]], "random_weights": [random]})
+        )
         out.table(pd.DataFrame({"sigma": [parameters["sigma"]], "mIoU": [12.345]}), "results", "a table")
         if parameters["run"] in self.fail:
             raise RuntimeError(f"boom in {parameters['run']}")
@@ -54,8 +55,10 @@ def write_study(folder: Path, name: str = "sweep", pretrained: str | None = "ope
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_markdown_cell(f"# The {name} study"),
-        nbformat.v4.new_code_cell(f'run = "samples"\nresults_dir = "results"\nmodel = "tiny"\n'
-                                  f"pretrained = {pretrained!r}\nsigma = 1.0", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(
+            f'run = "samples"\nresults_dir = "results"\nmodel = "tiny"\npretrained = {pretrained!r}\nsigma = 1.0',
+            metadata={"tags": ["parameters"]},
+        ),
     ]
     path = folder / f"{name}.ipynb"
     nbformat.write(nb, path)
@@ -103,7 +106,7 @@ def test_runs_write_outputs_a_parameter_file_and_a_record_then_are_skipped(wb):
 def test_a_failure_does_not_stop_the_others_and_the_rerun_does_only_it(wb):
     report = execute_runs(plan(wb, (), "p"), wb, FakeNotebook(fail={"p-s2"}), log=quiet)
     assert [r.name for r in report.executed] == ["p-s1", "p-s3"]
-    (failed, error), = report.failed
+    ((failed, error),) = report.failed
     assert failed.name == "p-s2" and "boom" in error
     assert str(run_state(run_dir(wb.results, failed), failed)) == "failed (boom in p-s2)"
     fake = FakeNotebook()
@@ -182,8 +185,9 @@ def args(wb: Workbook, *argv: str) -> list[str]:
 
 def test_cli_run_reports_failures_and_dry_run_runs_nothing(wb, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(regen, "papermill_executor",
-                        lambda kernel, lines: calls.append(kernel) or FakeNotebook({"p-s1"}))
+    monkeypatch.setattr(
+        regen, "papermill_executor", lambda kernel, lines: calls.append(kernel) or FakeNotebook({"p-s1"})
+    )
     assert cli.main(args(wb, "workbook", "run", "--profile", "p", "--dry-run")) == 0
     out = capsys.readouterr().out
     assert not calls and not wb.results.exists()
@@ -223,16 +227,19 @@ def test_console_bars_mirror_the_notebooks_progress_widgets():
     bars.message(message("comm_open", "l", _model_name="HTMLModel", value=""))
     bars.message(message("comm_open", "b", _model_name="FloatProgressModel", value=0, max=4))
     bars.message(message("comm_open", "r", _model_name="HTMLModel", value=""))
-    bars.message(message("comm_open", "box", _model_name="HBoxModel", children=["IPY_MODEL_l", "IPY_MODEL_b",
-                                                                                  "IPY_MODEL_r"]))
+    bars.message(
+        message("comm_open", "box", _model_name="HBoxModel", children=["IPY_MODEL_l", "IPY_MODEL_b", "IPY_MODEL_r"])
+    )
     assert stream.getvalue() == ""
     for n in range(5):  # tqdm's order: the bar, the description, then the counts
         bars.message(message("comm_msg", "b", value=n))
         bars.message(message("comm_msg", "l", value=f"voc21:\u2007{25 * n}%"))
         bars.message(message("comm_msg", "r", value=f"\u2007{n}/4\u2007[00:0{n}&lt;00:0{4 - n}]"))
     lines = stream.getvalue().splitlines()
-    assert lines == ["    voc21: 0% |                    |  0/4 [00:00<00:04]",
-                     "    voc21: 100% |████████████████████|  4/4 [00:04<00:00]"]
+    assert lines == [
+        "    voc21: 0% |                    |  0/4 [00:00<00:04]",
+        "    voc21: 100% |████████████████████|  4/4 [00:04<00:00]",
+    ]
 
 
 def test_notebook_kernel_runs_this_interpreter_and_is_temporary(monkeypatch):

@@ -18,8 +18,15 @@ from naclip.workbook.published import BENCHMARKS, IMAGES, ROWS, published
 
 def test_published_holds_every_row_keyed_by_preset_and_its_averages_match():
     table = published()
-    assert [r.method for r in ROWS] == ["naclip", "naclip-nopamr", "sclip", "clearclip", "maskclip", "resclip",
-                                        "scclip"]
+    assert [r.method for r in ROWS] == [
+        "naclip",
+        "naclip-nopamr",
+        "sclip",
+        "clearclip",
+        "maskclip",
+        "resclip",
+        "scclip",
+    ]
     for row in ROWS:
         assert len(row.values) == len(BENCHMARKS)
         assert np.mean(row.values) == pytest.approx(row.average, abs=0.06), row.method
@@ -48,8 +55,7 @@ def test_patch_bias_is_the_closed_form_and_the_table_is_tidy():
 def test_variants_for_each_study():
     components = studies.component_variants()
     assert len({(v["attention"], v["arch"]) for v in components}) == 8
-    assert components[-1] == {"name": "Gauss + KK + reduced", "attention": "naclip", "arch": "reduced",
-                              "pamr_steps": 0}
+    assert components[-1] == {"name": "Gauss + KK + reduced", "attention": "naclip", "arch": "reduced", "pamr_steps": 0}
     sweep = studies.sweep_variants("sigma", [1.0, 5.0], 10)
     assert [(v["sigma"], v["pamr_steps"]) for v in sweep] == [(1.0, 0), (5.0, 0), (1.0, 10), (5.0, 10)]
     assert [v["name"] for v in studies.grid_variants(["kk"], ["vanilla", "reduced"])] == ["kk/vanilla", "kk/reduced"]
@@ -70,9 +76,19 @@ def rows(method: str, benchmarks=("voc21",), model="ViT-B-16", pretrained="opena
         protocol = benchmark.removesuffix("-sample")
         settings = get_method(method).settings(protocol, **changes).to_dict(("protocol", "method"))
         settings["pamr_dilations"] = ",".join(map(str, settings["pamr_dilations"]))
-        out.append({"benchmark": benchmark, "variant": "default", "method": method, "model": model,
-                    "pretrained": pretrained, "random_weights": pretrained is None, "mIoU": 50.0,
-                    "n_images": n_images or IMAGES.get(protocol, 14), **settings})
+        out.append(
+            {
+                "benchmark": benchmark,
+                "variant": "default",
+                "method": method,
+                "model": model,
+                "pretrained": pretrained,
+                "random_weights": pretrained is None,
+                "mIoU": 50.0,
+                "n_images": n_images or IMAGES.get(protocol, 14),
+                **settings,
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -116,12 +132,15 @@ def test_clip_and_maskclip_say_they_borrow_naclips_protocol():
 
 
 def test_variants_no_paper_ran_are_labelled_without_a_published_number():
-    frame = pd.concat([
-        rows("naclip-nopamr", attention="csa"),  # csa on the reduced block
-        rows("naclip-nopamr", sigma=3.0),  # NACLIP's block at another sigma
-        rows("naclip-nopamr", attention="qq"),  # ClearCLIP's block under NACLIP's protocol
-        rows("naclip-nopamr", attention="naclip"),  # the published run itself
-    ], ignore_index=True).assign(variant=["csa", "sigma3", "qq", "naclip"])
+    frame = pd.concat(
+        [
+            rows("naclip-nopamr", attention="csa"),  # csa on the reduced block
+            rows("naclip-nopamr", sigma=3.0),  # NACLIP's block at another sigma
+            rows("naclip-nopamr", attention="qq"),  # ClearCLIP's block under NACLIP's protocol
+            rows("naclip-nopamr", attention="naclip"),  # the published run itself
+        ],
+        ignore_index=True,
+    ).assign(variant=["csa", "sigma3", "qq", "naclip"])
     table = compare(frame, ["variant"]).set_index(["variant", "benchmark"])
     assert table.loc[("csa", "voc21"), "note"] == studies.NOT_PUBLISHED
     assert table.loc[("sigma3", "voc21"), "note"].startswith(studies.NOT_PUBLISHED)
@@ -138,16 +157,20 @@ def test_the_average_has_the_published_one_only_over_all_eight_benchmarks():
     table = compare(pd.concat([rows("naclip", list(BENCHMARKS)), rows("sclip", ["voc21", "ade20k"])]))
     avg = table[table.benchmark == "avg"].set_index("method")
     assert avg.loc["naclip", "published"] == 42.46 and avg.loc["naclip", "gap"] == pytest.approx(50.0 - 42.46)
-    assert math.isnan(avg.loc["sclip", "published"]) and "published average is over all eight" in avg.loc[
-        "sclip", "note"]
+    assert (
+        math.isnan(avg.loc["sclip", "published"]) and "published average is over all eight" in avg.loc["sclip", "note"]
+    )
     overview = studies.overview(table, ["method"])
     assert list(overview.columns[:9].get_level_values(1)) == [*BENCHMARKS, "avg"]
     assert list(overview.index) == ["naclip", "sclip"]
 
 
 def test_figure_note_says_what_a_reader_must_know():
-    table = compare(pd.concat([rows("maskclip", ["voc21-sample"], n_images=14, pretrained=None),
-                               rows("naclip-nopamr", attention="csa")]))
+    table = compare(
+        pd.concat(
+            [rows("maskclip", ["voc21-sample"], n_images=14, pretrained=None), rows("naclip-nopamr", attention="csa")]
+        )
+    )
     note = studies.figure_note(table)
     assert "Sample benchmarks" in note and f"maskclip: {studies.NO_AUTHORS_RUN}" in note
     assert "no paper ran" in note and "Random weights" in note
@@ -177,8 +200,7 @@ def test_methods_on_a_tiny_model(tiny):
 
     dataset = open_benchmark("voc20-sample")
     loaded = []
-    rows_, legend = studies.qualitative_rows(dataset, [0], ["clip", "naclip-nopamr"], on_load=loaded.append,
-                                             **backbone)
+    rows_, legend = studies.qualitative_rows(dataset, [0], ["clip", "naclip-nopamr"], on_load=loaded.append, **backbone)
     (row,) = rows_
     assert len(row) == 4 and all(image.shape == (513, 513, 3) for image in row)
     assert len(loaded) == 2 and all(s.random_weights for s in loaded) and "aeroplane" in legend
