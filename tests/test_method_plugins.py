@@ -141,3 +141,18 @@ def test_the_method_is_recorded_however_the_segmenter_is_built():
     assert make_segmenter(method="clearclip").config["method"] == "clearclip"
     with pytest.raises(ValueError, match="method='naclip' given with settings of method 'sclip'"):
         Segmenter(sclip, method="naclip")
+
+
+def test_a_variant_may_set_the_methods_own_parameters_and_no_others(capsys):
+    from naclip.cli import main
+    from naclip.evaluation.runner import make_variants
+
+    (variant,) = make_variants([{"resclip_rcs_weights": "2,0.3", "sigma": 4}], "resclip")
+    assert variant.name == "resclip_rcs_weights=2,0.3,sigma=4"
+    with pytest.raises(ValueError, match="'resclip_rcs_weights' is a parameter of method resclip, not of 'scclip'"):
+        make_variants([{"resclip_rcs_weights": "2,0.3"}], "scclip")
+    with pytest.raises(ValueError, match="unknown key 'resclip_rcs_weight'; did you mean 'resclip_rcs_weights'"):
+        make_variants([{"resclip_rcs_weight": "2,0.3"}], "naclip")
+    command = ["eval", "--benchmark", "voc21-sample", "--variant", "resclip_rcs_weights=2,0.3", "--pretrained", "none"]
+    assert main(command) == 2
+    assert "'resclip_rcs_weights' is a parameter of method resclip, not of 'naclip'" in capsys.readouterr().err
