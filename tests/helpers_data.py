@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from naclip.datasets import PRESETS, Preset
+from naclip.segmenter import Segmenter
 
 SIZE = (6, 8)  # (H, W) of the synthetic images
 
@@ -70,3 +71,16 @@ def build_folder(root: Path, count: int = 4, size: tuple[int, int] = (24, 32), c
         mask[: size[0] // 4] = 255
         write_mask(root / "masks" / f"im{i}.png", mask)
     return root
+
+
+def stop_after(monkeypatch, count: int) -> None:
+    """Make the segmenter raise KeyboardInterrupt (Ctrl-C) after `count` images."""
+    original, calls = Segmenter.predict_variants, []
+
+    def predict(self, *args, **kwargs):
+        if len(calls) == count:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Segmenter, "predict_variants", predict)

@@ -17,7 +17,7 @@ from naclip.evaluation.records import dataset_identity, run_key, weights_identit
 from naclip.evaluation.runner import Interrupted, NothingScored
 from naclip.io import LOCK_NAME, FolderBusy, folder_lock
 from naclip.segmenter import Segmenter
-from tests.helpers_data import build_folder, write_image, write_mask
+from tests.helpers_data import build_folder, stop_after, write_image, write_mask
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -37,19 +37,6 @@ def folder_flags(root):
         "--classes",
         str(root / "classes.txt"),
     ]
-
-
-def stop_after(monkeypatch, count):
-    """Make the segmenter raise KeyboardInterrupt (Ctrl-C) after `count` images."""
-    original, calls = Segmenter.predict_variants, []
-
-    def predict(self, *args, **kwargs):
-        if len(calls) == count:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Segmenter, "predict_variants", predict)
 
 
 def test_a_class_file_edited_in_place_is_not_resumed_with_the_old_records(tmp_path, monkeypatch, capsys):

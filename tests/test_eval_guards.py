@@ -22,7 +22,7 @@ from naclip.evaluation import evaluate
 from naclip.evaluation.runner import Interrupted, NumericalFailure
 from naclip.io import LOCK_NAME, folder_lock
 from naclip.segmenter import Segmenter
-from tests.helpers_data import build_folder
+from tests.helpers_data import build_folder, stop_after
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -34,19 +34,6 @@ FAST.update(progress=False, workers=0)
 def small(root: Path, count: int = 4):
     build_folder(root, count=count, size=(16, 20))
     return folder_dataset(root / "images", root / "masks", root / "classes.txt")
-
-
-def stop_after(monkeypatch, count: int) -> None:
-    """Make the segmenter raise KeyboardInterrupt (Ctrl-C) after `count` images."""
-    original, calls = Segmenter.predict_variants, []
-
-    def predict(self, *args, **kwargs):
-        if len(calls) == count:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Segmenter, "predict_variants", predict)
 
 
 SHM_RUN = """
