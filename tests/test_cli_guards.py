@@ -99,3 +99,23 @@ def test_flags_are_never_abbreviated(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["data", "check", "folder", "--image", str(tmp_path)])
     assert "unrecognized arguments: --image" in capsys.readouterr().err
+
+
+def test_a_resize_past_the_pixel_bound_is_refused_naming_the_image_and_setting(tmp_path, capsys):
+    from naclip.preprocess import MAX_RESIZED_PIXELS, check_size
+
+    check_size("a.png", (4096, 4096), 4096, 4096, 16)
+    with pytest.raises(ValueError, match=r"^b.png: image is 4096x4095 pixels, resized to 4097x4096 by --short-side"):
+        check_size("b.png", (4095, 4096), 4096, 8192, 16)
+    assert MAX_RESIZED_PIXELS == 4096 * 4096
+    tiny = [*TINY[:-4], "--slide-crop", "0"]  # without --short-side
+    command = ["segment", str(VOC_IMAGE), "--classes", "cat; dog", "--out", str(tmp_path / "out"), *tiny]
+    for side in ["1e20", "40000"]:
+        assert main([*command, "--short-side", side, "--long-side", side]) == 2
+        err = capsys.readouterr().err
+        size = int(float(side))
+        assert err.startswith(f"naclip segment: error: {VOC_IMAGE}: image is 513x513 pixels, resized to ")
+        assert f"by --short-side {size} (--long-side {size}); expected at most 16777216 pixels" in err
+        assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out/sample_0000_labels.png").exists()
+
