@@ -119,3 +119,27 @@ def test_a_resize_past_the_pixel_bound_is_refused_naming_the_image_and_setting(t
         assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out/sample_0000_labels.png").exists()
 
+
+def test_an_image_too_large_for_memory_is_named(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from naclip.datasets import folder_dataset
+    from naclip.evaluation import evaluate
+    from naclip.evaluation.runner import OutOfMemory
+    from naclip.segmenter import Segmenter
+    from tests.helpers_data import build_folder
+
+    def allocate(*args, **kwargs):
+        return torch.empty(1 << 60, dtype=torch.uint8)  # refused by the allocator, as a 12000x9000 image's scores
+
+    monkeypatch.setattr(Segmenter, "_finish", allocate)
+    command = ["segment", str(VOC_IMAGE), "--classes", "cat; dog", "--out", str(tmp_path / "out"), *TINY]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"naclip segment: error: {VOC_IMAGE}: out of memory predicting this 513x513 image")
+    assert "expected a smaller image (downscale it" in err and len(err.strip().splitlines()) == 1
+    build_folder(tmp_path / "data", count=2, size=(16, 20))
+    data = folder_dataset(tmp_path / "data/images", tmp_path / "data/masks", tmp_path / "data/classes.txt")
+    with pytest.raises(OutOfMemory, match=r"im0\.png: out of memory predicting this 20x16 image"):
+        evaluate(data, model="naclip-tiny", pretrained=None, device="cpu", short_side=32, progress=False, workers=0)
+

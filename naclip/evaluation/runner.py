@@ -53,6 +53,37 @@ def numerical_failure(image: str | os.PathLike, problem: str) -> str:
     )
 
 
+class OutOfMemory(RuntimeError):
+    """Predicting an image ran out of memory: the run stops, naming the image."""
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is a failed allocation: numpy's MemoryError, torch's CPU allocator, CUDA's or MPS's."""
+    if isinstance(error, MemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(
+        text in str(error) for text in ("can't allocate memory", "out of memory")
+    )
+
+
+@contextlib.contextmanager
+def naming_failures(image: str | os.PathLike, size: tuple[int, int]) -> Iterator[None]:
+    """A prediction's NaN scores or failed allocation as one error naming `image` of (H, W) `size`."""
+    try:
+        yield
+    except FloatingPointError as error:  # NaN scores: stop rather than label the image class 0
+        raise NumericalFailure(numerical_failure(image, str(error))) from None
+    except (MemoryError, RuntimeError) as error:
+        if not out_of_memory(error):
+            raise
+        height, width = size
+        raise OutOfMemory(
+            f"{image}: out of memory predicting this {width}x{height} image ({height * width / 1e6:.0f} megapixels): "
+            "its class scores are made at its own size, whatever --short-side and --long-side; expected a smaller "
+            "image (downscale it, and its mask for eval) or more free memory"
+        ) from None
+
+
 class NothingScored(ValueError):
     """A dataset gave no number: every image was skipped, or no pixel was labelled."""
 
@@ -212,12 +243,10 @@ def score(
                 bad[loaded.index] = loaded.error
                 state.record_bad(loaded.index, loaded.error)
                 continue
-            try:
+            with naming_failures(dataset.items[loaded.index].image, loaded.size):
                 predictions = segmenter.predict_variants(
                     loaded.tensor, loaded.size, [variant.overrides for variant in variants], probs=False
                 )
-            except FloatingPointError as error:  # NaN scores: stop rather than label the image class 0
-                raise NumericalFailure(numerical_failure(dataset.items[loaded.index].image, str(error))) from None
             written = {
                 path: outputs.save_prediction(prediction.labels, path, dataset.num_classes)
                 for path, prediction in zip(files(loaded.index), predictions)
