@@ -143,3 +143,13 @@ def test_an_image_too_large_for_memory_is_named(tmp_path, monkeypatch, capsys):
     with pytest.raises(OutOfMemory, match=r"im0\.png: out of memory predicting this 20x16 image"):
         evaluate(data, model="naclip-tiny", pretrained=None, device="cpu", short_side=32, progress=False, workers=0)
 
+
+def test_seeds_past_64_bits_are_refused_with_the_range(tmp_path, capsys):
+    from naclip.settings import Settings
+
+    assert Settings(seed="18446744073709551615").seed == 2**64 - 1  # read exactly, not through a float
+    command = ["segment", str(VOC_IMAGE), "--classes", "cat; dog", "--out", str(tmp_path / "out"), *TINY]
+    for seed in ["99999999999999999999", "18446744073709551616", "-1"]:
+        assert main([*command, "--seed", seed]) == 2
+        err = capsys.readouterr().err
+        assert err == f"naclip segment: error: seed={seed}; expected 0..18446744073709551615 (64 bits)\n"
