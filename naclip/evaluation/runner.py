@@ -24,7 +24,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from naclip.datasets import BadSample, SegDataset, open_benchmark
-from naclip.datasets.folder import unpaired_masks
+from naclip.datasets.folder import NO_IMAGE, unpaired_masks
 from naclip.evaluation import outputs
 from naclip.evaluation.distributed import Group, join
 from naclip.evaluation.loader import load_prepared
@@ -324,6 +324,19 @@ def _locked(folders: list[tuple[Path, str]], group: Group) -> Iterator[None]:
         yield
 
 
+def _report_unpaired(name: str, unpaired: Mapping[Path, str]) -> None:
+    """One line for the masks without an image, one for those whose image is not read for its suffix."""
+    orphans = [mask for mask, why in unpaired.items() if why == NO_IMAGE]
+    unread = {mask: why for mask, why in unpaired.items() if why != NO_IMAGE}
+    if orphans:
+        print(f"{name}: {len(orphans)} mask(s) have no image and are not scored, e.g. {orphans[0]}")
+    if unread:
+        mask, why = next(iter(unread.items()))
+        print(
+            f"{name}: {len(unread)} image(s) are not read for their suffix, their masks not scored, e.g. {mask}: {why}"
+        )
+
+
 def evaluate(
     benchmarks: str | SegDataset | Sequence[str | SegDataset],
     variants: Sequence[Mapping[str, Any]] | None = None,
@@ -391,13 +404,11 @@ def evaluate(
         with _locked(folders, group):
             for dataset in datasets:
                 dataset = dataset.with_class_file(chosen.class_file(dataset.protocol))
-                unpaired = [str(path) for path in unpaired_masks(dataset)]
-                if unpaired and group.main:
-                    print(
-                        f"{dataset.name}: {len(unpaired)} mask(s) have no image and are not scored, e.g. {unpaired[0]}"
-                    )
+                unpaired = unpaired_masks(dataset)
+                if group.main:
+                    _report_unpaired(dataset.name, unpaired)
                 run = run_dataset(dataset.limited(limit), named, method, overrides, group, options)
-                run.unpaired_masks = unpaired
+                run.unpaired_masks = [str(path) for path in unpaired]
                 rows, class_rows = outputs.tables(run, group.world)
                 summary += rows
                 per_class += class_rows
