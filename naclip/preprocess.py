@@ -20,6 +20,9 @@ from PIL import Image, ImageOps
 PIXEL_MEAN = (122.771, 116.746, 104.094)
 PIXEL_STD = (68.501, 66.632, 70.323)
 MIN_SIDE = 2  # smallest usable image side in pixels
+# Largest image the protocol's resize may make: 4096x4096, eight times what the default sides (336, 2048) allow;
+# past it the resized image and its class scores (a float per query and pixel) outgrow a machine's memory.
+MAX_RESIZED_PIXELS = 4096 * 4096
 
 
 _STDERR = threading.Lock()
@@ -117,7 +120,8 @@ def resize_image(image: np.ndarray, short_side: int = 336, long_side: int = 2048
 
 
 def check_size(path: str | os.PathLike, size: tuple[int, int], short_side: int, long_side: int, min_side: int) -> None:
-    """ValueError unless an (H, W) image resizes per the protocol to at least `min_side` on each side.
+    """ValueError unless an (H, W) image resizes per the protocol to at least `min_side` on each side, and to at
+    most MAX_RESIZED_PIXELS pixels.
 
     `min_side` is the model's patch size (1 when windows are padded): a thinner image has no patch
     to encode. The message names the file, both sizes, and the smallest usable short side.
@@ -126,6 +130,12 @@ def check_size(path: str | os.PathLike, size: tuple[int, int], short_side: int, 
     if min(height, width) < MIN_SIDE:
         raise ValueError(f"{path}: image is {width}x{height} pixels; expected at least {MIN_SIDE}x{MIN_SIDE}")
     resized = resized_size(height, width, short_side, long_side)
+    if resized[0] * resized[1] > MAX_RESIZED_PIXELS:
+        raise ValueError(
+            f"{path}: image is {width}x{height} pixels, resized to {resized[1]}x{resized[0]} by --short-side "
+            f"{short_side} (--long-side {long_side}); expected at most {MAX_RESIZED_PIXELS} pixels (4096x4096) "
+            "after resizing: a smaller --short-side or --long-side"
+        )
     if min(resized) >= min_side:
         return
     short, long = min(height, width), max(height, width)

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from naclip.evaluation.runner import NumericalFailure, numerical_failure
+from naclip.evaluation.runner import naming_failures
 from naclip.io import atomic_write, atomic_write_with, writable_folder
 from naclip.options import add_settings_arguments, settings_overrides
 from naclip.preprocess import check_size, load_image
@@ -86,10 +86,8 @@ def run(args: argparse.Namespace) -> int:
         for path, stem in tqdm(stems.items(), desc="segment", unit="image", disable=len(stems) < 2):
             image = load_image(path)
             check_size(path, image.shape[:2], settings.short_side, settings.long_side, segmenter.min_side)
-            try:
+            with naming_failures(path, image.shape[:2]):
                 result = segmenter.predict(image)
-            except FloatingPointError as error:
-                raise NumericalFailure(numerical_failure(path, str(error))) from None
             atomic_write(f"{stem}_labels.png", label_png(result.labels, len(names)))
             _save_image(overlay(image, result.labels, names, alpha=args.alpha), Path(f"{stem}_overlay.png"))
             if args.save_probs:

@@ -29,7 +29,7 @@ from naclip.preprocess import check_size, load_image, prepare
 from naclip.second_model import load_second_model, requested_weights, weights_identity
 from naclip.settings import Settings, check_variant
 from naclip.sliding import channels_first, crop_windows, stitch, window_boxes
-from naclip.text import ClassSet, QueryCache, parse_classes, read_class_file
+from naclip.text import ClassSet, QueryCache, parse_classes, read_class_file, warn_cut_prompts
 from naclip.workspace import Workspace
 
 UPSAMPLE_BYTES = 24 << 20  # upsampled window logits at a time (see Segmenter._window_logits)
@@ -195,9 +195,10 @@ class Segmenter:
         The text embeddings are computed on the first prediction.
         """
         if isinstance(classes, (str, os.PathLike)):
-            self.classes = read_class_file(classes)
+            self.classes, source = read_class_file(classes), str(classes)
         else:
-            self.classes = parse_classes(list(classes))
+            self.classes, source = parse_classes(list(classes)), "class list"
+        warn_cut_prompts(self.classes, self.tokenizer, self.text_cache.templates, source)
         self._queries = None
 
     @property

@@ -125,7 +125,9 @@ class Settings(Checked):
     dtype: str | None = option(
         None, "backbone", "model precision (default: float16 on CUDA, float32 elsewhere)", choices=DTYPES
     )
-    seed: int = option(0, "backbone", "seed of random weights (pretrained none)")
+    seed: int = option(
+        0, "backbone", "seed of random weights (pretrained none)", lambda v: 0 <= v < 2**64, f"0..{2**64 - 1} (64 bits)"
+    )
     # protocol
     short_side: int = option(336, "protocol", "resize so the short side has this length", positive, "> 0")
     long_side: int = option(2048, "protocol", "... and the long side at most this", positive, "> 0")
@@ -321,6 +323,8 @@ def _scalar(kind: type, value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError
     if kind is int:
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)  # exactly, past float's 53 bits
         number = float(value) if isinstance(value, str) else value
         if isinstance(number, float) and not number.is_integer():
             raise ValueError

@@ -98,6 +98,32 @@ def read_class_file(path: str | os.PathLike) -> ClassSet:
     return parse_classes(lines, source=str(path))
 
 
+def warn_cut_prompts(
+    classes: ClassSet, tokenizer: Callable, templates: Sequence[Template] = TEMPLATES, source: str = "class list"
+) -> None:
+    """Warn, naming the class line, where a class's longest prompt passes the tokenizer's context length.
+
+    CLIP's tokenizer cuts such a prompt silently. Only tokenizers with CLIP's `encode` and
+    `context_length` are checked; a query is measured over every template only when it may be near the limit.
+    """
+    encode, context = getattr(tokenizer, "encode", None), getattr(tokenizer, "context_length", None)
+    if encode is None or context is None:
+        return
+    framing = 2 + max(len(encode(template("a"))) - 1 for template in templates)  # start, end and template tokens
+    longest = [0] * len(classes)
+    for query, index in zip(classes.queries, classes.query_class):
+        if len(encode(query)) + framing > context - 4:  # near the limit (tokens may merge at the seams): measure
+            longest[index] = max(longest[index], 2 + max(len(encode(template(query))) for template in templates))
+    for number, (line, length) in enumerate(zip(classes.lines, longest), 1):
+        if length > context:
+            shown = line if len(line) <= 60 else f"{line[:57]}..."
+            warnings.warn(
+                f"{source}: class line {number} ({shown!r}) makes prompts of up to {length} tokens; the text "
+                f"encoder reads {context}, the rest is cut: expected shorter names",
+                stacklevel=3,
+            )
+
+
 @contextmanager
 def _cut_to_prompts(clip: torch.nn.Module, tokens: Tensor) -> Iterator[Tensor]:
     """The tokens up to the last end-of-text token, with a causal CLIP text tower cut to match.

@@ -99,3 +99,57 @@ def test_flags_are_never_abbreviated(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["data", "check", "folder", "--image", str(tmp_path)])
     assert "unrecognized arguments: --image" in capsys.readouterr().err
+
+
+def test_a_resize_past_the_pixel_bound_is_refused_naming_the_image_and_setting(tmp_path, capsys):
+    from naclip.preprocess import MAX_RESIZED_PIXELS, check_size
+
+    check_size("a.png", (4096, 4096), 4096, 4096, 16)
+    with pytest.raises(ValueError, match=r"^b.png: image is 4096x4095 pixels, resized to 4097x4096 by --short-side"):
+        check_size("b.png", (4095, 4096), 4096, 8192, 16)
+    assert MAX_RESIZED_PIXELS == 4096 * 4096
+    tiny = [*TINY[:-4], "--slide-crop", "0"]  # without --short-side
+    command = ["segment", str(VOC_IMAGE), "--classes", "cat; dog", "--out", str(tmp_path / "out"), *tiny]
+    for side in ["1e20", "40000"]:
+        assert main([*command, "--short-side", side, "--long-side", side]) == 2
+        err = capsys.readouterr().err
+        size = int(float(side))
+        assert err.startswith(f"naclip segment: error: {VOC_IMAGE}: image is 513x513 pixels, resized to ")
+        assert f"by --short-side {size} (--long-side {size}); expected at most 16777216 pixels" in err
+        assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out/sample_0000_labels.png").exists()
+
+
+def test_an_image_too_large_for_memory_is_named(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from naclip.datasets import folder_dataset
+    from naclip.evaluation import evaluate
+    from naclip.evaluation.runner import OutOfMemory
+    from naclip.segmenter import Segmenter
+    from tests.helpers_data import build_folder
+
+    def allocate(*args, **kwargs):
+        return torch.empty(1 << 60, dtype=torch.uint8)  # refused by the allocator, as a 12000x9000 image's scores
+
+    monkeypatch.setattr(Segmenter, "_finish", allocate)
+    command = ["segment", str(VOC_IMAGE), "--classes", "cat; dog", "--out", str(tmp_path / "out"), *TINY]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"naclip segment: error: {VOC_IMAGE}: out of memory predicting this 513x513 image")
+    assert "expected a smaller image (downscale it" in err and len(err.strip().splitlines()) == 1
+    build_folder(tmp_path / "data", count=2, size=(16, 20))
+    data = folder_dataset(tmp_path / "data/images", tmp_path / "data/masks", tmp_path / "data/classes.txt")
+    with pytest.raises(OutOfMemory, match=r"im0\.png: out of memory predicting this 20x16 image"):
+        evaluate(data, model="naclip-tiny", pretrained=None, device="cpu", short_side=32, progress=False, workers=0)
+
+
+def test_seeds_past_64_bits_are_refused_with_the_range(tmp_path, capsys):
+    from naclip.settings import Settings
+
+    assert Settings(seed="18446744073709551615").seed == 2**64 - 1  # read exactly, not through a float
+    command = ["segment", str(VOC_IMAGE), "--classes", "cat; dog", "--out", str(tmp_path / "out"), *TINY]
+    for seed in ["99999999999999999999", "18446744073709551616", "-1"]:
+        assert main([*command, "--seed", seed]) == 2
+        err = capsys.readouterr().err
+        assert err == f"naclip segment: error: seed={seed}; expected 0..18446744073709551615 (64 bits)\n"

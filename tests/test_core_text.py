@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -62,3 +64,30 @@ def test_class_spans_group_each_class_synonyms():
     assert [classes.queries[a:b] for a, b in classes.spans][2] == ("dog", "puppy", "hound")
     with pytest.raises(ValueError, match="grouped by class"):
         ClassSet(("a", "b"), ("a", "b", "a2"), (0, 1, 0))
+
+
+def test_class_lines_cut_by_the_context_length_are_named(tmp_path):
+    import warnings
+
+    from naclip.text import TEMPLATES, warn_cut_prompts
+
+    seg = make_segmenter()
+    context = seg.tokenizer.context_length
+    outcomes = set()
+    for words in range(55, 75):
+        name = " ".join(["cat"] * words)
+        longest = max(int(seg.tokenizer([t(name)], context_length=200).argmax()) + 1 for t in TEMPLATES)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warn_cut_prompts(parse_classes(["dog", f"bird, {name}"]), seg.tokenizer)
+        assert len(caught) == (longest > context), words
+        if caught:
+            assert str(caught[0].message).startswith("class list: class line 2 ('bird, cat cat ")
+            assert f"prompts of up to {longest} tokens; the text encoder reads {context}" in str(caught[0].message)
+        outcomes.add(longest > context)
+    assert outcomes == {True, False}
+    path = tmp_path / "classes.txt"
+    path.write_text("dog\ncat\n" + "very " * 80 + "long\n")
+    expected = rf"^{re.escape(str(path))}: class line 3 \('very very .*\.\.\.'\) makes prompts of up to"
+    with pytest.warns(UserWarning, match=expected):
+        seg.set_classes(path)

@@ -172,6 +172,28 @@ def test_limited_keeps_the_first_items_and_conventions(tmp_path):
         dataset.limited(0)
 
 
+def test_an_image_under_another_suffix_is_reported_not_as_a_missing_image(tmp_path, capsys):
+    from naclip.cli import main
+    from naclip.datasets.folder import NO_IMAGE, unpaired_masks
+
+    root = build_folder(tmp_path, count=3, size=SIZE)
+    (root / "images/im2.png").rename(root / "images/im2.PNG")
+    write_mask(root / "masks/orphan.png", np.zeros(SIZE))
+    dataset = folder_dataset(root / "images", root / "masks", root / "classes.txt", image_suffix=".png")
+    assert [item.name for item in dataset] == ["im0", "im1"]
+    assert unpaired_masks(dataset) == {
+        root / "masks/im2.png": f"its image {root / 'images/im2.PNG'} is not read, only *.png images are "
+        "(rename it im2.png)",
+        root / "masks/orphan.png": NO_IMAGE,
+    }
+    flags = ["data", "check", "folder", "--images", str(root / "images"), "--masks", str(root / "masks")]
+    assert main([*flags, "--classes", str(root / "classes.txt"), "--image-suffix", ".png"]) == 1
+    out = capsys.readouterr().out
+    assert f"{root / 'masks/im2.png'}: its image {root / 'images/im2.PNG'} is not read" in out
+    assert f"{root / 'masks/orphan.png'}: mask without an image; it is never scored" in out
+    assert "1 masks without an image, 1 images not read for their suffix" in out
+
+
 def test_background_class_is_named_background():
     assert open_benchmark("voc21-sample").class_names[:2] == ["background", "aeroplane"]
     assert open_benchmark("voc20-sample").class_names[0] == "aeroplane"
@@ -193,6 +215,6 @@ def test_data_check_reads_a_folder_dataset_and_reports_every_problem(tmp_path, c
     assert "im1.png: label values [9] are outside the 3 classes" in out
     assert "im2.png: image is 8x1 pixels; expected at least 2x2" in out
     assert f"{root / 'masks/extra/orphan.png'}: mask without an image" in out
-    assert "2 with problems, 1 masks without an image" in out
+    assert "2 with problems, 1 masks without an image, 0 images not read for their suffix" in out
     assert main(["data", "check", "folder", "--images", str(root / "images")]) == 2
     assert "needs --images DIR --masks DIR --classes FILE" in capsys.readouterr().err

@@ -193,6 +193,17 @@ def test_masks_without_images_are_reported(tmp_path, capsys):
     provenance = json.loads((tmp_path / "out/provenance.json").read_text())
     assert provenance["runs"][0]["unpaired_masks"] == [str(tmp_path / "data/masks/sub/orphan.png")]
     assert frame.n_images[0] == 2
+    data = tmp_path / "data"
+    (data / "images/im1.png").rename(data / "images/im1.PNG")
+    dataset = folder_dataset(data / "images", data / "masks", data / "classes.txt", image_suffix=".png")
+    frame = evaluate(dataset, out=tmp_path / "out2", **FAST)
+    out = capsys.readouterr().out
+    assert frame.n_images[0] == 1 and "folder: 1 mask(s) have no image and are not scored" in out
+    image = data / "images/im1.PNG"
+    assert (
+        f"folder: 1 image(s) are not read for their suffix, their masks not scored, e.g. "
+        f"{tmp_path / 'data/masks/im1.png'}: its image {image} is not read, only *.png images are (rename it im1.png)"
+    ) in out
 
 
 def test_ignore_index_is_one_value_and_never_a_class(tmp_path):

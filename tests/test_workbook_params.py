@@ -162,6 +162,19 @@ def test_a_file_that_is_not_a_mapping(tmp_path):
         plan(wb, ["kernel"], "p")
 
 
+def test_malformed_yaml_names_the_file_and_line(tmp_path, capsys):
+    from naclip.cli import main
+
+    wb = workbook(tmp_path, {"p/kernel.yaml": "run: x\nsigma: [1, 2\n"})
+    with pytest.raises(ValueError, match=r"kernel.yaml: not valid YAML \(line 3, column 1\): expected ',' or ']'"):
+        plan(wb, ["kernel"], "p")
+    folders = ["--notebooks", str(wb.notebooks), "--params", str(wb.params), "--results", str(wb.results)]
+    assert main(["workbook", "run", "kernel", "--profile", "p", "--dry-run", *folders]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("naclip workbook: error: ") and "kernel.yaml: not valid YAML (line 3" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_a_parameters_cell_that_is_not_literal():
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("a = 1\nb = a + 1", metadata={"tags": ["parameters"]})]

@@ -257,3 +257,18 @@ def test_outputs_refuse_to_write_before_saying_what_ran(wb):
         out.table(pd.DataFrame({"a": [1]}), "t")
     assert out.out_dir == wb.root / "results" / "sweep" / "x"
     assert out.path("images/a.jpg") == wb.root / "images" / "a.jpg" and out.path("/abs") == Path("/abs")
+
+
+def test_the_markdown_index_escapes_names_and_parameters_as_the_html_one(wb):
+    live = "<img src=x onerror=alert(1)>"
+    (wb.params / "p" / "sweep" / "s1.yaml").write_text(f'sigma: 1.0\nmodel: "{live} `x` | [a](javascript:b) *c*"\n')
+    execute_runs(plan(wb, ["sweep"], "p"), wb, FakeNotebook(fail={"p-s2"}), log=quiet)
+    record = json.loads((wb.results / "sweep/p-s2" / FAILED).read_text())
+    record["error"] = f"```\n{live}\n```"
+    (wb.results / "sweep/p-s2" / FAILED).write_text(json.dumps(record))
+    markdown, page = (p.read_text() for p in runner_index(wb))
+    fenced = "- error:\n\n````\n```\n" + live + "\n```\n````\n"  # a fence the error cannot close: literal text
+    assert fenced in markdown and live not in markdown.replace(fenced, "") and live not in page
+    shown = "&#x27;&lt;img src=x onerror=alert(1)&gt; \\`x\\` \\| \\[a\\](javascript:b) \\*c\\*&#x27;"
+    assert f"<code>model={shown}</code>" in markdown  # rendered as the value itself, nothing live
+    assert "<code>model=&#x27;&lt;img src=x onerror=alert(1)&gt;" in page

@@ -12,7 +12,7 @@ from naclip.benchmarks import CLASSES_DIR
 from naclip.datasets import coco
 from naclip.datasets.base import BadSample, check_sample, image_size
 from naclip.datasets.benchmarks import DATA_ENV, PRESETS, open_benchmark
-from naclip.datasets.folder import add_folder_arguments, folder_from_args, unpaired_masks
+from naclip.datasets.folder import NO_IMAGE, add_folder_arguments, folder_from_args, unpaired_masks
 from naclip.methods import METHODS, get_method
 from naclip.preprocess import MIN_SIDE, load_image
 
@@ -116,11 +116,12 @@ def run_check(args: argparse.Namespace) -> int:
     unpaired = unpaired_masks(dataset)
     for problem in problems:
         print(problem)
-    for mask in unpaired:
-        print(f"{mask}: mask without an image; it is never scored")
+    for mask, why in unpaired.items():
+        print(f"{mask}: {why}; it is never scored")
+    unread = sum(why != NO_IMAGE for why in unpaired.values())
     print(
         f"{dataset.name}: {len(dataset)} images under {dataset.root}, {len(problems)} with problems, "
-        f"{len(unpaired)} masks without an image"
+        f"{len(unpaired) - unread} masks without an image, {unread} images not read for their suffix"
     )
     if unlabelled:
         print(STALE_COCO_OBJECT.format(count=unlabelled, total=len(dataset), root=dataset.root))

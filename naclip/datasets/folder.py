@@ -73,9 +73,14 @@ def folder_dataset(
     return dataset
 
 
-def unpaired_masks(dataset: SegDataset) -> list[Path]:
-    """Mask files in the dataset's mask folders whose image does not exist: they are never scored.
+NO_IMAGE = "mask without an image"
 
+
+def unpaired_masks(dataset: SegDataset) -> dict[Path, str]:
+    """Mask files in the dataset's mask folders whose image is not read, each with why: they are never scored.
+
+    Why is NO_IMAGE, or names the image of the mask's name under another suffix (`x.JPG` beside
+    `.jpg` images), which is not read: only the dataset's suffix is.
     Folders and suffixes are read off the dataset's items; a mask counts as paired when an image of
     its name exists, listed in the split or not (a split may leave out images on purpose).
     """
@@ -84,14 +89,27 @@ def unpaired_masks(dataset: SegDataset) -> list[Path]:
         depth, stem = len(Path(item.name).parts), Path(item.name).name
         mask_suffix, image_suffix = item.mask.name[len(stem) :], item.image.name[len(stem) :]
         folders[item.mask.parents[depth - 1], mask_suffix] = (item.image.parents[depth - 1], image_suffix)
-    unpaired = []
+    unpaired: dict[Path, str] = {}
     for (mask_dir, mask_suffix), (image_dir, image_suffix) in folders.items():
         if not mask_dir.is_dir():
             continue
+        others: dict[str, Path] | None = None  # images under other suffixes by name, listed when first needed
         for mask in sorted(mask_dir.rglob(f"*{mask_suffix}")):
             name = str(mask.relative_to(mask_dir))[: -len(mask_suffix)]
-            if not (image_dir / f"{name}{image_suffix}").is_file():
-                unpaired.append(mask)
+            if (image_dir / f"{name}{image_suffix}").is_file():
+                continue
+            if others is None:
+                others = {
+                    str(path.relative_to(image_dir).with_suffix("")): path
+                    for path in sorted(image_dir.rglob("*"))
+                    if path.suffix.lower() in IMAGE_SUFFIXES and path.suffix != image_suffix and path.is_file()
+                }
+            other = others.get(name)
+            unpaired[mask] = (
+                f"its image {other} is not read, only *{image_suffix} images are (rename it {name}{image_suffix})"
+                if other
+                else NO_IMAGE
+            )
     return unpaired
 
 

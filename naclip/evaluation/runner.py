@@ -24,7 +24,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from naclip.datasets import BadSample, SegDataset, open_benchmark
-from naclip.datasets.folder import unpaired_masks
+from naclip.datasets.folder import NO_IMAGE, unpaired_masks
 from naclip.evaluation import outputs
 from naclip.evaluation.distributed import Group, join
 from naclip.evaluation.loader import load_prepared
@@ -51,6 +51,37 @@ def numerical_failure(image: str | os.PathLike, problem: str) -> str:
         f"{image}: {problem}; no label is given to an image whose class scores are not finite (a smaller "
         "--logit-scale, or --dtype float32, may avoid the overflow)"
     )
+
+
+class OutOfMemory(RuntimeError):
+    """Predicting an image ran out of memory: the run stops, naming the image."""
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is a failed allocation: numpy's MemoryError, torch's CPU allocator, CUDA's or MPS's."""
+    if isinstance(error, MemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(
+        text in str(error) for text in ("can't allocate memory", "out of memory")
+    )
+
+
+@contextlib.contextmanager
+def naming_failures(image: str | os.PathLike, size: tuple[int, int]) -> Iterator[None]:
+    """A prediction's NaN scores or failed allocation as one error naming `image` of (H, W) `size`."""
+    try:
+        yield
+    except FloatingPointError as error:  # NaN scores: stop rather than label the image class 0
+        raise NumericalFailure(numerical_failure(image, str(error))) from None
+    except (MemoryError, RuntimeError) as error:
+        if not out_of_memory(error):
+            raise
+        height, width = size
+        raise OutOfMemory(
+            f"{image}: out of memory predicting this {width}x{height} image ({height * width / 1e6:.0f} megapixels): "
+            "its class scores are made at its own size, whatever --short-side and --long-side; expected a smaller "
+            "image (downscale it, and its mask for eval) or more free memory"
+        ) from None
 
 
 class NothingScored(ValueError):
@@ -212,12 +243,10 @@ def score(
                 bad[loaded.index] = loaded.error
                 state.record_bad(loaded.index, loaded.error)
                 continue
-            try:
+            with naming_failures(dataset.items[loaded.index].image, loaded.size):
                 predictions = segmenter.predict_variants(
                     loaded.tensor, loaded.size, [variant.overrides for variant in variants], probs=False
                 )
-            except FloatingPointError as error:  # NaN scores: stop rather than label the image class 0
-                raise NumericalFailure(numerical_failure(dataset.items[loaded.index].image, str(error))) from None
             written = {
                 path: outputs.save_prediction(prediction.labels, path, dataset.num_classes)
                 for path, prediction in zip(files(loaded.index), predictions)
@@ -295,6 +324,19 @@ def _locked(folders: list[tuple[Path, str]], group: Group) -> Iterator[None]:
         yield
 
 
+def _report_unpaired(name: str, unpaired: Mapping[Path, str]) -> None:
+    """One line for the masks without an image, one for those whose image is not read for its suffix."""
+    orphans = [mask for mask, why in unpaired.items() if why == NO_IMAGE]
+    unread = {mask: why for mask, why in unpaired.items() if why != NO_IMAGE}
+    if orphans:
+        print(f"{name}: {len(orphans)} mask(s) have no image and are not scored, e.g. {orphans[0]}")
+    if unread:
+        mask, why = next(iter(unread.items()))
+        print(
+            f"{name}: {len(unread)} image(s) are not read for their suffix, their masks not scored, e.g. {mask}: {why}"
+        )
+
+
 def evaluate(
     benchmarks: str | SegDataset | Sequence[str | SegDataset],
     variants: Sequence[Mapping[str, Any]] | None = None,
@@ -362,13 +404,11 @@ def evaluate(
         with _locked(folders, group):
             for dataset in datasets:
                 dataset = dataset.with_class_file(chosen.class_file(dataset.protocol))
-                unpaired = [str(path) for path in unpaired_masks(dataset)]
-                if unpaired and group.main:
-                    print(
-                        f"{dataset.name}: {len(unpaired)} mask(s) have no image and are not scored, e.g. {unpaired[0]}"
-                    )
+                unpaired = unpaired_masks(dataset)
+                if group.main:
+                    _report_unpaired(dataset.name, unpaired)
                 run = run_dataset(dataset.limited(limit), named, method, overrides, group, options)
-                run.unpaired_masks = unpaired
+                run.unpaired_masks = [str(path) for path in unpaired]
                 rows, class_rows = outputs.tables(run, group.world)
                 summary += rows
                 per_class += class_rows

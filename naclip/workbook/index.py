@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import html
+import re
+import urllib.parse
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -112,38 +114,58 @@ def _relative(entry: Entry, results: Path, name: str) -> str:
 
 # -- Markdown --------------------------------------------------------------------------------------------
 
+_MD_PUNCTUATION = "\\`*_[]|~"  # backslash-escaped: no code, emphasis, link, image or table cell made of a value
+
+
+def _md(text: Any) -> str:
+    """`text` as literal Markdown on one line: punctuation backslash-escaped, HTML escaped as in index.html."""
+    line = " ".join(str(text).splitlines())
+    return html.escape("".join(f"\\{c}" if c in _MD_PUNCTUATION else c for c in line))
+
+
+def _url(path: str) -> str:
+    """A relative link target, percent-encoded (a name with spaces, brackets or quotes stays one link)."""
+    return urllib.parse.quote(path)
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any run of backticks in `text`, so that `text` cannot close it."""
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
 
 def _markdown_run(entry: Entry, results: Path) -> list[str]:
-    lines = [f"### {entry.study.name}/{entry.name}: {entry.state}", ""]
+    lines = [f"### {_md(entry.study.name)}/{_md(entry.name)}: {_md(entry.state)}", ""]
     if entry.random_weights:
-        lines += [f"> **{RANDOM_BANNER}**", ""]
+        lines += [f"> **{_md(RANDOM_BANNER)}**", ""]
     if entry.record.get("note"):
-        lines += [f"> {entry.record['note']}", ""]
+        lines += [f"> {_md(entry.record['note'])}", ""]
     changed = changed_parameters(entry.record.get("parameters") or {}, entry.study)
-    lines.append(f"- weights: {_weights(entry) or 'not recorded'}")
+    lines.append(f"- weights: {_md(_weights(entry) or 'not recorded')}")
     if changed:
         lines.append(
-            "- parameters (other than the notebook's defaults): " + ", ".join(f"`{k}={v}`" for k, v in changed.items())
+            "- parameters (other than the notebook's defaults): "
+            + ", ".join(f"<code>{_md(k)}={_md(repr(v))}</code>" for k, v in changed.items())
         )
-    lines.append(f"- provenance: {_provenance(entry)}")
+    lines.append(f"- provenance: {_md(_provenance(entry))}")
     notebook = entry.record.get("notebook")
     if notebook and (entry.folder / notebook).is_file():
         lines.append(
-            f"- executed notebook: [{notebook}]({_relative(entry, results, notebook)}), "
-            f"parameters: [{PARAMETERS}]({_relative(entry, results, PARAMETERS)})"
+            f"- executed notebook: [{_md(notebook)}]({_url(_relative(entry, results, notebook))}), "
+            f"parameters: [{PARAMETERS}]({_url(_relative(entry, results, PARAMETERS))})"
         )
     if "error" in entry.record:
-        lines += ["- error:", "", "```", entry.record["error"].strip()[-1500:], "```"]
+        error = entry.record["error"].strip()[-1500:]
+        lines += ["- error:", "", _fence(error), error, _fence(error)]
     for table in entry.manifest["tables"]:
-        caption = f": {table['caption']}" if table.get("caption") else ""
-        lines.append(
-            f"- table [{table['file']}]({_relative(entry, results, table['file'])}) ({table['rows']} rows){caption}"
-        )
+        caption = f": {_md(table['caption'])}" if table.get("caption") else ""
+        link = _url(_relative(entry, results, table["file"]))
+        lines.append(f"- table [{_md(table['file'])}]({link}) ({table['rows']} rows){caption}")
     lines.append("")
     for fig in entry.manifest["figures"]:
-        caption = fig.get("caption") or fig["name"]
-        png, svg = _relative(entry, results, fig["png"]), _relative(entry, results, fig["svg"])
-        lines += [f"**{fig['name']}**: {caption} ([PNG]({png}), [SVG]({svg}))", "", f"![{caption}]({png})", ""]
+        caption = _md(fig.get("caption") or fig["name"])
+        png, svg = _url(_relative(entry, results, fig["png"])), _url(_relative(entry, results, fig["svg"]))
+        lines += [f"**{_md(fig['name'])}**: {caption} ([PNG]({png}), [SVG]({svg}))", "", f"![{caption}]({png})", ""]
     return lines
 
 
@@ -152,9 +174,9 @@ def _markdown(
 ) -> str:
     lines = ["# NACLIP workbook results", ""]
     if banner:
-        lines += [f"> **{banner}**", ""]
+        lines += [f"> **{_md(banner)}**", ""]
     if any(e.random_weights for e in entries):
-        lines += [f"> **{RANDOM_BANNER}** (runs marked below)", ""]
+        lines += [f"> **{_md(RANDOM_BANNER)}** (runs marked below)", ""]
     lines += [
         f"The same with every table and figure on one page: [{INDEX_HTML}]({INDEX_HTML}). Regenerate with "
         f"`naclip workbook run`; `naclip workbook list` shows each run's state. Written {written}.",
@@ -164,12 +186,14 @@ def _markdown(
     ]
     for e in entries:
         seconds = f"{e.record['seconds']:.1f}" if "seconds" in e.record else ""
-        lines.append(f"| {e.study.name} | [{e.name}](#{e.anchor}) | {e.state} | {_weights(e)} | {seconds} |")
+        lines.append(
+            f"| {_md(e.study.name)} | [{_md(e.name)}](#{e.anchor}) | {_md(e.state)} | {_md(_weights(e))} | {seconds} |"
+        )
     lines.append("")
     for study, group in _by_study(entries):
-        lines += [f"## {study.name}: {study.title}", ""]
+        lines += [f"## {_md(study.name)}: {_md(study.title)}", ""]
         for path in combined.get(study.name, []):
-            lines += [f"- all runs together: [{path.name}]({study.name}/{path.name})", ""]
+            lines += [f"- all runs together: [{_md(path.name)}]({_url(f'{study.name}/{path.name}')})", ""]
         for entry in group:
             lines += [f'<a id="{entry.anchor}"></a>', "", *_markdown_run(entry, results)]
     return "\n".join(lines)

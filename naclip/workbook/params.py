@@ -88,7 +88,13 @@ def check_parameters(values: Mapping[str, Any], study: Study, where: str) -> Non
 
 def read_parameters(path: Path) -> dict[str, Any]:
     """A parameter file: a flat YAML mapping of parameter names to values."""
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ValueError(f"{path}: not valid YAML{line}: {problem}; expected a flat mapping `name: value`") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of parameter names to values")
     return data
