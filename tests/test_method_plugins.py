@@ -156,3 +156,26 @@ def test_a_variant_may_set_the_methods_own_parameters_and_no_others(capsys):
     command = ["eval", "--benchmark", "voc21-sample", "--variant", "resclip_rcs_weights=2,0.3", "--pretrained", "none"]
     assert main(command) == 2
     assert "'resclip_rcs_weights' is a parameter of method resclip, not of 'naclip'" in capsys.readouterr().err
+
+
+def test_a_parameter_name_means_one_thing(temporary_method, monkeypatch):
+    from naclip.heads import HEADS, register_head
+    from naclip.methods import Method
+    from naclip.settings import Params, option
+
+    @dataclasses.dataclass(frozen=True)
+    class Clashing(Params):
+        sigma: int = option(3, "method", "an integer sigma")
+
+    monkeypatch.setattr(HEADS, "_items", dict(HEADS._items))  # the heads registered here go with the test
+    register_head("test-clash", params=Clashing)(lambda inputs, settings: None)
+    with pytest.raises(ValueError, match="its parameter 'sigma' .* is 'naclip''s too"):
+        temporary_method(Method("clash", "a sigma of another type", {}, {}, head="test-clash"))
+
+    @dataclasses.dataclass(frozen=True)
+    class Shared(Params):
+        logit_scale: float = option(1.0, "method", "a second logit scale")
+
+    register_head("test-shared", params=Shared)(lambda inputs, settings: None)
+    with pytest.raises(ValueError, match="its parameter 'logit_scale' is a shared setting"):
+        temporary_method(Method("shared", "a parameter named as a shared setting", {}, {}, head="test-shared"))

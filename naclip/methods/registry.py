@@ -14,6 +14,7 @@ through the `naclip.methods` entry point group (see `naclip.methods`).
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,7 +114,21 @@ METHODS: Registry[Method] = Registry("method")
 def register_method(fn: Callable[[], Method]) -> Callable[[], Method]:
     """Register the `Method` that `fn()` returns under its name; its parameters start from its defaults."""
     method = fn()
-    params = method.head_spec.params(**method.own_params(method.defaults))
+    params_class = method.head_spec.params
+    kinds = typing.get_type_hints(params_class)
+    for name in kinds.keys() & {f.name for f in option_fields(params_class)}:
+        if name in SETTINGS_FIELDS:
+            raise ValueError(
+                f"method {method.name!r}: its parameter {name!r} is a shared setting; name it after the method"
+            )
+        for other in owners_of(name):
+            theirs = typing.get_type_hints(type(METHOD_PARAMS.get(other)))[name]
+            if other != method.name and theirs != kinds[name]:
+                raise ValueError(
+                    f"method {method.name!r}: its parameter {name!r} ({kinds[name]}) is {other!r}'s too, as {theirs}; "
+                    "one name means one thing: name it after the method"
+                )
+    params = params_class(**method.own_params(method.defaults))
     METHOD_PARAMS.register(method.name, params)
     METHODS.register(method.name, method)
     return fn
