@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,10 +16,11 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from naclip.workbook.index import INDEX_HTML
-from naclip.workbook.layout import ROOT_ENV, Workbook
+from naclip.workbook.layout import MARKER_FILE, ROOT_ENV, Workbook
 from naclip.workbook.outputs import MARKER, RANDOM_BANNER, read_manifest
 from naclip.workbook.regenerate import regenerate
 
@@ -148,14 +150,60 @@ def workbook(tmp_path, monkeypatch) -> Path:
     """A copy of two study notebooks in a workbook of its own, and no NACLIP_WORKBOOK."""
     monkeypatch.delenv(ROOT_ENV, raising=False)
     (tmp_path / "notebooks").mkdir()
+    (tmp_path / MARKER_FILE).write_text("")
     for study in ("demo", "kernel"):
         shutil.copy(NOTEBOOKS / f"{study}.ipynb", tmp_path / "notebooks")
     return tmp_path
 
 
-def papermill(args: list[str], cwd: Path) -> None:
+def papermill(args: list[str], cwd: Path, ok: bool = True) -> str:
+    """Run papermill in `cwd`; its stderr."""
     done = subprocess.run([*PAPERMILL, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert (done.returncode == 0) == ok, done.stderr[-3000:]
+    return done.stderr
+
+
+def naclip_cli(*args: str, cwd: Path) -> str:
+    done = subprocess.run([sys.executable, "-m", "naclip", *args], cwd=cwd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_a_papermill_run_is_a_run(workbook):
+    """papermill -p ... -p run mine: the notebook writes parameters.yaml and run.json; the list calls it complete."""
+    papermill(["notebooks/kernel.ipynb", "out.ipynb", "-y", "{grid: [8, 8], run: mine}"], workbook)
+    folder = workbook / "results" / "kernel" / "mine"
+    assert yaml.safe_load((folder / "parameters.yaml").read_text())["grid"] == [8, 8]
+    assert json.loads((folder / MARKER).read_text())["parameters"]["grid"] == [8, 8]
+    listing = naclip_cli("workbook", "list", cwd=workbook / "notebooks")
+    assert re.search(r"^  mine +complete$", listing, re.M), listing
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        (["-p", "sigmas", "3"], "papermill parameters: sigmas=3; kernel.ipynb expects a list (default [1.0, 2.0"),
+        (["-p", "sigma", "3"], "papermill parameters: unknown parameter 'sigma' for study 'kernel'; did you mean"),
+    ],
+)
+def test_papermill_parameters_are_checked(workbook, flag, message):
+    stderr = papermill(["notebooks/kernel.ipynb", "out.ipynb", *flag], workbook, ok=False)
+    assert message in stderr
+    assert not (workbook / "results").exists()
+
+
+def test_a_copied_notebook_writes_under_its_working_directory_and_says_so(tmp_path, monkeypatch):
+    """cp notebooks/kernel.ipynb ~/mine && cd ~/mine && papermill ...: outputs in ~/mine/results, never ~/results."""
+    monkeypatch.delenv(ROOT_ENV, raising=False)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copy(NOTEBOOKS / "kernel.ipynb", mine)
+    papermill(["kernel.ipynb", "out.ipynb", "-y", "{grid: [8, 8]}"], mine)
+    assert (mine / "results" / "kernel" / "samples" / MARKER).is_file()
+    assert not (tmp_path / "results").exists()
+    executed = nbformat.read(mine / "out.ipynb", as_version=4)
+    first = next(o.text for cell in executed.cells if cell.cell_type == "code" for o in cell.outputs)
+    assert first.startswith(f"outputs: {mine / 'results' / 'kernel' / 'samples'} (no workbook")
 
 
 def test_a_notebook_run_by_hand_from_another_folder_lands_in_the_results_and_is_marked(workbook):
