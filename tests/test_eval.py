@@ -115,8 +115,11 @@ def test_bad_images_are_errors_naming_them_unless_skipped(tmp_path, capsys):
     assert "skipped 3 bad image(s)" in capsys.readouterr().out
 
 
-def test_cli_prints_clear_errors(tmp_path, capsys, monkeypatch):
+def test_cli_prints_clear_errors_and_leaves_no_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("NACLIP_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)  # the default --out is results/<benchmarks> under the working directory
+    assert main(["eval", "--benchmark", "voc21-smaple", *TINY_FLAGS]) == 2
+    assert "voc21-sample" in capsys.readouterr().err
     assert main(["eval", "--benchmark", "ade20k", *TINY_FLAGS]) == 2
     assert "NACLIP_DATA" in capsys.readouterr().err
     assert main(["eval", "--benchmark", "folder", *TINY_FLAGS]) == 2
@@ -127,6 +130,11 @@ def test_cli_prints_clear_errors(tmp_path, capsys, monkeypatch):
     assert "the split is empty" in capsys.readouterr().err
     assert main(["eval", "--benchmark", "voc21-sample", "--variant", "sigma", *TINY_FLAGS]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()  # a failed command leaves no empty folder behind
+    kept = tmp_path / "mine"
+    kept.mkdir()  # a folder that was there before is never removed
+    assert main(["eval", "--benchmark", "ade20k", "--out", str(kept), *TINY_FLAGS]) == 2
+    assert kept.is_dir()
 
 
 def test_interrupted_run_resumes_to_the_same_numbers(tmp_path, monkeypatch):

@@ -30,7 +30,15 @@ from naclip.evaluation.distributed import Group, join
 from naclip.evaluation.loader import load_prepared
 from naclip.evaluation.outputs import Run
 from naclip.evaluation.records import ResumeState, dataset_identity, weights_identity
-from naclip.io import code_digest, folder_lock, library_versions, remove_leftovers, writable_folder
+from naclip.io import (
+    code_digest,
+    first_missing,
+    folder_lock,
+    library_versions,
+    remove_leftovers,
+    remove_unused,
+    writable_folder,
+)
 from naclip.methods import get_method
 from naclip.metric import ConfusionMatrix
 from naclip.segmenter import Segmenter
@@ -337,6 +345,7 @@ def evaluate(
     named = make_variants(variants, method)
     chosen = get_method(method)
     chosen.settings(**overrides)  # refuse bad settings before any data is read
+    made = [first_missing(path) for path in (out, save_predictions) if path is not None]  # removed if nothing ran
     out_dir = writable_folder(out, "output folder") if out is not None else None
     predictions_dir = writable_folder(save_predictions, "predictions folder") if save_predictions is not None else None
     folders = [(out_dir, "output folder")] if out_dir else []
@@ -355,6 +364,7 @@ def evaluate(
         progress=progress,
     )
     summary, per_class, runs = [], [], []
+    finished = False
     try:
         datasets = [spec if isinstance(spec, SegDataset) else open_benchmark(spec, data_root) for spec in specs]
         for dataset in datasets:
@@ -393,8 +403,12 @@ def evaluate(
                 with contextlib.suppress(OSError):
                     (out_dir / "partial").rmdir()
             group.barrier()
+        finished = True
     finally:
         group.close()
+        if not finished and group.main:
+            for folder in made:
+                remove_unused(folder)
     frame.attrs["per_class"] = class_frame
     frame.attrs["provenance"] = facts
     return frame
