@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from naclip.evaluation.runner import NumericalFailure, numerical_failure
 from naclip.io import atomic_write, atomic_write_with, writable_folder
 from naclip.options import add_settings_arguments, settings_overrides
 from naclip.preprocess import check_size, load_image
+from naclip.progress import tqdm
 from naclip.segmenter import Segmenter
 from naclip.viz import label_png, overlay
 

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from naclip.io import save_torch
+from naclip.progress import tqdm
 
 Template = Callable[[str], str]
 TEMPLATES: tuple[Template, ...] = tuple(OPENAI_IMAGENET_TEMPLATES)  # the 80 published with CLIP

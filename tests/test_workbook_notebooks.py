@@ -275,3 +275,16 @@ def test_a_killed_run_resumes_with_only_what_was_missing(workbook):
     report = regenerate(["kernel"], profile="p", workbook=Workbook.at(workbook / "notebooks"), log=log.append)
     assert report.ok and [r.name for r in report.skipped] == ["p-a"], log
     assert [r.name for r in report.executed] == ["p-b"]
+
+
+def test_a_saved_notebook_shows_its_progress_bars_as_they_ended(tmp_path):
+    """The text a saved notebook keeps for a bar (where the widget's state is not stored) is its last frame."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("from naclip.progress import tqdm\nfor _ in tqdm(range(3), desc='images'):\n    pass")
+    ]
+    nbformat.write(nb, tmp_path / "bars.ipynb")
+    papermill(["bars.ipynb", "out.ipynb"], tmp_path)
+    (cell,) = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
+    texts = [o.data["text/plain"] for o in cell.outputs if o.output_type == "display_data"]
+    assert len(texts) == 1 and texts[0].startswith("images: 100%") and "3/3" in texts[0], texts

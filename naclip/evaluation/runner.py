@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from naclip.datasets import BadSample, SegDataset, open_benchmark
 from naclip.datasets.folder import unpaired_masks
@@ -41,6 +40,7 @@ from naclip.io import (
 )
 from naclip.methods import get_method
 from naclip.metric import ConfusionMatrix
+from naclip.progress import tqdm
 from naclip.segmenter import Segmenter
 from naclip.settings import check_variant
 

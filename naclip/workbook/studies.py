@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from naclip.attention import gaussian_bias, get_attention
 from naclip.datasets import PRESETS, SegDataset, get_preset
 from naclip.methods import METHODS, get_method
+from naclip.progress import tqdm
 from naclip.settings import check_variant, coerce, owners_of, variant_keys
 from naclip.workbook.published import BACKBONE, BENCHMARKS, IMAGES, ROWS
 
