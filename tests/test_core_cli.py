@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import numpy as np
 import torch
 from PIL import Image
 
 from naclip.cli import main
 from naclip.text import TEMPLATES, QueryCache, encode_queries
+from naclip.viz import MARK_COLOUR
 from tests.conftest import VOC_IMAGE, make_segmenter
 
 
@@ -37,11 +42,27 @@ def test_segment_writes_labels_overlay_and_probabilities(tmp_path, capsys):
     assert np.asarray(labels).max() < 3
     overlay = Image.open(tmp_path / "sample_0000_overlay.png")
     assert overlay.height == 513 and overlay.width > 513  # the legend sits to the right
+    band = np.asarray(overlay.convert("RGB"))[:20, :513].reshape(-1, 3)
+    assert (band == MARK_COLOUR).all(1).mean() > 0.8  # random weights: a red band, RANDOM_MARK written on it
     probs = np.load(tmp_path / "sample_0000_probs.npy")
     assert probs.shape == (3, 513, 513)
     np.testing.assert_array_equal(probs.argmax(0), np.asarray(labels))
     out = capsys.readouterr().out
     assert "sample_0000.jpg:" in out and "RANDOM weights" in out
+
+
+def test_segment_prints_each_image_on_a_line_of_its_own(tmp_path):
+    """Per-image lines go above the progress bar (tqdm.write), not onto the bar's line."""
+    other = tmp_path / "other.jpg"
+    Image.open(VOC_IMAGE).resize((96, 80)).save(other)
+    command = [sys.executable, "-m", "naclip", "segment", str(VOC_IMAGE), str(other), "--classes", "sky; grass"]
+    command += ["--model", "naclip-tiny", "--pretrained", "none", "--out", str(tmp_path / "seg")]
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:]
+    lines = re.split(r"[\r\n]", done.stdout)
+    for image in (VOC_IMAGE, other):
+        assert any(line.startswith(f"{image}: ") for line in lines), done.stdout
+    assert "warnings.warn" not in done.stdout and "random_weights_warning(" not in done.stdout  # no source line
 
 
 def test_segment_reports_bad_input(tmp_path, capsys):
