@@ -155,6 +155,22 @@ def writable_folder(path: str | os.PathLike, what: str = "folder") -> Path:
     return path
 
 
+def content_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's content (a checkpoint's identity wherever it is copied), computed once per
+    (path, size, mtime) in a process."""
+    stat = os.stat(path)
+    return _file_digest(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@cache
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def first_missing(path: str | os.PathLike) -> Path | None:
     """The outermost folder of `path` (itself included) that does not exist yet: what making it would create."""
     path = Path(path).expanduser().absolute()

@@ -143,7 +143,7 @@ def encode_queries(
 
 
 class QueryCache:
-    """Query embeddings kept in memory and, for pretrained weights, on disk.
+    """Query embeddings kept in memory and, given a weights key, on disk.
 
     One file per (model, weights, templates) holds {query: {"embedding", "digest"}}; adding a class
     only embeds the new names. Each entry's digest covers its query, the model and weights, the

@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import torch
 from PIL import Image
 
+from naclip import Segmenter
 from naclip.cli import main
 from naclip.text import TEMPLATES, QueryCache, encode_queries
 from naclip.viz import MARK_COLOUR
@@ -90,7 +92,29 @@ def test_query_cache_embeds_only_new_names_and_persists(tmp_path, monkeypatch):
     reloaded = QueryCache("naclip-tiny|test-weights", directory=tmp_path)
     torch.testing.assert_close(reloaded.embed(seg.clip, seg.tokenizer, ["bird"]), second[1:2])
     assert len(calls) == 2
-    assert QueryCache(None, directory=tmp_path).path is None  # random weights are never cached on disk
+    assert QueryCache(None, directory=tmp_path).path is None  # no weights key: memory only
+
+
+def test_text_cache_is_keyed_on_what_the_embeddings_depend_on(tmp_path):
+    """Random weights by model and seed, a checkpoint by its content: a rerun, or a copy, finds the cache."""
+    random = make_segmenter(cache_dir=str(tmp_path))
+    assert random.text_cache.path is not None
+    assert make_segmenter(cache_dir=str(tmp_path)).text_cache.path == random.text_cache.path
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reseeded = Segmenter(model="naclip-tiny", pretrained=None, device="cpu", cache_dir=str(tmp_path), seed=1)
+    assert reseeded.text_cache.path != random.text_cache.path
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(random.clip.float().state_dict(), checkpoint)
+    first = make_segmenter(cache_dir=str(tmp_path), pretrained=str(checkpoint))
+    copy = tmp_path / "elsewhere" / "tiny-copy.pt"
+    copy.parent.mkdir()
+    copy.write_bytes(checkpoint.read_bytes())
+    assert make_segmenter(cache_dir=str(tmp_path), pretrained=str(copy)).text_cache.path == first.text_cache.path
+    state = torch.load(checkpoint, weights_only=True)
+    state["logit_scale"] += 1  # other content: another key
+    torch.save(state, copy)
+    assert make_segmenter(cache_dir=str(tmp_path), pretrained=str(copy)).text_cache.path != first.text_cache.path
 
 
 def test_query_embedding_is_the_normalised_template_mean():
