@@ -34,8 +34,9 @@ EXPECTED = {
             "results": ({"benchmark", "method", "post-processing", "protocol", "mIoU", "n_images"}, 6),
             "per_class": ({"benchmark", "method", "class_name", "IoU"}, 20 * 6),
             "comparison": ({"benchmark", "method", "images", "mIoU", "published", "gap", "note"}, 12),
+            "per_class_iou": ({"benchmark", "class_name", "clip", "maskclip", "naclip"}, 20),
         },
-        ["main"],
+        ["main", "per_class"],
     ),
     "components": (
         {
