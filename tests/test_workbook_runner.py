@@ -304,3 +304,51 @@ def test_injected_parameters_are_checked_against_the_parameters_cell(wb, injecte
     with pytest.raises(ValueError, match=re.escape(message)):
         RunOutputs.start("sweep", namespace)
     assert not (wb.results / "sweep").exists()
+
+
+def papermill_sweep(wb: Workbook, sigmas: list[float], pretrained: str | None = "openai") -> None:
+    """What `for s in ...; do papermill sweep.ipynb out.ipynb -y "{sigma: $s, run: s$s}"; done` leaves."""
+    for sigma in sigmas:
+        injected = f'# Parameters\nsigma = {sigma}\nrun = "s{sigma:g}"\npretrained = {pretrained!r}\n'
+        out = RunOutputs.start("sweep", kernel_namespace(PARAMETERS_CELL, injected))
+        random = pretrained is None
+        out.loaded(pd.DataFrame({"model": ["tiny"], "pretrained": [pretrained], "random_weights": [random]}))
+        rows = pd.DataFrame({"benchmark": ["voc", "ade"], "mIoU": [10 * sigma, 5 * sigma]})
+        out.table(rows, "results")
+        out.finish()
+
+
+def test_gather_makes_one_curve_of_a_papermill_sweep(wb, capsys):
+    papermill_sweep(wb, [1.0, 3.0, 5.0])
+    assert cli.main(["workbook", "gather", "sweep", "--notebooks", str(wb.notebooks)]) == 0
+    folder = wb.results / "sweep" / "gathered"
+    table = pd.read_csv(folder / "results.csv")
+    assert sorted(table.run.unique()) == ["s1", "s3", "s5"] and len(table) == 6
+    assert table.set_index(["run", "benchmark"]).loc[("s3", "ade")].tolist()[:2] == [15.0, 3.0]  # mIoU, sigma
+    manifest = outputs.read_manifest(folder)
+    assert [f["name"] for f in manifest["figures"]] == ["gathered"] and (folder / "gathered.png").is_file()
+    assert not manifest["random_weights"] and "random_weights" not in table
+    (line,) = [line for line in regen.listing(wb) if "gathered" in line]
+    assert line.split() == ["gathered", "complete"]
+    assert 'id="sweep-gathered"' in (wb.results / "index.html").read_text()
+    assert "index: " in capsys.readouterr().out
+
+
+def test_gather_says_what_is_wrong(wb, capsys):
+    papermill_sweep(wb, [1.0])
+    assert cli.main(["workbook", "gather", "sweep", "--notebooks", str(wb.notebooks)]) == 2
+    assert "1 complete run(s) ['s1']; gathering needs at least 2" in capsys.readouterr().err
+    papermill_sweep(wb, [2.0], pretrained=None)  # random weights: the gathered outputs say so
+    assert cli.main(["workbook", "gather", "sweep", "--x", "model", "--notebooks", str(wb.notebooks)]) == 2
+    assert "--x 'model': not a parameter that differs between the runs; expected one of: pretrained, sigma" in (
+        capsys.readouterr().err
+    )
+    assert cli.main(["workbook", "gather", "sweep", "--x", "sigma", "--notebooks", str(wb.notebooks)]) == 0
+    assert pd.read_csv(wb.results / "sweep" / "gathered" / "results.csv").random_weights.all()
+
+
+def test_workbook_index_rebuilds_the_index_on_its_own(wb, capsys):
+    papermill_sweep(wb, [1.0])
+    assert cli.main(["workbook", "index", "--notebooks", str(wb.notebooks)]) == 0
+    assert 'id="sweep-s1"' in (wb.results / "index.html").read_text()
+    assert f"index: {wb.results / 'index.md'}" in capsys.readouterr().out

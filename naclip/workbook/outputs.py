@@ -131,7 +131,9 @@ class RunOutputs:
         self._loaded = not model
         # random weights are said once by the banner, not by a warning per model loaded
         warnings.filterwarnings("once", message=r"naclip: .* has RANDOM weights")
-        where = "" if root else f" (no workbook: no {MARKER_FILE} in {self.root} or above; under the working directory)"
+        where = ""
+        if root is None and not Path(results_dir).expanduser().is_absolute():
+            where = f" (no workbook: no {MARKER_FILE} in {self.root} or above; under the working directory)"
         print(f"outputs: {self.out_dir}{where}")
 
     @classmethod
@@ -169,7 +171,10 @@ class RunOutputs:
             random = bool(source.random_weights)
         from naclip.workbook.studies import weights_label
 
-        labels = [weights_label(m, p) for m, p in weights]
+        self.weights_were(random, [weights_label(m, p) for m, p in weights])
+
+    def weights_were(self, random: bool, labels: Sequence[str]) -> None:
+        """Record the weights that ran (their labels) and whether any were random, as `loaded` does."""
         self._manifest["weights"] = list(dict.fromkeys([*self._manifest["weights"], *labels]))
         if random and not self.random_weights:
             print(f"{'=' * 100}\n{RANDOM_BANNER}\n{'=' * 100}")
