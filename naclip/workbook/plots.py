@@ -410,20 +410,23 @@ def per_class_bars(
     benchmarks = list(per_class["benchmark"].unique())
     hues = list(per_class[hue].unique())
     colours = _colours(hues)
-    classes = max(per_class.groupby("benchmark")["class_name"].nunique())
+    key = "class_index" if "class_index" in per_class else "class_name"
+    classes = max(per_class.groupby("benchmark")[key].nunique())
     height = max(3.0, classes * (0.1 * len(hues) + 0.12) + 1.2)
     with sns.axes_style("whitegrid"):
         fig, axes = plt.subplots(1, len(benchmarks), figsize=(6.5 * len(benchmarks), height), squeeze=False)
         for ax, benchmark in zip(axes[0], benchmarks, strict=True):
             part = per_class[per_class["benchmark"] == benchmark]
-            names = list(dict.fromkeys(part["class_name"]))
+            key = "class_index" if "class_index" in part else "class_name"  # a method's class file may rename one
+            names = part.drop_duplicates(key).set_index(key)["class_name"]
             step = 0.8 / len(hues)
             for j, level in enumerate(hues):
-                rows = part[part[hue] == level].set_index("class_name")[y]
+                rows = part[part[hue] == level].set_index(key)[y]
                 pos = [i + (j - (len(hues) - 1) / 2) * step for i in range(len(names))]
-                ax.barh(pos, [rows.get(n, np.nan) for n in names], height=step * 0.95, color=colours[level])
-            missing = {n for n in names if part.loc[part["class_name"] == n, y].isna().all()}
-            ax.set_yticks(range(len(names)), [f"{n} (absent)" if n in missing else n for n in names])
+                ax.barh(pos, [rows.get(k, np.nan) for k in names.index], height=step * 0.95, color=colours[level])
+            missing = {k for k in names.index if part.loc[part[key] == k, y].isna().all()}
+            ticks = [f"{n} (absent)" if k in missing else n for k, n in names.items()]
+            ax.set_yticks(range(len(names)), ticks)
             ax.invert_yaxis()
             ax.set_xlim(0, 100)
             ax.set_xlabel(f"{y} (%)")

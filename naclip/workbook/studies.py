@@ -383,7 +383,7 @@ def per_class_iou(per_class: pd.DataFrame, hue: str = "method") -> pd.DataFrame:
     keys = ["benchmark", "class_index"]
     scores = per_class.pivot(index=keys, columns=hue, values="IoU")[list(per_class[hue].unique())].reset_index()
     scores.columns.name = None
-    rows = per_class[[*keys, "class_name"]].drop_duplicates()
+    rows = per_class[[*keys, "class_name"]].drop_duplicates(keys)  # a method's own class file may rename one
     return rows.merge(scores, on=keys, how="left").drop(columns="class_index")
 
 
