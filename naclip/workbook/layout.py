@@ -100,7 +100,12 @@ def read_study(notebook: Path) -> Study:
     return Study(notebook.stem, notebook, title, order, notebook_parameters(nb, notebook.name))
 
 
+def is_study(notebook: Path) -> bool:
+    """False for a notebook that says it is none (``metadata.naclip.study: false``, e.g. the explorer)."""
+    return nbformat.read(notebook, as_version=4).metadata.get("naclip", {}).get("study", True) is not False
+
+
 def discover(notebooks: Path) -> list[Study]:
     """Every study notebook in `notebooks`, in the workbook's order (then by name)."""
-    studies = [read_study(path) for path in notebooks.glob("*.ipynb")]
+    studies = [read_study(path) for path in notebooks.glob("*.ipynb") if is_study(path)]
     return sorted(studies, key=lambda s: (s.order, s.name))
