@@ -11,7 +11,7 @@ else
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: setup workbook smoke test lint bench
+.PHONY: setup workbook smoke test test-browser lint bench
 
 setup: $(VENV)/.ready
 
@@ -33,6 +33,11 @@ lint: setup
 
 test: lint
 	$(PY) -m pytest -q
+
+# The explorer notebook in JupyterLab and headless Chromium (Debian: apt-get install chromium); needs playwright.
+test-browser: setup
+	$(PY) -m pip install -q playwright
+	NACLIP_BROWSER_TESTS=1 $(PY) -m pytest -q -rs tests/browser
 
 bench: setup
 	$(PY) -m benchmarks.report --readme README.md

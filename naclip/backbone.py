@@ -119,6 +119,12 @@ def _openai_state_dict(path: str) -> dict | None:
     return None
 
 
+def random_weights_warning(message: str) -> None:
+    """Warn that a model has random weights, without the source line a warning usually quotes (in a notebook
+    that line is noise beside the message)."""
+    warnings.warn_explicit(message, UserWarning, filename="naclip", lineno=0, module="naclip")
+
+
 def load_clip(
     model: str = "ViT-B-16",
     pretrained: str | os.PathLike | None = "openai",
@@ -133,9 +139,8 @@ def load_clip(
     _check_model_name(model)
     quick_gelu = False
     if pretrained is None:
-        warnings.warn(
-            f"naclip: {model} has RANDOM weights (pretrained=None); its segmentations are meaningless.",
-            stacklevel=2,
+        random_weights_warning(
+            f"naclip: {model} has RANDOM weights (pretrained=None); its segmentations are meaningless."
         )
     elif os.path.isfile(pretrained):
         pretrained = str(pretrained)

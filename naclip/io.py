@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -152,6 +153,41 @@ def writable_folder(path: str | os.PathLike, what: str = "folder") -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise ValueError(f"{what} {str(path)!r} is not writable; expected a folder you may write to")
     return path
+
+
+def content_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's content (a checkpoint's identity wherever it is copied), computed once per
+    (path, size, mtime) in a process."""
+    stat = os.stat(path)
+    return _file_digest(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@cache
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def first_missing(path: str | os.PathLike) -> Path | None:
+    """The outermost folder of `path` (itself included) that does not exist yet: what making it would create."""
+    path = Path(path).expanduser().absolute()
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return missing
+        missing = folder
+    return missing
+
+
+def remove_unused(folder: Path | None) -> None:
+    """Delete `folder` when it holds nothing but folders and lock files (what a run that failed at once left)."""
+    if folder is None or not folder.is_dir():
+        return
+    if all(p.is_dir() or p.name == LOCK_NAME for p in folder.rglob("*")):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class FolderBusy(RuntimeError):

@@ -10,7 +10,6 @@ marked). Unnamed, a model takes its `default` tag, or random weights when CLIP's
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from naclip.backbone import random_weights_warning
 from naclip.preprocess import PIXEL_MEAN, PIXEL_STD
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # on the 0..255 scale, as mmseg configures it
@@ -102,8 +102,8 @@ def load_second_model(
         torch.manual_seed(seed)
         module = model.build()
     if weights is None:
-        warnings.warn(
-            f"second model {model.name!r} has RANDOM weights: every result is meaningless (tests only)", stacklevel=2
+        random_weights_warning(
+            f"second model {model.name!r} has RANDOM weights: every result is meaningless (tests only)"
         )
     else:
         module.load_state_dict(_state_dict(model, weights))

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from naclip.evaluation.runner import naming_failures
 from naclip.io import atomic_write, atomic_write_with, writable_folder
 from naclip.options import add_settings_arguments, settings_overrides
 from naclip.preprocess import check_size, load_image
+from naclip.progress import tqdm
 from naclip.segmenter import Segmenter
-from naclip.viz import label_png, overlay
+from naclip.viz import RANDOM_MARK, label_png, overlay
 
 
 def register(subparsers: argparse._SubParsersAction, argv: Sequence[str] = ()) -> None:
@@ -83,19 +83,21 @@ def run(args: argparse.Namespace) -> int:
     names, settings = segmenter.class_names, segmenter.settings
     done = 0
     try:
-        for path, stem in tqdm(stems.items(), desc="segment", unit="image", disable=len(stems) < 2):
+        mark = RANDOM_MARK if segmenter.random_weights else None
+        bar = tqdm(stems.items(), desc="segment", unit="image", disable=len(stems) < 2)
+        for path, stem in bar:
             image = load_image(path)
             check_size(path, image.shape[:2], settings.short_side, settings.long_side, segmenter.min_side)
             with naming_failures(path, image.shape[:2]):
                 result = segmenter.predict(image)
             atomic_write(f"{stem}_labels.png", label_png(result.labels, len(names)))
-            _save_image(overlay(image, result.labels, names, alpha=args.alpha), Path(f"{stem}_overlay.png"))
+            _save_image(overlay(image, result.labels, names, alpha=args.alpha, mark=mark), Path(f"{stem}_overlay.png"))
             if args.save_probs:
                 atomic_write_with(f"{stem}_probs.npy", lambda file, probs=result.probs: np.save(file, probs))
             done += 1
             shares = np.bincount(result.labels.ravel(), minlength=len(names)) / result.labels.size
             found = ", ".join(f"{names[i]} {shares[i]:.0%}" for i in np.argsort(-shares) if shares[i] >= 0.01)
-            print(f"{path}: {found}")
+            bar.write(f"{path}: {found}")  # above the bar, not on its line
     except KeyboardInterrupt:
         raise KeyboardInterrupt(
             f"interrupted after {done} of {len(stems)} images; their outputs are in {out} "

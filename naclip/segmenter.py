@@ -22,6 +22,7 @@ from naclip.backbone import load_clip
 from naclip.benchmarks import get_benchmark
 from naclip.encoder import DenseEncoder, Taps
 from naclip.heads import Head, HeadInput
+from naclip.io import content_digest
 from naclip.labels import best_class
 from naclip.methods.registry import get_method
 from naclip.pamr import affinity, propagate
@@ -164,15 +165,15 @@ class Segmenter:
         """The smallest usable side of a resized image: one patch (1 when windows are padded to patches)."""
         return 1 if self.settings.pad_windows else max(self.encoder.patch_size)
 
-    def _weights_key(self) -> str | None:
-        """What the text embeddings depend on: the weights, and the precision and device type they ran in."""
+    def _weights_key(self) -> str:
+        """What the text embeddings depend on: the weights (random ones by the model and seed, a checkpoint file
+        by its content), and the precision and device type they ran in."""
         pretrained = self.settings.pretrained
-        if pretrained is None:
-            return None
         weights = f"{self.settings.model}|{pretrained}"
-        if os.path.isfile(pretrained):
-            stat = os.stat(pretrained)
-            weights = f"{self.settings.model}|{os.path.abspath(pretrained)}|{stat.st_size}|{stat.st_mtime_ns}"
+        if pretrained is None:
+            weights = f"{self.settings.model}|random|seed={self.settings.seed}"
+        elif os.path.isfile(pretrained):
+            weights = f"{self.settings.model}|sha256={content_digest(pretrained)}"
         second = "".join(f"|{name}={weights_identity(w)}" for name, w in self.second_weights.items())
         return f"{weights}{second}|{self.dtype}|{self.device.type}"
 

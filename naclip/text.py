@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from naclip.io import save_torch
+from naclip.progress import tqdm
 
 Template = Callable[[str], str]
 TEMPLATES: tuple[Template, ...] = tuple(OPENAI_IMAGENET_TEMPLATES)  # the 80 published with CLIP
@@ -169,7 +169,7 @@ def encode_queries(
 
 
 class QueryCache:
-    """Query embeddings kept in memory and, for pretrained weights, on disk.
+    """Query embeddings kept in memory and, given a weights key, on disk.
 
     One file per (model, weights, templates) holds {query: {"embedding", "digest"}}; adding a class
     only embeds the new names. Each entry's digest covers its query, the model and weights, the

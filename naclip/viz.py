@@ -9,6 +9,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 IGNORE_COLOUR = (255, 255, 255)
+MARK_COLOUR = (200, 0, 0)
+RANDOM_MARK = "RANDOM WEIGHTS - not a result"
 
 
 def palette(num_classes: int) -> np.ndarray:
@@ -66,12 +68,16 @@ def overlay(
     class_names: Sequence[str],
     alpha: float = 0.5,
     legend: bool = True,
+    mark: str | None = None,
 ) -> Image.Image:
-    """The image blended with its colourised labels, with a legend of the classes present (by area)."""
+    """The image blended with its colourised labels, with a legend of the classes present (by area); `mark`
+    (e.g. `RANDOM_MARK`) is written in white on a red band across the top."""
     if image.shape[:2] != labels.shape:
         raise ValueError(f"image {image.shape[:2]} and labels {labels.shape} differ in size")
     blended = (1 - alpha) * image.astype(np.float32) + alpha * colorize(labels, len(class_names))
     canvas = Image.fromarray(blended.round().astype(np.uint8))
+    if mark:
+        _mark(canvas, mark)
     if not legend:
         return canvas
     present, counts = np.unique(labels[labels < len(class_names)], return_counts=True)
@@ -93,3 +99,15 @@ def overlay(
     out.paste(canvas, (0, 0))
     out.paste(panel, (canvas.width, 0))
     return out
+
+
+def _mark(canvas: Image.Image, text: str) -> None:
+    """`text` in white on a red band across the top of `canvas` (in place), scaled to fit its width."""
+    draw = ImageDraw.Draw(canvas)
+    size = max(8, round(canvas.height / 20))
+    font = ImageFont.load_default(size=size)
+    while size > 8 and draw.textlength(text, font=font) > canvas.width - size:
+        size -= 1
+        font = ImageFont.load_default(size=size)
+    draw.rectangle([0, 0, canvas.width, round(size * 1.6)], fill=MARK_COLOUR)
+    draw.text((size // 2, round(size * 0.3)), text, fill="white", font=font)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,10 @@ def test_cli_on_embedded_samples_matches_miou_recomputed_from_saved_predictions(
     assert code == 0
     printed = capsys.readouterr().out
     assert "voc21-sample" in printed and "RANDOM weights" in printed
+    # mmseg's per-class table, then the summary
+    assert "per-class results: voc21-sample\n+------" in printed and "\n| Class " in printed
+    assert re.search(r"^\| aeroplane +\| +(\d+\.\d\d|nan) \| +(\d+\.\d\d|nan) \|$", printed, re.M)
+    assert printed.index("per-class results: voc20-sample") < printed.index("mIoU")
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary.benchmark) == ["voc21-sample", "voc20-sample"]
     # presets apply unless a flag overrides them
@@ -71,10 +76,14 @@ def test_cli_on_embedded_samples_matches_miou_recomputed_from_saved_predictions(
         assert row.mIoU == pytest.approx(independent_miou(preds / key, dataset), abs=1e-9)
     per_class = pd.read_csv(out / "per_class.csv")
     assert len(per_class) == 21 + 20 and set(per_class.columns) >= {"class_name", "IoU", "Acc", "gt_pixels"}
+    assert per_class.random_weights.all() and summary.random_weights.all()  # both tables say so
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["random_weights"] is True and provenance["command"]
     assert {"naclip_version", "git_commit", "torch", "open_clip", "device"} <= set(provenance)
     assert sorted(p.name for p in out.iterdir()) == ["per_class.csv", "provenance.json", "summary.csv"]
+    assert main([*flags, "--out", str(out), "--quiet", *TINY_FLAGS]) == 0
+    quiet = capsys.readouterr().out
+    assert "per-class results" not in quiet and "voc20-sample" in quiet
 
 
 def test_variants_share_the_trunk_and_equal_separate_runs(tmp_path):
@@ -115,8 +124,11 @@ def test_bad_images_are_errors_naming_them_unless_skipped(tmp_path, capsys):
     assert "skipped 3 bad image(s)" in capsys.readouterr().out
 
 
-def test_cli_prints_clear_errors(tmp_path, capsys, monkeypatch):
+def test_cli_prints_clear_errors_and_leaves_no_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("NACLIP_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)  # the default --out is results/<benchmarks> under the working directory
+    assert main(["eval", "--benchmark", "voc21-smaple", *TINY_FLAGS]) == 2
+    assert "voc21-sample" in capsys.readouterr().err
     assert main(["eval", "--benchmark", "ade20k", *TINY_FLAGS]) == 2
     assert "NACLIP_DATA" in capsys.readouterr().err
     assert main(["eval", "--benchmark", "folder", *TINY_FLAGS]) == 2
@@ -127,6 +139,11 @@ def test_cli_prints_clear_errors(tmp_path, capsys, monkeypatch):
     assert "the split is empty" in capsys.readouterr().err
     assert main(["eval", "--benchmark", "voc21-sample", "--variant", "sigma", *TINY_FLAGS]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()  # a failed command leaves no empty folder behind
+    kept = tmp_path / "mine"
+    kept.mkdir()  # a folder that was there before is never removed
+    assert main(["eval", "--benchmark", "ade20k", "--out", str(kept), *TINY_FLAGS]) == 2
+    assert kept.is_dir()
 
 
 def test_interrupted_run_resumes_to_the_same_numbers(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,10 +16,11 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from naclip.workbook.index import INDEX_HTML
-from naclip.workbook.layout import ROOT_ENV, Workbook
+from naclip.workbook.layout import MARKER_FILE, ROOT_ENV, Workbook
 from naclip.workbook.outputs import MARKER, RANDOM_BANNER, read_manifest
 from naclip.workbook.regenerate import regenerate
 
@@ -32,8 +34,9 @@ EXPECTED = {
             "results": ({"benchmark", "method", "post-processing", "protocol", "mIoU", "n_images"}, 6),
             "per_class": ({"benchmark", "method", "class_name", "IoU"}, 20 * 6),
             "comparison": ({"benchmark", "method", "images", "mIoU", "published", "gap", "note"}, 12),
+            "per_class_iou": ({"benchmark", "class_name", "clip", "maskclip", "naclip"}, 20),
         },
-        ["main"],
+        ["main", "per_class"],
     ),
     "components": (
         {
@@ -148,14 +151,60 @@ def workbook(tmp_path, monkeypatch) -> Path:
     """A copy of two study notebooks in a workbook of its own, and no NACLIP_WORKBOOK."""
     monkeypatch.delenv(ROOT_ENV, raising=False)
     (tmp_path / "notebooks").mkdir()
+    (tmp_path / MARKER_FILE).write_text("")
     for study in ("demo", "kernel"):
         shutil.copy(NOTEBOOKS / f"{study}.ipynb", tmp_path / "notebooks")
     return tmp_path
 
 
-def papermill(args: list[str], cwd: Path) -> None:
+def papermill(args: list[str], cwd: Path, ok: bool = True) -> str:
+    """Run papermill in `cwd`; its stderr."""
     done = subprocess.run([*PAPERMILL, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert (done.returncode == 0) == ok, done.stderr[-3000:]
+    return done.stderr
+
+
+def naclip_cli(*args: str, cwd: Path) -> str:
+    done = subprocess.run([sys.executable, "-m", "naclip", *args], cwd=cwd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_a_papermill_run_is_a_run(workbook):
+    """papermill -p ... -p run mine: the notebook writes parameters.yaml and run.json; the list calls it complete."""
+    papermill(["notebooks/kernel.ipynb", "out.ipynb", "-y", "{grid: [8, 8], run: mine}"], workbook)
+    folder = workbook / "results" / "kernel" / "mine"
+    assert yaml.safe_load((folder / "parameters.yaml").read_text())["grid"] == [8, 8]
+    assert json.loads((folder / MARKER).read_text())["parameters"]["grid"] == [8, 8]
+    listing = naclip_cli("workbook", "list", cwd=workbook / "notebooks")
+    assert re.search(r"^  mine +complete$", listing, re.M), listing
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        (["-p", "sigmas", "3"], "papermill parameters: sigmas=3; kernel.ipynb expects a list (default [1.0, 2.0"),
+        (["-p", "sigma", "3"], "papermill parameters: unknown parameter 'sigma' for study 'kernel'; did you mean"),
+    ],
+)
+def test_papermill_parameters_are_checked(workbook, flag, message):
+    stderr = papermill(["notebooks/kernel.ipynb", "out.ipynb", *flag], workbook, ok=False)
+    assert message in stderr
+    assert not (workbook / "results").exists()
+
+
+def test_a_copied_notebook_writes_under_its_working_directory_and_says_so(tmp_path, monkeypatch):
+    """cp notebooks/kernel.ipynb ~/mine && cd ~/mine && papermill ...: outputs in ~/mine/results, never ~/results."""
+    monkeypatch.delenv(ROOT_ENV, raising=False)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copy(NOTEBOOKS / "kernel.ipynb", mine)
+    papermill(["kernel.ipynb", "out.ipynb", "-y", "{grid: [8, 8]}"], mine)
+    assert (mine / "results" / "kernel" / "samples" / MARKER).is_file()
+    assert not (tmp_path / "results").exists()
+    executed = nbformat.read(mine / "out.ipynb", as_version=4)
+    first = next(o.text for cell in executed.cells if cell.cell_type == "code" for o in cell.outputs)
+    assert first.startswith(f"outputs: {mine / 'results' / 'kernel' / 'samples'} (no workbook")
 
 
 def test_a_notebook_run_by_hand_from_another_folder_lands_in_the_results_and_is_marked(workbook):
@@ -227,3 +276,16 @@ def test_a_killed_run_resumes_with_only_what_was_missing(workbook):
     report = regenerate(["kernel"], profile="p", workbook=Workbook.at(workbook / "notebooks"), log=log.append)
     assert report.ok and [r.name for r in report.skipped] == ["p-a"], log
     assert [r.name for r in report.executed] == ["p-b"]
+
+
+def test_a_saved_notebook_shows_its_progress_bars_as_they_ended(tmp_path):
+    """The text a saved notebook keeps for a bar (where the widget's state is not stored) is its last frame."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("from naclip.progress import tqdm\nfor _ in tqdm(range(3), desc='images'):\n    pass")
+    ]
+    nbformat.write(nb, tmp_path / "bars.ipynb")
+    papermill(["bars.ipynb", "out.ipynb"], tmp_path)
+    (cell,) = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
+    texts = [o.data["text/plain"] for o in cell.outputs if o.output_type == "display_data"]
+    assert len(texts) == 1 and texts[0].startswith("images: 100%") and "3/3" in texts[0], texts

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
 
-from naclip.workbook.layout import ROOT_ENV, Workbook, discover, find_notebooks
+from naclip.workbook.layout import MARKER_FILE, ROOT_ENV, Workbook, discover, find_notebooks, workbook_root
 from naclip.workbook.params import RESULTS_DIR, RUN, notebook_parameters, plan, profiles
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +44,8 @@ def test_the_shipped_studies_one_name_each():
     for study in studies:
         nb = nbformat.read(study.notebook, as_version=4)
         code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-        assert re.search(rf'RunOutputs\("{study.name}", run, results_dir', code), study.name
+        assert re.search(rf'out = RunOutputs.start\("{study.name}", globals\(\)', code), study.name
+        assert nb.cells[-1].source.startswith("out.finish()"), study.name  # the record is written last
         assert study.parameters[RUN] == "samples" and study.parameters[RESULTS_DIR] == "results"
         assert "random_weights" not in study.parameters and "out_dir" not in study.parameters
         intro = nb.cells[0].source
@@ -188,17 +190,27 @@ def test_a_parameters_cell_that_is_not_literal():
 # -- where the workbook is -------------------------------------------------------------------------------
 
 
-def test_the_workbook_is_found_from_any_working_directory(tmp_path, monkeypatch):
+def test_the_workbook_is_found_by_its_marker_from_any_working_directory(tmp_path, monkeypatch):
     monkeypatch.delenv(ROOT_ENV, raising=False)
-    assert find_notebooks("sigma", start=NOTEBOOKS) == NOTEBOOKS  # JupyterLab: the notebook's folder
-    assert find_notebooks("sigma", start=ROOT / "naclip" / "workbook") == NOTEBOOKS
-    assert find_notebooks("sigma", start=tmp_path) == NOTEBOOKS  # elsewhere: the checkout naclip runs from
-    mine = tmp_path / "mine" / "notebooks"
-    mine.mkdir(parents=True)
-    (mine / "x.ipynb").write_text("{}")
-    assert find_notebooks(start=tmp_path / "mine") == mine
-    assert Workbook.at(mine).results == tmp_path / "mine" / "results"
-    with pytest.raises(FileNotFoundError, match="no workbook found"):
-        find_notebooks("nope", start=tmp_path)
-    monkeypatch.setenv(ROOT_ENV, str(tmp_path / "mine"))
-    assert find_notebooks("anything") == mine
+    assert find_notebooks(start=NOTEBOOKS) == NOTEBOOKS  # JupyterLab: the notebook's folder
+    assert find_notebooks(start=ROOT / "naclip" / "workbook") == NOTEBOOKS
+    assert find_notebooks(start=tmp_path) == NOTEBOOKS  # elsewhere: the checkout naclip runs from
+    mine = tmp_path / "mine"
+    (mine / "notebooks").mkdir(parents=True)
+    (mine / MARKER_FILE).write_text("")
+    assert find_notebooks(start=mine / "notebooks" / "deeper") == mine / "notebooks"
+    assert Workbook.at(mine / "notebooks").results == mine / "results"
+    monkeypatch.setenv(ROOT_ENV, str(mine))
+    assert find_notebooks(start=tmp_path) == mine / "notebooks"
+
+
+def test_a_folder_holding_a_notebook_is_not_taken_for_a_workbook(tmp_path, monkeypatch):
+    """A copied notebook (~/mine/sigma.ipynb) is outside any workbook: its parent is not a workbook's root."""
+    monkeypatch.delenv(ROOT_ENV, raising=False)
+    copy = tmp_path / "mine"
+    copy.mkdir()
+    shutil.copy(NOTEBOOKS / "sigma.ipynb", copy)
+    (tmp_path / "notebooks").mkdir()  # a folder of that name is no marker either
+    shutil.copy(NOTEBOOKS / "sigma.ipynb", tmp_path / "notebooks")
+    assert workbook_root(copy) is None and workbook_root(tmp_path / "notebooks") is None
+    assert find_notebooks(start=copy) == NOTEBOOKS  # the command line still falls back to the checkout

@@ -19,8 +19,8 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 import naclip
 from naclip import cli
+from naclip.workbook import outputs, runner
 from naclip.workbook import regenerate as regen
-from naclip.workbook import runner
 from naclip.workbook.layout import ROOT_ENV, Workbook
 from naclip.workbook.outputs import FAILED, MANIFEST, MARKER, RANDOM_BANNER, RunOutputs
 from naclip.workbook.params import plan
@@ -90,7 +90,7 @@ def test_runs_write_outputs_a_parameter_file_and_a_record_then_are_skipped(wb):
     folder = wb.results / "sweep" / "p-s2"
     record = json.loads((folder / MARKER).read_text())
     assert record["parameters"] == {"run": "p-s2", "model": "tiny", "pretrained": "openai", "sigma": 2.0}
-    assert record["key"]["naclip_version"] == naclip.__version__ and record["key"]["code"] == runner.code_digest()
+    assert record["key"]["naclip_version"] == naclip.__version__ and record["key"]["code"] == outputs.code_digest()
     assert record["provenance"]["torch"] and record["seconds"] >= 0 and not record["random_weights"]
     assert json.loads((wb.results / "sweep" / "p-s3" / MARKER).read_text())["random_weights"]
     written = yaml.safe_load((folder / runner.PARAMETERS).read_text())  # what papermill -f reads
@@ -130,7 +130,7 @@ def test_a_run_goes_stale_when_its_notebook_parameters_or_library_change(wb, mon
         patch.setattr(naclip, "__version__", "99.0")
         assert state(wb) == f"stale (naclip {version} -> 99.0)"
     with monkeypatch.context() as patch:
-        patch.setattr(runner, "code_digest", lambda: "another commit")
+        patch.setattr(outputs, "code_digest", lambda: "another commit")
         assert state(wb) == "stale (naclip's code changed)"
     assert state(wb) == "complete"
 
@@ -139,7 +139,7 @@ def test_a_run_goes_stale_when_its_notebook_parameters_or_library_change(wb, mon
     write_study(wb.notebooks).write_text(write_study(wb.notebooks).read_text().replace("The sweep", "A sweep"))
     assert state(wb, "p-s2") == "stale (the notebook changed)"
 
-    (wb.results / "sweep" / "p-s3" / MARKER).unlink()  # outputs without a record: interrupted or by hand
+    (wb.results / "sweep" / "p-s3" / MARKER).unlink()  # outputs without a record: interrupted
     assert state(wb, "p-s3").startswith("stale (outputs without a run record")
     fake = FakeNotebook()
     execute_runs(plan(wb, (), "p"), wb, fake, log=quiet)
@@ -255,6 +255,7 @@ def test_outputs_refuse_to_write_before_saying_what_ran(wb):
     out = RunOutputs("sweep", "x", "results")
     with pytest.raises(RuntimeError, match="out.loaded"):
         out.table(pd.DataFrame({"a": [1]}), "t")
+    assert not out.out_dir.exists()  # a run that fails before writing anything leaves no folder
     assert out.out_dir == wb.root / "results" / "sweep" / "x"
     assert out.path("images/a.jpg") == wb.root / "images" / "a.jpg" and out.path("/abs") == Path("/abs")
 
@@ -272,3 +273,97 @@ def test_the_markdown_index_escapes_names_and_parameters_as_the_html_one(wb):
     shown = "&#x27;&lt;img src=x onerror=alert(1)&gt; \\`x\\` \\| \\[a\\](javascript:b) \\*c\\*&#x27;"
     assert f"<code>model={shown}</code>" in markdown  # rendered as the value itself, nothing live
     assert "<code>model=&#x27;&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+# -- a notebook records its own run, whoever executes it ---------------------------------------------------
+
+PARAMETERS_CELL = 'run = "samples"\nresults_dir = "results"\nmodel = "tiny"\npretrained = "openai"\nsigma = 1.0'
+
+
+def kernel_namespace(*cells: str) -> dict:
+    """What a notebook's kernel holds after running `cells`: IPython's ``In`` and the names they set."""
+    namespace: dict = {"In": ["", *cells]}
+    for cell in cells:
+        exec(cell, namespace)
+    return namespace
+
+
+def test_a_notebook_run_by_papermill_records_itself_and_is_complete(wb):
+    """papermill -p sigma 3 -p run mine: parameters.yaml and run.json from the notebook, complete in the list."""
+    namespace = kernel_namespace(PARAMETERS_CELL, '# Parameters\nsigma = 3.0\nrun = "mine"\n')
+    out = RunOutputs.start("sweep", namespace)
+    out.loaded(pd.DataFrame({"model": ["tiny"], "pretrained": ["openai"], "random_weights": [False]}))
+    out.table(pd.DataFrame({"sigma": [3.0], "mIoU": [1.0]}), "results")
+    assert "mine" in "\n".join(regen.listing(wb)) and not (out.out_dir / MARKER).exists()
+    out.finish()
+    written = yaml.safe_load((out.out_dir / runner.PARAMETERS).read_text())
+    assert written == {"run": "mine", "results_dir": "results", "model": "tiny", "pretrained": "openai", "sigma": 3.0}
+    record = json.loads((out.out_dir / MARKER).read_text())
+    assert record["recorded_by"] == "the notebook" and not record["random_weights"] and record["seconds"] >= 0
+    (line,) = [line for line in regen.listing(wb) if "mine" in line]
+    assert line.split() == ["mine", "complete"]
+    # Run All after editing the parameters cell: the cell's own values are the run's
+    edited = kernel_namespace(PARAMETERS_CELL.replace("samples", "edited").replace("1.0", "2.0"))
+    assert RunOutputs.start("sweep", edited).parameters["sigma"] == 2.0
+
+
+@pytest.mark.parametrize(
+    "injected, message",
+    [
+        ("sigmaa = 3", "papermill parameters: unknown parameter 'sigmaa' for study 'sweep'; did you mean 'sigma'?"),
+        ("sigma = 'three'", "papermill parameters: sigma='three'; sweep.ipynb expects a number (default 1.0)"),
+    ],
+)
+def test_injected_parameters_are_checked_against_the_parameters_cell(wb, injected, message):
+    namespace = kernel_namespace(PARAMETERS_CELL, f"# Parameters\n{injected}\n")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        RunOutputs.start("sweep", namespace)
+    assert not (wb.results / "sweep").exists()
+
+
+def papermill_sweep(wb: Workbook, sigmas: list[float], pretrained: str | None = "openai") -> None:
+    """What `for s in ...; do papermill sweep.ipynb out.ipynb -y "{sigma: $s, run: s$s}"; done` leaves."""
+    for sigma in sigmas:
+        injected = f'# Parameters\nsigma = {sigma}\nrun = "s{sigma:g}"\npretrained = {pretrained!r}\n'
+        out = RunOutputs.start("sweep", kernel_namespace(PARAMETERS_CELL, injected))
+        random = pretrained is None
+        out.loaded(pd.DataFrame({"model": ["tiny"], "pretrained": [pretrained], "random_weights": [random]}))
+        rows = pd.DataFrame({"benchmark": ["voc", "ade"], "mIoU": [10 * sigma, 5 * sigma]})
+        out.table(rows, "results")
+        out.finish()
+
+
+def test_gather_makes_one_curve_of_a_papermill_sweep(wb, capsys):
+    papermill_sweep(wb, [1.0, 3.0, 5.0])
+    assert cli.main(["workbook", "gather", "sweep", "--notebooks", str(wb.notebooks)]) == 0
+    folder = wb.results / "sweep" / "gathered"
+    table = pd.read_csv(folder / "results.csv")
+    assert sorted(table.run.unique()) == ["s1", "s3", "s5"] and len(table) == 6
+    assert table.set_index(["run", "benchmark"]).loc[("s3", "ade")].tolist()[:2] == [15.0, 3.0]  # mIoU, sigma
+    manifest = outputs.read_manifest(folder)
+    assert [f["name"] for f in manifest["figures"]] == ["gathered"] and (folder / "gathered.png").is_file()
+    assert not manifest["random_weights"] and "random_weights" not in table
+    (line,) = [line for line in regen.listing(wb) if "gathered" in line]
+    assert line.split() == ["gathered", "complete"]
+    assert 'id="sweep-gathered"' in (wb.results / "index.html").read_text()
+    assert "index: " in capsys.readouterr().out
+
+
+def test_gather_says_what_is_wrong(wb, capsys):
+    papermill_sweep(wb, [1.0])
+    assert cli.main(["workbook", "gather", "sweep", "--notebooks", str(wb.notebooks)]) == 2
+    assert "1 complete run(s) ['s1']; gathering needs at least 2" in capsys.readouterr().err
+    papermill_sweep(wb, [2.0], pretrained=None)  # random weights: the gathered outputs say so
+    assert cli.main(["workbook", "gather", "sweep", "--x", "model", "--notebooks", str(wb.notebooks)]) == 2
+    assert "--x 'model': not a parameter that differs between the runs; expected one of: pretrained, sigma" in (
+        capsys.readouterr().err
+    )
+    assert cli.main(["workbook", "gather", "sweep", "--x", "sigma", "--notebooks", str(wb.notebooks)]) == 0
+    assert pd.read_csv(wb.results / "sweep" / "gathered" / "results.csv").random_weights.all()
+
+
+def test_workbook_index_rebuilds_the_index_on_its_own(wb, capsys):
+    papermill_sweep(wb, [1.0])
+    assert cli.main(["workbook", "index", "--notebooks", str(wb.notebooks)]) == 0
+    assert 'id="sweep-s1"' in (wb.results / "index.html").read_text()
+    assert f"index: {wb.results / 'index.md'}" in capsys.readouterr().out

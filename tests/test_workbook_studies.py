@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -184,7 +185,8 @@ def test_class_summary_legend_and_attention_table():
     assert summary["class"].tolist() == ["b", "a", "c"]
     assert summary.pixel_share.tolist() == pytest.approx([4 / 6, 2 / 6, 0])
     legend = studies.legend([labels, np.array([[255, 2]])], ["a", "b", "c"])
-    assert list(legend) == ["a", "b", "c"] and len(legend["c"]) == 3
+    assert list(legend) == ["a", "b", "c", studies.IGNORED_LABEL] and len(legend["c"]) == 3
+    assert legend[studies.IGNORED_LABEL].tolist() == [255, 255, 255]  # white ground truth explained
     table = studies.attention_table({"clip": np.ones((2, 3, 4))}, [(0, 0), (2, 3)], (3, 4))
     assert len(table) == 24 and table.query_row.tolist()[-1] == 2
 
@@ -200,8 +202,11 @@ def test_methods_on_a_tiny_model(tiny):
 
     dataset = open_benchmark("voc20-sample")
     loaded = []
-    rows_, legend = studies.qualitative_rows(dataset, [0], ["clip", "naclip-nopamr"], on_load=loaded.append, **backbone)
+    rows_, legend, captions = studies.qualitative_rows(
+        dataset, [0], ["clip", "naclip-nopamr"], on_load=loaded.append, **backbone
+    )
     (row,) = rows_
+    assert captions[0][:2] == ["", ""] and all(re.fullmatch(r"mIoU \d+\.\d", c) for c in captions[0][2:])
     assert len(row) == 4 and all(image.shape == (513, 513, 3) for image in row)
     assert len(loaded) == 2 and all(s.random_weights for s in loaded) and "aeroplane" in legend
 

@@ -13,7 +13,7 @@ import yaml
 
 from naclip.datasets import DATA_ENV, PRESETS
 from naclip.datasets.folder import add_folder_arguments, folder_from_args
-from naclip.evaluation.outputs import PER_CLASS_CSV, PROVENANCE_JSON, SUMMARY_CSV
+from naclip.evaluation.outputs import PER_CLASS_CSV, PROVENANCE_JSON, SUMMARY_CSV, per_class_table
 from naclip.evaluation.runner import evaluate
 from naclip.options import add_settings_arguments, settings_overrides
 
@@ -45,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction, argv: Sequence[str] = ()) -
         help="a method variant sharing the trunk pass, e.g. --variant sigma=3 --variant attention=kk (repeatable)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no per-class table at the end (the summary only)")
 
     add_folder_arguments(parser)
     add_settings_arguments(parser, argv)
@@ -96,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") != "0":
         return 0
     columns = ["benchmark", "variant", "mIoU", "aAcc", "mAcc", "n_images", "n_skipped", "images_per_s"]
+    if not args.quiet:
+        print(per_class_table(frame.attrs["per_class"]), end="\n\n")
     print(frame[columns].to_string(index=False, float_format=lambda x: f"{x:.2f}"))
     print(f"wrote {out / SUMMARY_CSV}, {out / PER_CLASS_CSV}, {out / PROVENANCE_JSON}")
     if provenance["random_weights"]:

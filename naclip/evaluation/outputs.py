@@ -108,6 +108,7 @@ def tables(run: Run, world: int) -> tuple[list[dict], list[dict]]:
                     "Acc": 100 * result.acc[index],
                     "gt_pixels": int(matrix[index].sum()),
                     "pred_pixels": int(matrix[:, index].sum()),
+                    "random_weights": bool(config["random_weights"]),
                 }
             )
     return summary, per_class
@@ -136,6 +137,25 @@ def provenance(runs: Sequence[Run], **facts: Any) -> dict[str, Any]:
             for run in runs
         ],
     }
+
+
+def per_class_table(per_class: pd.DataFrame) -> str:
+    """The per-class IoU and accuracy of each benchmark (and variant, when there are several) as boxed text
+    tables, as mmsegmentation's ``tools/test.py`` prints them; a class absent from the ground truth and the
+    predictions shows nan."""
+    blocks, several = [], per_class.variant.nunique() > 1
+    for (benchmark, variant), rows in per_class.groupby(["benchmark", "variant"], sort=False):
+        cells = [(str(r.class_name), f"{r.IoU:.2f}", f"{r.Acc:.2f}") for r in rows.itertuples()]
+        widths = [max(len(c[i]) for c in [("Class", "IoU", "Acc"), *cells]) for i in range(3)]
+        rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+        def line(cell: tuple[str, str, str], widths: list[int] = widths) -> str:
+            name, *numbers = (f" {c:<{w}} " if i == 0 else f" {c:>{w}} " for i, (c, w) in enumerate(zip(cell, widths)))
+            return "|" + "|".join([name, *numbers]) + "|"
+
+        title = f"per-class results: {benchmark}" + (f" ({variant})" if several else "")
+        blocks.append("\n".join([title, rule, line(("Class", "IoU", "Acc")), rule, *map(line, cells), rule]))
+    return "\n\n".join(blocks)
 
 
 def write_results(out: Path, summary: pd.DataFrame, per_class: pd.DataFrame, facts: dict[str, Any]) -> None:

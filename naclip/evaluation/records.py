@@ -28,7 +28,7 @@ import numpy as np
 from naclip.datasets import SegDataset
 from naclip.evaluation.distributed import Group
 from naclip.evaluation.outputs import file_digest
-from naclip.io import remove_leftovers, write_json
+from naclip.io import content_digest, remove_leftovers, write_json
 
 KEY_JSON = "key.json"
 
@@ -83,13 +83,12 @@ def dataset_identity(dataset: SegDataset) -> dict[str, Any]:
 
 
 def weights_identity(pretrained: str | None) -> dict[str, Any]:
-    """The weights: random (the seed is a setting), a checkpoint by size and mtime, or an open_clip tag."""
+    """The weights: random (the seed is a setting), a checkpoint by its content, or an open_clip tag."""
     if pretrained is None:
         return {"random": True}
     path = Path(pretrained).expanduser()
     if path.is_file():
-        size, mtime = _stat(path) or [None, None]
-        return {"checkpoint": str(path.resolve()), "size": size, "mtime_ns": mtime}
+        return {"checkpoint_sha256": content_digest(path)}
     return {"tag": pretrained}
 
 

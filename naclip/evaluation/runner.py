@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from naclip.datasets import BadSample, SegDataset, open_benchmark
 from naclip.datasets.folder import NO_IMAGE, unpaired_masks
@@ -30,9 +29,18 @@ from naclip.evaluation.distributed import Group, join
 from naclip.evaluation.loader import load_prepared
 from naclip.evaluation.outputs import Run
 from naclip.evaluation.records import ResumeState, dataset_identity, weights_identity
-from naclip.io import code_digest, folder_lock, library_versions, remove_leftovers, writable_folder
+from naclip.io import (
+    code_digest,
+    first_missing,
+    folder_lock,
+    library_versions,
+    remove_leftovers,
+    remove_unused,
+    writable_folder,
+)
 from naclip.methods import get_method
 from naclip.metric import ConfusionMatrix
+from naclip.progress import tqdm
 from naclip.segmenter import Segmenter
 from naclip.settings import check_variant
 
@@ -379,6 +387,7 @@ def evaluate(
     named = make_variants(variants, method)
     chosen = get_method(method)
     chosen.settings(**overrides)  # refuse bad settings before any data is read
+    made = [first_missing(path) for path in (out, save_predictions) if path is not None]  # removed if nothing ran
     out_dir = writable_folder(out, "output folder") if out is not None else None
     predictions_dir = writable_folder(save_predictions, "predictions folder") if save_predictions is not None else None
     folders = [(out_dir, "output folder")] if out_dir else []
@@ -397,6 +406,7 @@ def evaluate(
         progress=progress,
     )
     summary, per_class, runs = [], [], []
+    finished = False
     try:
         datasets = [spec if isinstance(spec, SegDataset) else open_benchmark(spec, data_root) for spec in specs]
         for dataset in datasets:
@@ -433,8 +443,12 @@ def evaluate(
                 with contextlib.suppress(OSError):
                     (out_dir / "partial").rmdir()
             group.barrier()
+        finished = True
     finally:
         group.close()
+        if not finished and group.main:
+            for folder in made:
+                remove_unused(folder)
     frame.attrs["per_class"] = class_frame
     frame.attrs["provenance"] = facts
     return frame

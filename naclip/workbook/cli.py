@@ -1,4 +1,5 @@
-"""`naclip workbook run` and `naclip workbook list`: regenerate the studies' tables and figures, show their state."""
+"""`naclip workbook run`, `list`, `index` and `gather`: regenerate the studies' tables and figures, show their
+state, rebuild the index, gather a sweep's runs."""
 
 from __future__ import annotations
 
@@ -69,6 +70,27 @@ def register(subparsers: argparse._SubParsersAction, argv: Sequence[str] = ()) -
     listing.add_argument("--profile", help="only this profile's runs")
     _folders(listing)
     listing.set_defaults(func=_list)
+    index = actions.add_parser(
+        "index",
+        help="rebuild results/index.md and results/index.html from the run folders",
+        description="Rebuild results/index.md and results/index.html from what the run folders hold, "
+        "whoever made the runs (papermill, Run All, naclip workbook run).",
+    )
+    _folders(index)
+    index.set_defaults(func=_index)
+    gather = actions.add_parser(
+        "gather",
+        help="gather the runs of a study that differ in swept parameters into one table and figure",
+        description="Read a table of every complete run of STUDY (or of --runs), add the parameters that differ "
+        "between them as columns and draw mIoU against the swept one, into results/STUDY/gathered/ "
+        "(a papermill sweep of one run per value gives one curve); then rebuild the index.",
+    )
+    gather.add_argument("study", metavar="STUDY", help="the study whose runs are gathered (e.g. sigma)")
+    gather.add_argument("--table", default="results", help="the table gathered (default: results)")
+    gather.add_argument("--x", help="the swept parameter (default: the only one that differs between the runs)")
+    gather.add_argument("--runs", nargs="+", default=(), metavar="RUN", help="only these runs (default: all complete)")
+    _folders(gather)
+    gather.set_defaults(func=_gather)
 
 
 def _workbook(args: argparse.Namespace) -> Workbook:
@@ -101,4 +123,23 @@ def _list(args: argparse.Namespace) -> int:
     from naclip.workbook.regenerate import listing
 
     print("\n".join(listing(_workbook(args), args.profile)))
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    from naclip.workbook.index import write_index
+
+    for path in write_index(_workbook(args)):
+        print(f"index: {path}")
+    return 0
+
+
+def _gather(args: argparse.Namespace) -> int:
+    from naclip.workbook.gather import gather
+    from naclip.workbook.index import write_index
+
+    workbook = _workbook(args)
+    print(f"gathered: {gather(workbook, args.study, args.table, args.x, args.runs)}")
+    for path in write_index(workbook):
+        print(f"index: {path}")
     return 0

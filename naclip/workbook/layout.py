@@ -1,8 +1,9 @@
 """Where a workbook lives, and its studies.
 
 A workbook is a folder of study notebooks (``notebooks/``) beside its parameter files (``params/``) and its
-outputs (``results/``); the folder above ``notebooks/`` is the workbook's root, and relative paths in a
-study's parameters resolve against it, whatever the working directory. One name per study: the notebook
+outputs (``results/``), marked as one by a file ``.naclip-workbook`` at its root; relative paths in a study's
+parameters resolve against that root, whatever the working directory. The root is found by that marker only,
+never guessed from a folder's name. One name per study: the notebook
 ``notebooks/<study>.ipynb``, its parameter files ``params/<profile>/<study>.yaml`` and its outputs
 ``results/<study>/<run>/``.
 """
@@ -20,6 +21,7 @@ import naclip
 
 NOTEBOOKS, PARAMS, RESULTS = "notebooks", "params", "results"
 ROOT_ENV = "NACLIP_WORKBOOK"
+MARKER_FILE = ".naclip-workbook"  # only a workbook's root holds it
 
 
 @dataclass(frozen=True)
@@ -42,33 +44,28 @@ class Workbook:
         return self.notebooks.parent
 
 
-def _holds(folder: Path, study: str | None) -> bool:
-    """True when `folder` holds the notebook of `study` (any notebook when `study` is None)."""
-    if study is not None:
-        return (folder / f"{study}.ipynb").is_file()
-    return folder.is_dir() and any(folder.glob("*.ipynb"))
-
-
-def find_notebooks(study: str | None = None, start: Path | None = None) -> Path:
-    """The notebooks folder: ``$NACLIP_WORKBOOK/notebooks``; else the working directory (or a parent) when it is
-    one or holds one; else the checkout naclip is imported from. `study`: the folder must hold its notebook.
-    """
+def workbook_root(start: Path | None = None) -> Path | None:
+    """The workbook holding `start` (default: the working directory): ``$NACLIP_WORKBOOK``, else the nearest
+    folder at or above `start` holding the ``.naclip-workbook`` marker; None outside any workbook."""
     if os.environ.get(ROOT_ENV):
-        return Path(os.environ[ROOT_ENV]).resolve() / NOTEBOOKS
+        return Path(os.environ[ROOT_ENV]).resolve()
     start = Path(start or Path.cwd()).resolve()
-    for folder in (start, *start.parents):
-        if study is not None and _holds(folder, study):
-            return folder
-        if _holds(folder / NOTEBOOKS, study):
-            return folder / NOTEBOOKS
-    checkout = Path(naclip.__file__).resolve().parents[1] / NOTEBOOKS
-    if _holds(checkout, study):
-        return checkout
-    wanted = f"{study}.ipynb" if study else "study notebooks"
-    raise FileNotFoundError(
-        f"no workbook found: neither {start} nor a folder above it holds a '{NOTEBOOKS}/' folder with {wanted}; "
-        f"run from the workbook, pass --notebooks DIR, or set {ROOT_ENV}=<the folder above notebooks/>"
-    )
+    return next((folder for folder in (start, *start.parents) if (folder / MARKER_FILE).is_file()), None)
+
+
+def find_notebooks(start: Path | None = None) -> Path:
+    """The notebooks folder of the workbook holding `start` (`workbook_root`), else of the checkout naclip is
+    imported from when that is a workbook."""
+    root = workbook_root(start)
+    checkout = Path(naclip.__file__).resolve().parents[1]
+    if root is None and (checkout / MARKER_FILE).is_file():
+        root = checkout
+    if root is None:
+        raise FileNotFoundError(
+            f"no workbook found: neither {Path(start or Path.cwd()).resolve()} nor a folder above it holds a "
+            f"{MARKER_FILE} file; run from a workbook, pass --notebooks DIR, or set {ROOT_ENV}=<its root>"
+        )
+    return root / NOTEBOOKS
 
 
 def resolve(path: str | os.PathLike, root: Path) -> Path:
@@ -103,7 +100,12 @@ def read_study(notebook: Path) -> Study:
     return Study(notebook.stem, notebook, title, order, notebook_parameters(nb, notebook.name))
 
 
+def is_study(notebook: Path) -> bool:
+    """False for a notebook that says it is none (``metadata.naclip.study: false``, e.g. the explorer)."""
+    return nbformat.read(notebook, as_version=4).metadata.get("naclip", {}).get("study", True) is not False
+
+
 def discover(notebooks: Path) -> list[Study]:
     """Every study notebook in `notebooks`, in the workbook's order (then by name)."""
-    studies = [read_study(path) for path in notebooks.glob("*.ipynb")]
+    studies = [read_study(path) for path in notebooks.glob("*.ipynb") if is_study(path)]
     return sorted(studies, key=lambda s: (s.order, s.name))

@@ -4,7 +4,7 @@ A run folder ``results/<study>/<run>/`` holds ``parameters.yaml`` (every paramet
 ``papermill -f`` reads), the executed notebook, the tables and figures the notebook wrote, and, written last,
 ``run.json``: the completion record. A run is *complete* when ``run.json`` exists and the notebook, the
 parameters, naclip's version and naclip's code (a digest of the installed package) are those that made it;
-*stale* when one of them changed (or the folder holds outputs but no record: interrupted, or run by hand);
+*stale* when one of them changed (or the folder holds outputs but no record: interrupted);
 *failed* when it left ``failed.json``; *missing* otherwise. Only complete runs are skipped.
 
 While a notebook runs, its progress bars (tqdm's notebook widgets) are mirrored as text on the console.
@@ -13,7 +13,6 @@ While a notebook runs, its progress bars (tqdm's notebook widgets) are mirrored 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import html
 import json
 import os
@@ -34,31 +33,20 @@ from typing import Any, TextIO
 
 import yaml
 
-import naclip
-from naclip.io import code_digest, environment, write_json
-from naclip.workbook.layout import Study, Workbook
-from naclip.workbook.outputs import FAILED, MANIFEST, MARKER, read_manifest
+from naclip.io import environment, write_json
+from naclip.workbook.layout import ROOT_ENV, Study, Workbook
+from naclip.workbook.outputs import FAILED, MANIFEST, MARKER, PARAMETERS, read_manifest, record_key
 from naclip.workbook.params import RESULTS_DIR, Run
 
-PARAMETERS = "parameters.yaml"
 KERNEL_NAME = "naclip-workbook"
 COMPLETE, STALE, FAILED_STATE, MISSING = "complete", "stale", "failed", "missing"
 
 Executor = Callable[[Path, Path, dict[str, Any], Path], None]
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
 def run_key(run: Run) -> dict[str, Any]:
     """What a complete run must still match: its notebook, its parameters, naclip's version and code."""
-    return {
-        "notebook": _digest(run.study.notebook),
-        "parameters": run.parameters,
-        "naclip_version": naclip.__version__,
-        "code": code_digest(),
-    }
+    return record_key(run.study.notebook, run.parameters)
 
 
 @dataclass(frozen=True)
@@ -85,6 +73,8 @@ def run_state(folder: Path, run: Run) -> State:
         except json.JSONDecodeError:
             return State(STALE, "unreadable run record")
         now = run_key(run)
+        if key.get("notebook") is None:
+            return State(STALE, "recorded outside a workbook: the notebook that made it is unknown")
         if key.get("notebook") != now["notebook"]:
             return State(STALE, "the notebook changed")
         if key.get("parameters") != now["parameters"]:
@@ -101,7 +91,7 @@ def run_state(folder: Path, run: Run) -> State:
             error = ""
         return State(FAILED_STATE, error.strip().splitlines()[-1] if error.strip() else "")
     if (folder / MANIFEST).is_file():
-        return State(STALE, "outputs without a run record: interrupted, or run outside `naclip workbook run`")
+        return State(STALE, "outputs without a run record: interrupted before its last cell")
     return State(MISSING)
 
 
@@ -248,6 +238,20 @@ def _engine() -> str:
 
 
 @contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """`name` set to `value` in the environment (the kernels inherit it) for the duration of the block."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+@contextmanager
 def notebook_kernel() -> Iterator[str]:
     """A Jupyter kernel spec that runs this very interpreter, visible for the duration of the block.
 
@@ -270,15 +274,8 @@ def notebook_kernel() -> Iterator[str]:
             "language": "python",
         }
         (spec_dir / "kernel.json").write_text(json.dumps(spec))
-        previous = os.environ.get("JUPYTER_PATH")
-        os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (tmp, previous) if p)
-        try:
+        with _environ("JUPYTER_PATH", os.pathsep.join(p for p in (tmp, os.environ.get("JUPYTER_PATH")) if p)):
             yield KERNEL_NAME
-        finally:
-            if previous is None:
-                os.environ.pop("JUPYTER_PATH", None)
-            else:
-                os.environ["JUPYTER_PATH"] = previous
 
 
 def papermill_executor(kernel_name: str, console: TextIO | None = sys.stderr, lines: bool = False) -> Executor:
@@ -371,6 +368,7 @@ def execute_runs(
         try:
             execute(run.study.notebook, folder / run.study.notebook.name, parameters, workbook.notebooks)
         except Exception as error:  # noqa: BLE001 - any notebook error is reported, and the others still run
+            (folder / MARKER).unlink(missing_ok=True)  # the notebook may have recorded itself before papermill failed
             record["error"] = _error_text(error)
             record["traceback"] = traceback.format_exc(limit=5)
             write_json(record, folder / FAILED)
@@ -386,7 +384,8 @@ def execute_runs(
         log(f"{label}: done in {record['seconds']:.1f}s")
         return None
 
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
+    # the notebooks find their workbook (for relative paths) whether or not it is marked
+    with _environ(ROOT_ENV, str(workbook.root)), ThreadPoolExecutor(max(1, jobs)) as pool:
         errors = list(pool.map(one, todo))
     for (_, run, _), error in zip(todo, errors, strict=True):
         if error is None:

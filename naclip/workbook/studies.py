@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from naclip.attention import gaussian_bias, get_attention
 from naclip.datasets import PRESETS, SegDataset, get_preset
 from naclip.methods import METHODS, get_method
+from naclip.progress import tqdm
 from naclip.settings import check_variant, coerce, owners_of, variant_keys
 from naclip.workbook.published import BACKBONE, BENCHMARKS, IMAGES, ROWS
 
@@ -346,14 +346,16 @@ def qualitative_rows(
     methods: Sequence[str],
     on_load: Callable[[Any], None] | None = None,
     **backbone: Any,
-) -> tuple[list[list[np.ndarray]], dict[str, np.ndarray]]:
+) -> tuple[list[list[np.ndarray]], dict[str, np.ndarray], list[list[str]]]:
     """Per image: the RGB image, its colourised ground truth, then each method's colourised prediction.
 
     Each method runs as its authors ran it on the dataset's benchmark (`Segmenter.for_benchmark`, with
     `backbone` options: model, pretrained, device); `on_load` is called with each segmenter once loaded (e.g.
-    `RunOutputs.loaded`). Also returns the legend: the colour of every class shown.
+    `RunOutputs.loaded`). Also returns the legend (the colour of every class shown, and white for the
+    ignored pixels of the ground truth) and a caption per image: each prediction's mIoU on that image.
     """
     from naclip import Segmenter
+    from naclip.metric import confusion, scores
     from naclip.preprocess import load_image
     from naclip.viz import colorize
 
@@ -368,16 +370,37 @@ def qualitative_rows(
     rows = [
         [image, *(colorize(lab, dataset.num_classes) for lab in row)] for image, row in zip(images, labels, strict=True)
     ]
-    return rows, legend([lab for row in labels for lab in row], dataset.class_names)
+    captions = []
+    for truth, *predictions in labels:
+        mious = [scores(confusion(p, truth, dataset.num_classes, dataset.ignore_index)).miou for p in predictions]
+        captions.append(["", "", *(f"mIoU {100 * m:.1f}" for m in mious)])
+    return rows, legend([lab for row in labels for lab in row], dataset.class_names), captions
+
+
+def per_class_iou(per_class: pd.DataFrame, hue: str = "method") -> pd.DataFrame:
+    """The evaluator's per-class rows as one table: a row per benchmark and class (in the benchmark's order),
+    a column of IoU (%) per `hue` level (as the field's papers print per-class results)."""
+    keys = ["benchmark", "class_index"]
+    scores = per_class.pivot(index=keys, columns=hue, values="IoU")[list(per_class[hue].unique())].reset_index()
+    scores.columns.name = None
+    rows = per_class[[*keys, "class_name"]].drop_duplicates(keys)  # a method's own class file may rename one
+    return rows.merge(scores, on=keys, how="left").drop(columns="class_index")
+
+
+IGNORED_LABEL = "ignored (not scored)"
 
 
 def legend(label_maps: Sequence[np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
-    """The palette colour of every class that appears in any of `label_maps` (void 255 left out), by index."""
-    from naclip.viz import palette
+    """The palette colour of every class that appears in any of `label_maps`, by index, then white for the
+    void label (255, ignored in scoring) when any map holds it."""
+    from naclip.viz import IGNORE_COLOUR, palette
 
-    present = sorted({int(c) for labels in label_maps for c in np.unique(labels) if c < len(names)})
+    values = {int(c) for labels in label_maps for c in np.unique(labels)}
     colours = palette(len(names))
-    return {names[c]: colours[c] for c in present}
+    shown = {names[c]: colours[c] for c in sorted(v for v in values if v < len(names))}
+    if 255 in values:
+        shown[IGNORED_LABEL] = np.array(IGNORE_COLOUR, dtype=np.uint8)
+    return shown
 
 
 def patch_attention_maps(
