@@ -123,7 +123,7 @@ def test_records_of_other_code_are_not_resumed(tmp_path, monkeypatch, capsys):
     """The resume key holds the digest of the package's code, the one the workbook keys its runs with."""
     from naclip import io
     from naclip.evaluation import runner
-    from naclip.workbook import runner as workbook
+    from naclip.workbook import outputs as workbook
 
     assert runner.code_digest is io.code_digest is workbook.code_digest
     copy = tmp_path / "copy"
