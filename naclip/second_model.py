@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from naclip.backbone import random_weights_warning
+from naclip.io import content_digest
 from naclip.preprocess import PIXEL_MEAN, PIXEL_STD
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # on the 0..255 scale, as mmseg configures it
@@ -85,13 +86,19 @@ def requested_weights(
 
 
 def weights_identity(weights: str | None) -> str:
-    """What a model's weights are, for provenance and cache keys: random, a file (path, size, mtime), or a tag."""
+    """What a model's weights are, for provenance: random, a file (its path and content digest), or a tag."""
     if weights is None:
         return "random"
     if os.path.isfile(weights):
-        stat = os.stat(weights)
-        return f"{os.path.abspath(weights)}|{stat.st_size}|{stat.st_mtime_ns}"
+        return f"{os.path.abspath(weights)}|{weights_key(weights)}"
     return weights
+
+
+def weights_key(weights: str | None) -> str:
+    """What the caches key a model's weights by: random, a file by its content (wherever it is copied), or a tag."""
+    if weights is not None and os.path.isfile(weights):
+        return f"sha256={content_digest(weights)}"
+    return weights_identity(weights)
 
 
 def load_second_model(

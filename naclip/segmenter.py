@@ -27,7 +27,7 @@ from naclip.labels import best_class
 from naclip.methods.registry import get_method
 from naclip.pamr import affinity, propagate
 from naclip.preprocess import check_size, load_image, prepare
-from naclip.second_model import load_second_model, requested_weights, weights_identity
+from naclip.second_model import load_second_model, requested_weights, weights_identity, weights_key
 from naclip.settings import Settings, check_variant
 from naclip.sliding import channels_first, crop_windows, stitch, window_boxes
 from naclip.text import ClassSet, QueryCache, parse_classes, read_class_file, warn_cut_prompts
@@ -174,7 +174,7 @@ class Segmenter:
             weights = f"{self.settings.model}|random|seed={self.settings.seed}"
         elif os.path.isfile(pretrained):
             weights = f"{self.settings.model}|sha256={content_digest(pretrained)}"
-        second = "".join(f"|{name}={weights_identity(w)}" for name, w in self.second_weights.items())
+        second = "".join(f"|{name}={weights_key(w)}" for name, w in self.second_weights.items())
         return f"{weights}{second}|{self.dtype}|{self.device.type}"
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from conftest import VOC_IMAGE, make_segmenter
 
 from naclip import Segmenter
 from naclip.evaluation import evaluate
+from naclip.io import content_digest
 from naclip.methods import METHODS, get_method, load_plugins, unregister_method
 from naclip.second_model import load_second_model
 from naclip.settings import Settings
@@ -90,9 +92,14 @@ def test_the_second_models_weights_key_the_caches_and_the_provenance(proxy, tmp_
         checkpoint = tmp_path / f"toyvit-{seed}.pt"
         torch.save(proxy.build().state_dict(), checkpoint)
         seg = make_segmenter(method="proxy-test", pretrained=str(clip), vfm_pretrained=[f"toyvit={checkpoint}"])
-        assert not seg.random_weights and str(checkpoint.resolve()) in seg._weights_key()
+        assert not seg.random_weights and f"toyvit=sha256={content_digest(checkpoint)}" in seg._weights_key()
         keys.append(seg.text_cache.path)
     assert keys[0] != keys[1]
+    copied = tmp_path / "elsewhere" / "toyvit.pt"
+    copied.parent.mkdir()
+    shutil.copy(tmp_path / "toyvit-2.pt", copied)  # the same weights elsewhere: the same caches
+    again = make_segmenter(method="proxy-test", pretrained=str(clip), vfm_pretrained=[f"toyvit={copied}"])
+    assert again.text_cache.path == keys[1]
     frame = evaluate(
         "voc20-sample", limit=1, out=tmp_path / "run", method="proxy-test", progress=False, workers=0,
         model="naclip-tiny", pretrained=str(clip), device="cpu", vfm_pretrained=[f"toyvit={tmp_path / 'toyvit-1.pt'}"],

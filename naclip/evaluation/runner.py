@@ -41,6 +41,7 @@ from naclip.io import (
 from naclip.methods import get_method
 from naclip.metric import ConfusionMatrix
 from naclip.progress import tqdm
+from naclip.second_model import weights_key
 from naclip.segmenter import Segmenter
 from naclip.settings import check_variant
 
@@ -143,7 +144,7 @@ def run_content(dataset: SegDataset, segmenter: Segmenter, variants: list[Varian
         "dataset": dataset_identity(dataset),
         "class_lines": list(segmenter.classes.lines),
         "weights": weights_identity(segmenter.settings.pretrained),
-        "second_models": segmenter.config["vfm_pretrained"],
+        "second_models": {name: weights_key(weights) for name, weights in segmenter.second_weights.items()},
         "method": segmenter.method,
         "device": [segmenter.device.type, str(segmenter.dtype)],
         "variants": [
