@@ -132,11 +132,13 @@ def test_output_folders_are_locked_checked_and_cleaned_before_the_model_loads(tm
 
     monkeypatch.setattr(Segmenter, "__init__", no_model)
     (tmp_path / "file").write_text("x")
+    monkeypatch.chdir(tmp_path)  # the default --out, results/folder, is made here and removed with the refusal
     for flag in ["--out", "--save-predictions"]:
         for path, message in [(tmp_path / "file", "is a file"), (tmp_path / "file" / "sub", "cannot be created")]:
             assert main(["eval", *folder_flags(tmp_path / "data"), flag, str(path), *FLAGS]) == 2
             err = capsys.readouterr().err
             assert message in err and str(path) in err and len(err.strip().splitlines()) == 1
+            assert not (tmp_path / "results").exists()
     monkeypatch.undo()
 
     (out / LOCK_NAME).write_text("999999999 elsewhere\n")  # left by a killed run: taken over

@@ -389,8 +389,15 @@ def evaluate(
     chosen = get_method(method)
     chosen.settings(**overrides)  # refuse bad settings before any data is read
     made = [first_missing(path) for path in (out, save_predictions) if path is not None]  # removed if nothing ran
-    out_dir = writable_folder(out, "output folder") if out is not None else None
-    predictions_dir = writable_folder(save_predictions, "predictions folder") if save_predictions is not None else None
+    try:
+        out_dir = writable_folder(out, "output folder") if out is not None else None
+        predictions_dir = None
+        if save_predictions is not None:
+            predictions_dir = writable_folder(save_predictions, "predictions folder")
+    except (OSError, ValueError):  # the second refused: the first, made for this run, goes too
+        for folder in made:
+            remove_unused(folder)
+        raise
     folders = [(out_dir, "output folder")] if out_dir else []
     if predictions_dir is not None and (out_dir is None or predictions_dir.resolve() != out_dir.resolve()):
         folders.append((predictions_dir, "predictions folder"))
