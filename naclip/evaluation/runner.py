@@ -389,33 +389,28 @@ def evaluate(
     chosen = get_method(method)
     chosen.settings(**overrides)  # refuse bad settings before any data is read
     made = [first_missing(path) for path in (out, save_predictions) if path is not None]  # removed if nothing ran
+    group = join(overrides.get("device", "auto"))
+    summary, per_class, runs = [], [], []
+    finished = False
     try:
         out_dir = writable_folder(out, "output folder") if out is not None else None
         predictions_dir = None
         if save_predictions is not None:
             predictions_dir = writable_folder(save_predictions, "predictions folder")
-    except (OSError, ValueError):  # the second refused: the first, made for this run, goes too
-        for folder in made:
-            remove_unused(folder)
-        raise
-    folders = [(out_dir, "output folder")] if out_dir else []
-    if predictions_dir is not None and (out_dir is None or predictions_dir.resolve() != out_dir.resolve()):
-        folders.append((predictions_dir, "predictions folder"))
-    group = join(overrides.get("device", "auto"))
-    if workers is None:
-        workers = min(4, max(0, (os.cpu_count() or 1) // group.world - 1))
-    options = Options(
-        partial_root=out_dir / "partial" if out_dir else None,
-        resume=resume,
-        save_predictions=predictions_dir,
-        nest=(len(specs) > 1, len(named) > 1),
-        skip_bad=skip_bad,
-        workers=workers,
-        progress=progress,
-    )
-    summary, per_class, runs = [], [], []
-    finished = False
-    try:
+        folders = [(out_dir, "output folder")] if out_dir else []
+        if predictions_dir is not None and (out_dir is None or predictions_dir.resolve() != out_dir.resolve()):
+            folders.append((predictions_dir, "predictions folder"))
+        if workers is None:
+            workers = min(4, max(0, (os.cpu_count() or 1) // group.world - 1))
+        options = Options(
+            partial_root=out_dir / "partial" if out_dir else None,
+            resume=resume,
+            save_predictions=predictions_dir,
+            nest=(len(specs) > 1, len(named) > 1),
+            skip_bad=skip_bad,
+            workers=workers,
+            progress=progress,
+        )
         datasets = [spec if isinstance(spec, SegDataset) else open_benchmark(spec, data_root) for spec in specs]
         for dataset in datasets:
             check_apart(dataset, folders)
