@@ -41,9 +41,8 @@ def predict_plain(segmenter: Segmenter, image: str | os.PathLike | Image.Image |
     s, classes = segmenter.settings, segmenter.classes
     if classes is None:
         raise RuntimeError("no classes set; call segmenter.set_classes([...]) first")
-    work = torch.promote_types(segmenter.dtype, torch.float32)  # half-precision features are scored in float32
     queries = segmenter.text_cache.embed(segmenter.clip, segmenter.tokenizer, classes.queries)  # (Q, D), unit norm
-    queries = queries.to(segmenter.device, segmenter.dtype).to(work)  # in the model's precision, as the fast path
+    queries = queries.to(segmenter.device, segmenter.dtype).to(segmenter.score_dtype)  # as the fast path
     array = load_image(image)  # (H, W, 3) uint8 RGB
     size = array.shape[:2]
     prepared = prepare(array, s.short_side, s.long_side)  # (3, h, w) float32: the protocol's resize, normalised

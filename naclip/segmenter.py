@@ -136,11 +136,12 @@ class Segmenter:
         class file) replaces the class file: the method's own on that benchmark, else the benchmark's.
         """
         chosen = get_method(method)
-        key = get_benchmark(benchmark).key if benchmark is not None else None
+        known = get_benchmark(benchmark) if benchmark is not None else None
+        key = known.key if known is not None else None
         segmenter = cls(chosen.settings(key, **_as_text(overrides)))
         segmenter.benchmark = benchmark
-        if classes is None and key is not None:
-            classes = chosen.class_file(key) or get_benchmark(key).class_path
+        if classes is None and known is not None:
+            classes = chosen.class_file(key) or known.class_path
         if classes is not None:
             segmenter.set_classes(classes)
         return segmenter
@@ -159,6 +160,11 @@ class Segmenter:
     def random_weights(self) -> bool:
         """Whether any weights (CLIP's or a second model's) are random: every result is meaningless."""
         return self.settings.random_weights or any(weights is None for weights in self.second_weights.values())
+
+    @property
+    def score_dtype(self) -> torch.dtype:
+        """What features and queries are scored in: the model's precision, at least float32."""
+        return torch.promote_types(self.dtype, torch.float32)
 
     @property
     def min_side(self) -> int:
@@ -245,7 +251,8 @@ class Segmenter:
         Nothing is recorded for autograd, whatever a head does.
         """
         settings = [self.variant(overrides) for overrides in variants]
-        queries = self._query_features()
+        queries, spans = self._query_features()
+        queries = queries.to(self.score_dtype)
         image = tensor.to(self.device, self.dtype)
         crop, stride = self.settings.slide_crop, self.settings.slide_stride
         if crop > 0:
@@ -279,7 +286,7 @@ class Segmenter:
                         trunks[part.start // batch],
                         self.encoder.grid(*windows[part.start // batch].shape[-2:]),
                         windows[part.start // batch],
-                        queries[0],
+                        queries,
                         features[part.start // batch],
                     ),
                     window,
@@ -292,7 +299,7 @@ class Segmenter:
                 batch,
                 workspace,
             )
-            results.append(self._finish(logits, tensor, tuple(size), setting, queries[1], guides, workspace, probs))
+            results.append(self._finish(logits, tensor, tuple(size), setting, spans, guides, workspace, probs))
         return results
 
     def variant(self, overrides: Mapping[str, Any]) -> Settings:
@@ -328,11 +335,9 @@ class Segmenter:
         left, right, top, bottom = padding
         padded = (window[0] + top + bottom, window[1] + left + right)
         grid = inputs.grid
-        work = torch.promote_types(self.dtype, torch.float32)  # score half-precision features in float32
-        inputs.queries = queries = inputs.queries.to(work)
         features = self.head(settings).fn(inputs, settings)
-        features = F.normalize(features.to(work), dim=-1)
-        logits = features @ queries.T  # (n, h*w, Q)
+        features = F.normalize(features.to(self.score_dtype), dim=-1)
+        logits = features @ inputs.queries.T  # (n, h*w, Q)
         logits = logits.transpose(1, 2).reshape(len(inputs.windows), -1, *grid)  # (n, Q, h, w), stored channels-last
         per_window = logits.shape[1] * padded[0] * padded[1] * logits.element_size()
         chunk = max(1, min(UPSAMPLE_BYTES // per_window, self.settings.window_batch))
@@ -419,11 +424,10 @@ class Segmenter:
         tensor = self.prepare(load_image(image)).to(self.device, self.dtype)[None]  # (1, 3, H, W)
         grid = self.encoder.grid(*tensor.shape[-2:])
         trunk = self.encoder.run_trunk(tensor, head.taps(settings))
-        work = torch.promote_types(self.dtype, torch.float32)  # as _window_logits scores
         if self.classes is not None:
-            queries = self._query_features()[0].to(work)
+            queries = self._query_features()[0].to(self.score_dtype)
         else:
-            queries = torch.zeros(0, self.clip.visual.output_dim, device=self.device, dtype=work)
+            queries = torch.zeros(0, self.clip.visual.output_dim, device=self.device, dtype=self.score_dtype)
         models = {name: spec.features(module, tensor) for name, (spec, module) in self.models.items()}
         weights = head.attention(HeadInput(self.encoder, trunk, grid, tensor, queries, models), settings)[0]
         weights = weights.float().mean(0)
