@@ -47,11 +47,11 @@ def build_benchmark(root: Path, key: str, count: int = 2) -> dict[str, np.ndarra
     """Write `count` images of benchmark `key` under root/<its folder>; returns {name: stored mask}."""
     preset = PRESETS[key]
     base, layout = root / preset.folder, preset.layout
-    num_classes = len(preset.class_path.read_text().rstrip("\n").split("\n"))
+    num_classes = len(preset.benchmark.class_path.read_text().rstrip("\n").split("\n"))
     masks = {}
     for i, name in enumerate(names_for(preset, count)):
         write_image(base / layout.image_dir / f"{name}{layout.image_suffix}", seed=i)
-        masks[name] = mask_values(num_classes, seed=i, zero_is_void=preset.reduce_zero_label)
+        masks[name] = mask_values(num_classes, seed=i, zero_is_void=preset.benchmark.reduce_zero_label)
         write_mask(base / layout.mask_dir / f"{name}{layout.mask_suffix}", masks[name])
     if layout.split_file:
         split = base / layout.split_file

@@ -46,22 +46,6 @@ class Preset:
     def title(self) -> str:
         return self.sample_title or self.benchmark.title
 
-    @property
-    def class_file(self) -> str:
-        return self.benchmark.class_file
-
-    @property
-    def class_path(self) -> Path:
-        return self.benchmark.class_path
-
-    @property
-    def reduce_zero_label(self) -> bool:
-        return self.benchmark.reduce_zero_label
-
-    @property
-    def background(self) -> bool:
-        return self.benchmark.background
-
 
 _VOC, _CTX, _COCO = "VOCdevkit/VOC2012", "VOCdevkit/VOC2010", "coco_stuff164k"
 _VOC_SAMPLE, _ADE_SAMPLE = "14 PASCAL VOC 2012 images (embedded)", "3 ADE20K val images (embedded)"
@@ -124,9 +108,9 @@ def open_benchmark(name: str, data_root: str | Path | None = None) -> SegDataset
     return SegDataset(
         name=preset.key,
         items=preset.layout.list_items(root),
-        class_file=preset.class_path,
-        reduce_zero_label=preset.reduce_zero_label,
-        background=preset.background,
+        class_file=preset.benchmark.class_path,
+        reduce_zero_label=preset.benchmark.reduce_zero_label,
+        background=preset.benchmark.background,
         protocol=preset.protocol,
         root=root,
         split=root / preset.layout.split_file if preset.layout.split_file else None,

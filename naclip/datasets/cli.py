@@ -67,11 +67,11 @@ def run_list(args: argparse.Namespace) -> int:
         settings = method.settings(preset.protocol)
         windows = f"{settings.slide_crop}/{settings.slide_stride}" if settings.slide_crop else "whole"
         own = method.class_file(preset.protocol)
-        classes = str(own.relative_to(CLASSES_DIR)) if own else preset.class_file
+        classes = str(own.relative_to(CLASSES_DIR)) if own else preset.benchmark.class_file
         folder = "(embedded)" if preset.sample else f"$NACLIP_DATA/{preset.folder}"
         print(
             f"{preset.key:<14} {classes:<26} {settings.short_side:>5} {windows:>8} {settings.logit_scale:>5g} "
-            f"{settings.prob_threshold:>8} {str(preset.reduce_zero_label):>9}  {folder}"
+            f"{settings.prob_threshold:>8} {str(preset.benchmark.reduce_zero_label):>9}  {folder}"
         )
     fixed = method.settings()
     own = ", ".join(f"{key} {value}" for key, value in fixed.params.to_dict().items()) or "none"
