@@ -51,6 +51,11 @@ def label_png(labels: np.ndarray, num_classes: int) -> bytes:
         if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.uint16).max):
             raise ValueError(f"labels must lie in [0, 65535] for a 16-bit PNG, got [{labels.min()}, {labels.max()}]")
         image = Image.fromarray(labels.astype(np.uint16))
+    return png_bytes(image)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """`image` encoded as PNG."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -17,23 +17,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from naclip.datasets.benchmarks import SAMPLES_DIR
 from naclip.methods import METHODS
 from naclip.segment_cli import parse_class_argument
 from naclip.settings import variant_keys
-from naclip.viz import RANDOM_MARK, overlay
-
-SAMPLES = Path(__file__).resolve().parents[1] / "resources" / "samples"
+from naclip.viz import RANDOM_MARK, overlay, png_bytes
 
 
 def sample_images() -> dict[str, Path]:
     """The embedded sample images, by file name."""
-    return {path.name: path for path in sorted(SAMPLES.rglob("*.jpg"))}
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return {path.name: path for path in sorted(SAMPLES_DIR.rglob("*.jpg"))}
 
 
 class Explorer:
@@ -161,7 +154,7 @@ def explorer_ui(explorer: Explorer, words: str = "sky; person; grass, lawn; tree
                 [widgets.HTML(f"<b>{name}</b>"), widgets.HTML(f"<span style='color:red'>{error}</span>")]
             )
         return widgets.VBox(
-            [widgets.HTML(f"<b>{name}</b>"), widgets.Image(value=png(image), format="png", layout=SIZE)]
+            [widgets.HTML(f"<b>{name}</b>"), widgets.Image(value=png_bytes(image), format="png", layout=SIZE)]
         )
 
     def draw_attention() -> None:
@@ -171,7 +164,7 @@ def explorer_ui(explorer: Explorer, words: str = "sky; person; grass, lawn; tree
         ]
 
     def redraw(*_: Any) -> None:
-        picture.value = png(Image.fromarray(state["image"]))
+        picture.value = png_bytes(Image.fromarray(state["image"]))
         try:
             parse_class_argument(text.value)
         except ValueError as error:
