@@ -15,7 +15,9 @@ from naclip.settings import GROUPS, SETTINGS_FIELDS, coerce_as, option_fields
 
 
 def chosen_method(argv: Sequence[str]) -> str:
-    """The `--method` named in `argv` (default naclip; an unknown name is left to the parser to refuse)."""
+    """The `--method` named in `argv` (default naclip; an unknown name is left to the parser to refuse).
+
+    A combination (``sclip+resclip``) is built here, so that its parameters get their flags."""
     for index, arg in enumerate(argv):
         if arg == "--method" and index + 1 < len(argv):
             name = argv[index + 1]
@@ -23,8 +25,18 @@ def chosen_method(argv: Sequence[str]) -> str:
             name = arg.partition("=")[2]
         else:
             continue
-        return name if name in METHODS else "naclip"
+        try:
+            return get_method(name).name
+        except ValueError:
+            return "naclip"
     return "naclip"
+
+
+def _method(name: str) -> str:
+    try:
+        return get_method(name).name
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _parse(name: str, kind: Any, text: str) -> Any:
@@ -59,8 +71,10 @@ def add_settings_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] 
     presets.add_argument(
         "--method",
         default="naclip",
-        choices=list(METHODS),
-        help="a method as its authors ran it; the flags below override its settings (default: naclip; "
+        type=_method,
+        metavar="NAME",
+        help=f"a method as its authors ran it ({', '.join(METHODS)}), or one with plug-ins stacked on it "
+        "(base+plugin, like sclip+resclip); the flags below override its settings (default: naclip; "
         "`--method NAME --help` lists NAME's own parameters)",
     )
     groups = {group: parser.add_argument_group(f"{group} settings") for group in GROUPS}

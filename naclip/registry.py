@@ -18,18 +18,23 @@ def unknown(kind: str, name: str, known: list[str]) -> ValueError:
 
 
 class Registry(Generic[T]):
-    """Items by name, in registration order. Registering a name again replaces its item."""
+    """Items by name, in registration order. Registering a name again replaces its item.
+
+    `fallback(name)`, when set, may register a missing name on first lookup (a method combination
+    such as ``sclip+resclip`` is built when asked for); it raises ValueError for a name it cannot make.
+    """
 
     def __init__(self, kind: str):
         self.kind = kind
         self._items: dict[str, T] = {}
+        self.fallback: Callable[[str], object] | None = None
 
     def register(self, name: str, item: T) -> T:
         self._items[name] = item
         return item
 
     def unregister(self, name: str) -> T:
-        """Remove `name` (a plugin unloaded, a test's own item); its item."""
+        """Remove `name` (an external method unloaded, a test's own item); its item."""
         return self._items.pop(name)
 
     def decorator(self, name: str) -> Callable[[T], T]:
@@ -38,6 +43,8 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The item `name`; ValueError naming the closest registered name otherwise."""
+        if name not in self._items and self.fallback is not None:
+            self.fallback(name)
         if name not in self._items:
             raise unknown(self.kind, name, list(self._items))
         return self._items[name]

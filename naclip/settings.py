@@ -233,8 +233,10 @@ def variant_keys(method: str) -> tuple[str, ...]:
 
 
 def owners_of(name: str) -> list[str]:
-    """The registered methods that have a parameter `name` of their own."""
-    return [method for method in METHOD_PARAMS if name in params_fields(method)]
+    """The registered methods that have a parameter `name` of their own; plug-in combinations (``a+b``) only
+    where no method of its own has it (a plug-in's parameters are those of the method that brought it)."""
+    owners = [method for method in METHOD_PARAMS if name in params_fields(method)]
+    return [method for method in owners if "+" not in method] or owners
 
 
 def check_keys(keys: Iterable[str], method: str) -> None:

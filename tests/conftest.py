@@ -56,17 +56,17 @@ def temporary_method():
 
 @pytest.fixture
 def proxy(monkeypatch):
-    """The test plugin `tests/plugins/proxy_plugin.py` imported as a user's module would be (it registers the
+    """The external test method `tests/external/proxy_method.py` imported as a user's module would be (it registers the
     method `proxy-test`, whose head reads a second frozen model); unregistered afterwards."""
     import sys
 
     from naclip.methods import unregister_method
 
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent / "plugins"))
-    sys.modules.pop("proxy_plugin", None)
-    import proxy_plugin
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent / "external"))
+    sys.modules.pop("proxy_method", None)
+    import proxy_method
 
-    proxy_plugin.seen.clear()
-    yield proxy_plugin
+    proxy_method.seen.clear()
+    yield proxy_method
     unregister_method("proxy-test")
-    sys.modules.pop("proxy_plugin", None)
+    sys.modules.pop("proxy_method", None)

@@ -1,5 +1,6 @@
 """ResCLIP (github:yvhangyang/ResCLIP): `ResCLIPSegmentation` from `resclip_segmentor.py` with its configs,
-as the README's `test_all.sh wo_resi resclip 5` runs it."""
+as the README's `test_all.sh wo_resi resclip 5` runs it, and as a plug-in on SCLIP (`w_resi sclip`) and
+ClearCLIP (`wo_resi clearclip`)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,20 @@ import torch
 
 from benchmarks.reference.common import Authors, Checkout, construct, framework_stubs, patched, read_config
 
-METHODS = ("resclip",)
+# Their (arch, attn_strategy) for each preset (`test_all.sh ARCH ATTN STD`; `clip/model.py:97-104`).
+STRATEGIES = {
+    "resclip": ("wo_resi", "resclip"),
+    "sclip+resclip": ("w_resi", "sclip"),
+    "clearclip+resclip": ("wo_resi", "clearclip"),
+}
+METHODS = tuple(STRATEGIES)
 # Windows without background (Context59, ADE20K), with background (Context60), 560 px (Cityscapes). VOC21 and
 # VOC20 run on the whole image, where their `check_path` holds (h w)^2 x max(h, w) path points: tens of GB on
 # the 2048 x 420 test image. Check them on photos: --benchmarks voc21 --images <photos>.
-BENCHMARKS = {"resclip": ("context59", "context60", "ade20k", "cityscapes")}
-FAST_BENCHMARKS = {"resclip": ("context59", "ade20k", "cityscapes")}
+BENCHMARKS = {method: ("context59", "context60", "ade20k", "cityscapes") for method in METHODS}
+FAST_BENCHMARKS = {"resclip": ("context59", "ade20k", "cityscapes")} | {
+    method: ("context59", "context60", "cityscapes") for method in METHODS if method != "resclip"
+}
 
 
 def load(root: Path) -> Checkout:
@@ -28,8 +37,8 @@ def load(root: Path) -> Checkout:
 def segmentor(
     checkout: Checkout, method: str, benchmark: str, checkpoint: Path, queries: torch.Tensor | None
 ) -> Authors:
-    """Their config for `benchmark` with `test_all.sh`'s arch 'wo_resi', attention 'resclip' and Gaussian
-    std 5, the weights at `checkpoint`, on the CPU.
+    """Their config for `benchmark` with `test_all.sh`'s arch and attention for `method` (`STRATEGIES`) and
+    Gaussian std 5, the weights at `checkpoint`, on the CPU.
 
     `clip.load(path, device=cpu)` gives a float32 model (`clip/clip.py:134-137`). Their SFR moves
     tensors to CUDA (`.cuda()` in `create_patch_matrix` and `generate_attention_sfr`, `clip/model.py:107,161`;
@@ -41,8 +50,8 @@ def segmentor(
     kwargs.update(
         clip_path=str(checkpoint),
         device=torch.device("cpu"),
-        arch="wo_resi",
-        attn_strategy="resclip",
+        arch=STRATEGIES[method][0],
+        attn_strategy=STRATEGIES[method][1],
         gaussian_std=5.0,
     )
     context = _on_the_cpu(checkout.modules["clip.model"])

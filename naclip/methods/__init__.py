@@ -14,22 +14,22 @@ from naclip.methods.registry import METHODS, Method, Protocol, get_method, regis
 ENTRY_POINTS = "naclip.methods"
 
 
-def load_plugins() -> list[str]:
+def load_entry_points() -> list[str]:
     """Import every installed module of the `naclip.methods` entry point group; the names of those that loaded.
 
-    A plugin that fails to import is reported as a warning naming it, and the rest still load.
+    A module that fails to import is reported as a warning naming it, and the rest still load.
     """
     loaded = []
     for entry in importlib.metadata.entry_points(group=ENTRY_POINTS):
         try:
             entry.load()
-        except Exception as error:  # a broken plugin must not break the library
-            warnings.warn(f"method plugin {entry.name!r} ({entry.value}) failed to load: {error}", stacklevel=2)
+        except Exception as error:  # a broken external method must not break the library
+            warnings.warn(f"external method {entry.name!r} ({entry.value}) failed to load: {error}", stacklevel=2)
         else:
             loaded.append(entry.name)
     return loaded
 
 
-load_plugins()
+load_entry_points()
 
-__all__ = ["METHODS", "Method", "Protocol", "get_method", "load_plugins", "register_method", "unregister_method"]
+__all__ = ["METHODS", "Method", "Protocol", "get_method", "load_entry_points", "register_method", "unregister_method"]

@@ -14,6 +14,7 @@ path check, query labels, ...): docs/methods/resclip.md.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ from torch import Tensor
 from naclip.attention import neighbourhood_bias
 from naclip.encoder import DenseEncoder, Taps, Trunk
 from naclip.heads import HeadInput, LastBlockParams, register_head
-from naclip.methods.registry import Method, Protocol, register_method
+from naclip.methods.registry import Method, Plugin, Protocol, register_method, register_plugin
 from naclip.pamr import pamr
 from naclip.settings import Settings, option
 
@@ -352,4 +353,41 @@ def resclip() -> Method:
         note="RCS and SFR on the reduced k-k block with the Gaussian bias; no final PAMR; whole image on VOC.",
         head="resclip",
         docs="docs/methods/resclip.md",
+    )
+
+
+def _on_last_block(base: Method, in_code: bool) -> Method:
+    """`base` with its last block run through the resclip head: its attention strategy and architecture kept."""
+    if base.head != "last_block":
+        raise ValueError(
+            f"the resclip plug-in remakes a replaced last block (head 'last_block'); method {base.name!r} has head "
+            f"{base.head!r}"
+        )
+    block = base.head_spec.params(**base.own_params(base.defaults))
+    if block.attention not in STRATEGIES:
+        raise ValueError(
+            f"the resclip plug-in runs ResCLIP's attention strategies ({', '.join(STRATEGIES)}); method {base.name!r} "
+            f"uses {block.attention!r}"
+        )
+    own = dict(attention=block.attention, arch=block.arch)
+    if in_code:
+        return dataclasses.replace(resclip(), defaults={**DEFAULTS, **own})
+    plugin_defaults = {key: value for key, value in DEFAULTS.items() if key.startswith("resclip_")}
+    return dataclasses.replace(base, head="resclip", defaults={**base.defaults, **plugin_defaults, **own})
+
+
+@register_plugin
+def resclip_plugin() -> Plugin:
+    """RCS and SFR on another method's last block (``sclip+resclip``, ``clearclip+resclip``).
+
+    Their code runs the plug-in with `--arch w_resi --attn sclip` or `--attn clearclip`
+    (`clip/model.py:97-104`) under ResCLIP's own per-benchmark configs, which the published combinations
+    therefore take; on other bases the base's protocol stands, with ResCLIP's default RCS and SFR.
+    """
+    return Plugin(
+        "resclip",
+        "ResCLIP's RCS and SFR",
+        _on_last_block,
+        published={"sclip": "github:yvhangyang/ResCLIP@0e085f7", "clearclip": "github:yvhangyang/ResCLIP@0e085f7"},
+        in_code=frozenset({"sclip", "clearclip"}),
     )

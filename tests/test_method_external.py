@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,39 +19,42 @@ from conftest import VOC_IMAGE, make_segmenter
 from naclip import Segmenter
 from naclip.evaluation import evaluate
 from naclip.io import content_digest
-from naclip.methods import METHODS, get_method, load_plugins, unregister_method
+from naclip.methods import METHODS, get_method, load_entry_points, unregister_method
 from naclip.second_model import load_second_model
 from naclip.settings import Settings
 
-PLUGINS = Path(__file__).resolve().parent / "plugins"
+EXTERNAL = Path(__file__).resolve().parent / "external"
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(model="naclip-tiny", pretrained=None, device="cpu")
 
 
 def _entry_point(folder: Path) -> Path:
-    """An installed distribution whose `naclip.methods` entry point names the test plugin's module."""
+    """An installed distribution whose `naclip.methods` entry point names the test method's module."""
     info = folder / "naclip_proxy_test-0.1.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: naclip-proxy-test\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[naclip.methods]\nproxy = proxy_plugin\n")
+    (info / "entry_points.txt").write_text("[naclip.methods]\nproxy = proxy_method\n")
     return folder
 
 
 def test_an_entry_point_registers_a_method_from_outside(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(PLUGINS))
+    monkeypatch.syspath_prepend(str(EXTERNAL))
     monkeypatch.syspath_prepend(str(_entry_point(tmp_path / "site")))
-    sys.modules.pop("proxy_plugin", None)
+    sys.modules.pop("proxy_method", None)
     try:
         assert "proxy-test" not in METHODS
-        assert load_plugins() == ["proxy"]
+        assert load_entry_points() == ["proxy"]
         assert get_method("proxy-test").head == "proxy-test"
     finally:
         unregister_method("proxy-test")
-        sys.modules.pop("proxy_plugin", None)
+        sys.modules.pop("proxy_method", None)
 
 
 def test_an_entry_point_method_runs_from_the_command_line(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_entry_point(tmp_path / "site")), str(PLUGINS), str(ROOT)])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(_entry_point(tmp_path / "site")), str(EXTERNAL), str(ROOT)]),
+    }
     base = [sys.executable, "-m", "naclip", "segment", str(VOC_IMAGE), "--classes", "cat; dog", "--out", str(tmp_path)]
     model = ["--model", "naclip-tiny", "--pretrained", "none", "--device", "cpu"]
     done = subprocess.run([*base, *model, "--method", "proxy-test"], env=env, capture_output=True, text=True)
@@ -136,7 +140,9 @@ def test_a_methods_parameters_stay_out_of_every_other_method(method):
         theirs = set(get_method(other).settings().params.to_dict()) - own
         assert not theirs & set(settings.to_dict())
         for key in theirs:
-            with pytest.raises(ValueError, match=f"'{key}' is a parameter of method .*{other}.*, not of '{method}'"):
+            owner = re.escape(other.split("+")[-1])  # a plug-in's parameter belongs to the method that brought it
+            refusal = f"'{key}' is a parameter of method .*{owner}.*, not of '{re.escape(method)}'"
+            with pytest.raises(ValueError, match=refusal):
                 settings.replace(**{key: getattr(get_method(other).settings(), key)})
 
 

@@ -66,10 +66,10 @@ def proxy_head(inputs: HeadInput, settings: Settings) -> Tensor:
 def proxy_test() -> Method:
     return Method(
         "proxy-test",
-        "CLIP values mixed by a second model's patch affinities (a test plugin)",
+        "CLIP values mixed by a second model's patch affinities (an external test method)",
         dict(pamr_steps=0, slide_crop=0, short_side=64),
         {},
         head="proxy-test",
-        source="tests/plugins/proxy_plugin.py",
+        source="tests/external/proxy_method.py",
         authors_protocol=False,
     )
