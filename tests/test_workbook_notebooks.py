@@ -46,6 +46,14 @@ EXPECTED = {
         },
         ["components"],
     ),
+    "plugins": (
+        {
+            "combinations": ({"base", "plugin", "method", "combination"}, 2),
+            "results": ({"benchmark", "method", "protocol", "mIoU"}, 4),
+            "plugin_effect": ({"base", "plugin", "without", "with_plugin", "change", "combination"}, 2),
+        },
+        ["plugins"],
+    ),
     "sigma": ({"results": ({"sigma", "post-processing", "mIoU"}, 6), "comparison": ({"sigma", "gap"}, 12)}, ["sigma"]),
     "attention": ({"results": ({"attention", "mIoU"}, 6), "comparison": ({"attention", "note"}, 12)}, ["attention"]),
     "architecture": (
@@ -86,7 +94,8 @@ def test_study_outputs_are_marked_from_what_loaded(smoke, study):
     assert record["profile"] == "smoke" and record["random_weights"] == random
     manifest = read_manifest(folder)
     assert manifest["random_weights"] == random
-    assert manifest["weights"] == (["naclip-tiny / random weights"] if random else [])
+    model = "ViT-B-16" if study == "plugins" else "naclip-tiny"  # ResCLIP reads blocks the tiny model lacks
+    assert manifest["weights"] == ([f"{model} / random weights"] if random else [])
     assert {t["name"] for t in manifest["tables"]} == set(tables)
     for name, (columns, rows) in tables.items():
         frame = pd.read_csv(folder / f"{name}.csv")
@@ -105,6 +114,16 @@ def test_study_outputs_are_marked_from_what_loaded(smoke, study):
     texts = [o.get("text", "") for o in outputs]
     assert any(RANDOM_BANNER in t for t in texts) == random
     assert not any("TqdmWarning" in t or "PosixPath(" in t for t in texts)
+
+
+def test_the_plugin_study_labels_each_combination(smoke):
+    _, results = smoke
+    effect = pd.read_csv(results / "plugins" / "smoke" / "plugin_effect.csv").set_index("base")
+    assert effect.loc["sclip", "combination"].startswith("resclip on sclip as its authors' code runs it")
+    assert effect.loc["naclip-nopamr", "combination"].startswith("unpublished combination")
+    frame = pd.read_csv(results / "plugins" / "smoke" / "results.csv").set_index("method")
+    assert effect.loc["sclip", "with_plugin"] == frame.loc["sclip+resclip", "mIoU"]
+    assert effect.loc["sclip", "change"] == frame.loc["sclip+resclip", "mIoU"] - frame.loc["sclip", "mIoU"]
 
 
 def test_the_main_study_is_each_method_beside_its_published_row(smoke):

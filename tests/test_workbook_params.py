@@ -18,6 +18,7 @@ NOTEBOOKS, PARAMS = ROOT / "notebooks", ROOT / "params"
 STUDIES = [
     "main",
     "components",
+    "plugins",
     "sigma",
     "attention",
     "architecture",

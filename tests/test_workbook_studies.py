@@ -260,3 +260,25 @@ def test_successors_are_told_apart_from_naclip_by_their_head():
     assert published_method("naclip", "reduced", False) == "naclip-nopamr"
     assert published_method("naclip", "reduced", False, head="resclip") == "resclip"
     assert published_method(None, None, False, head="scclip") == "scclip"  # its head has no attention or arch
+
+
+def test_plugin_effect_pairs_each_base_with_its_combinations():
+    combinations = studies.plugin_combinations(["sclip", "scclip"], ["resclip"])
+    assert list(combinations.method) == ["sclip+resclip", ""]
+    assert combinations.combination[1].startswith("cannot apply: the resclip plug-in remakes")
+    results = pd.DataFrame(
+        {
+            "benchmark": ["b1", "b1", "b1", "b2", "b2", "b2"],
+            "method": ["sclip", "sclip+resclip", "scclip"] * 2,
+            "mIoU": [30.0, 34.5, 40.0, 20.0, 19.0, 25.0],
+        }
+    )
+    effect = studies.plugin_effect(results, combinations).set_index(["benchmark", "base"])
+    assert effect.loc[("b1", "sclip"), ["without", "with_plugin", "change"]].tolist() == [30.0, 34.5, 4.5]
+    assert effect.loc[("b2", "sclip"), "change"] == -1.0
+    assert effect.loc[("b1", "scclip"), "without"] == 40.0 and np.isnan(effect.loc[("b1", "scclip"), "with_plugin"])
+    bars = studies.plugin_bars(studies.plugin_effect(results, combinations))
+    assert set(bars.variant) == {"without", "+resclip"}  # published in code: no mark
+    assert len(bars) == 2 * 2 + 2  # a bar per base and benchmark without, one per applicable combination
+    with pytest.raises(ValueError, match="did you mean 'sclip'"):
+        studies.plugin_combinations(["sclp"], ["resclip"])

@@ -18,6 +18,7 @@ import pandas as pd
 from naclip.attention import gaussian_bias, get_attention
 from naclip.datasets import PRESETS, SegDataset, get_preset
 from naclip.methods import METHODS, get_method
+from naclip.methods.registry import PLUGINS, SEPARATOR, UNPUBLISHED, combine
 from naclip.progress import tqdm
 from naclip.settings import check_variant, coerce, owners_of, variant_keys
 from naclip.workbook.published import BACKBONE, BENCHMARKS, IMAGES, ROWS
@@ -64,14 +65,78 @@ def kernel_table(grid: tuple[int, int], patch: tuple[int, int], sigmas: Sequence
 
 
 def protocol_label(method: str) -> str:
-    """Whose protocol a method preset runs under: its authors', or NACLIP's where no authors' run is public."""
+    """Whose protocol a method preset runs under: its authors', or NACLIP's where no authors' run is public; for
+    a plug-in combination, who published it (or that nobody did)."""
     chosen = get_method(method)
+    if chosen.combination:
+        return chosen.combination
     return f"authors' protocol ({chosen.source})" if chosen.authors_protocol else NO_AUTHORS_RUN
 
 
 def method_label(method: str) -> str:
-    """A method's name for legends and tables, saying so where it borrows NACLIP's protocol."""
-    return method if get_method(method).authors_protocol else f"{method}: {NO_AUTHORS_RUN}"
+    """A method's name for legends and tables, saying so where it borrows NACLIP's protocol or where nobody
+    published the combination."""
+    chosen = get_method(method)
+    if chosen.unpublished:
+        return f"{method}: {UNPUBLISHED}"
+    return method if chosen.authors_protocol or chosen.combination else f"{method}: {NO_AUTHORS_RUN}"
+
+
+# -- plug-ins on methods ---------------------------------------------------------------------------------
+
+
+def plugin_combinations(bases: Sequence[str], plugins: Sequence[str]) -> pd.DataFrame:
+    """One row per base method and plug-in: the combination's name (empty where the plug-in cannot apply to that
+    base) and who published it, or why it cannot be made."""
+    rows = []
+    for base in bases:
+        get_method(base)  # a typo is refused, not reported as a combination that cannot be made
+        for plugin in plugins:
+            PLUGINS.get(plugin)
+            try:
+                method = combine(f"{base}{SEPARATOR}{plugin}")
+            except ValueError as error:
+                rows.append(dict(base=base, plugin=plugin, method="", combination=f"cannot apply: {error}"))
+            else:
+                rows.append(dict(base=base, plugin=plugin, method=method.name, combination=method.combination))
+    return pd.DataFrame(rows, columns=["base", "plugin", "method", "combination"])
+
+
+def plugin_effect(results: pd.DataFrame, combinations: pd.DataFrame) -> pd.DataFrame:
+    """mIoU of each base method without and with each plug-in, per benchmark, and the change.
+
+    `results` are evaluator rows of the bases and of the combinations that could be made (`combinations`'
+    ``method`` column); rows of combinations that could not are kept with no score, saying why.
+    """
+    score = results.set_index(["benchmark", "method"])["mIoU"]
+    rows = []
+    for benchmark in results["benchmark"].unique():
+        for row in combinations.itertuples(index=False):
+            without = score.get((benchmark, row.base), np.nan)
+            with_plugin = score.get((benchmark, row.method), np.nan) if row.method else np.nan
+            rows.append(
+                dict(
+                    benchmark=benchmark,
+                    base=row.base,
+                    plugin=row.plugin,
+                    without=without,
+                    with_plugin=with_plugin,
+                    change=with_plugin - without,
+                    combination=row.combination,
+                )
+            )
+    return pd.DataFrame(rows)
+
+
+def plugin_bars(effect: pd.DataFrame) -> pd.DataFrame:
+    """`plugin_effect` rows as bars: per benchmark and base, one bar without plug-ins and one per plug-in that
+    applies (``variant``: "without" or "+plugin", marked where nobody published the combination)."""
+    bars = effect.drop_duplicates(["benchmark", "base"]).assign(variant="without", mIoU=lambda f: f["without"])
+    applied = effect[effect["with_plugin"].notna()]
+    marks = np.where(applied["combination"].str.startswith(UNPUBLISHED), " (unpublished)", "")
+    applied = applied.assign(variant="+" + applied["plugin"] + marks, mIoU=applied["with_plugin"])
+    columns = ["benchmark", "base", "variant", "mIoU"]
+    return pd.concat([bars[columns], applied[columns]], ignore_index=True)
 
 
 def evaluate_methods(
