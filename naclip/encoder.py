@@ -221,10 +221,14 @@ class DenseEncoder:
 
     def attend(self, weights: Tensor, v: Tensor, block: nn.Module | None = None) -> Tensor:
         """Attention weights (B, heads or 1, N, N) applied to values (B, heads, N, head_dim), heads side by side,
-        then the block's (default: the last) out-projection: (B, N, width)."""
+        then the block's (default: the last) out-projection: (B, N, width).
+
+        The product runs in the precision of its operands (a head may attend in float32 in a float16 model)
+        and goes into the out-projection in the block's precision."""
+        block = block or self.last
         out = weights @ v  # (B, heads, N, head_dim)
         out = out.transpose(1, 2).flatten(2)  # (B, N, width)
-        return (block or self.last).attn.out_proj(out)
+        return block.attn.out_proj(out.to(block.attn.out_proj.weight.dtype))
 
     def finish_block(self, tokens: Tensor, attended: Tensor, arch: str) -> Tensor:
         """The last block's output (B, T, width) from its input `tokens` and their `attend`ed attention."""

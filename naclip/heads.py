@@ -13,7 +13,15 @@ A head is one decorated function with what it needs declared beside it::
   the attention-map study): `fn(inputs, settings)` returning (n, heads or 1, T, T) over all tokens
   ([CLS] first) or (n, heads or 1, h*w, h*w) between patches, computed by the function the head uses;
 - `models`: second frozen models (`naclip.second_model.SecondModel`) whose features it reads from
-  `inputs.models[name]`.
+  `inputs.models[name]`;
+- `refine`: optionally, a step on the stitched logits at the original size, `fn(inputs: RefineInput,
+  settings) -> logits` (PEARL's propagation): `inputs.logits` (1, Q, H, W) are the cosine similarities
+  of every query, windows stitched and resized bilinearly to the original (H, W), before the logit scale
+  and the softmax; `inputs.image` (1, 3, H, W) the prepared (normalised) image resized bilinearly to
+  the same size, in the logits' precision (what PAMR is guided by); `inputs.queries` (Q, D) the
+  L2-normalised text embeddings. It returns refined logits (1, Q, H, W), a new tensor or its input.
+  It runs once per prediction and setting, before PAMR (when `pamr_steps` > 0): the head's own
+  refinement is part of what the method predicts, PAMR a shared post-processing of it.
 
 The default head, ``last_block``, runs the replaced last block (`LastBlockParams`: attention
 variant, architecture, sigma) through the encoder's public last-block API (`naclip.encoder`). The
@@ -36,6 +44,7 @@ from naclip.settings import Params, Settings, option
 
 HeadFn = Callable[["HeadInput", Settings], Tensor]
 AttentionFn = Callable[["HeadInput", Settings], Tensor]
+RefineFn = Callable[["RefineInput", Settings], Tensor]
 
 
 @dataclass
@@ -50,6 +59,15 @@ class HeadInput:
     models: dict[str, Tensor] = field(default_factory=dict)  # second model -> its features (n, D, h', w')
 
 
+@dataclass
+class RefineInput:
+    """What a head's `refine` step gets for one image at its original size (H, W) (see the module)."""
+
+    logits: Tensor  # (1, Q, H, W) cosine similarities, stitched and resized; before the logit scale
+    image: Tensor  # (1, 3, H, W) the prepared (normalised) image resized bilinearly, in the logits' dtype
+    queries: Tensor  # (Q, embed_dim) L2-normalised text embeddings, in the scoring dtype
+
+
 @dataclass(frozen=True)
 class Head:
     name: str
@@ -58,6 +76,7 @@ class Head:
     taps: Callable[[Settings], Taps]
     attention: AttentionFn | None = None  # the last layer's attention weights, for inspection
     models: tuple[SecondModel, ...] = ()
+    refine: RefineFn | None = None  # a step on the logits at the original size, before PAMR
 
 
 HEADS: Registry[Head] = Registry("head")
@@ -69,12 +88,14 @@ def register_head(
     taps: Callable[[Settings], Taps] = lambda settings: Taps(),
     attention: AttentionFn | None = None,
     models: tuple[SecondModel, ...] = (),
+    refine: RefineFn | None = None,
 ) -> Callable[[HeadFn], HeadFn]:
     """Register `fn(inputs, settings) -> (n, h*w, embed_dim)` features under `name`, with its parameters, the
-    taps it needs, optionally its last layer's attention weights and its second models (see the module)."""
+    taps it needs, optionally its last layer's attention weights, its second models and a refinement of the
+    logits at the original size (see the module)."""
 
     def decorate(fn: HeadFn) -> HeadFn:
-        HEADS.register(name, Head(name, fn, params, taps, attention, tuple(models)))
+        HEADS.register(name, Head(name, fn, params, taps, attention, tuple(models), refine))
         return fn
 
     return decorate

@@ -11,7 +11,8 @@ Only the segmenter's loaded models, settings, classes and head are reused; every
    `slide_crop` is 0), zero-padded to whole patches where the protocol pads them;
 3. per window: the trunk, any second models, the method's head -> patch features; their cosine similarity to
    each query, upsampled bilinearly to the window; summed into place, divided by how many windows cover a pixel;
-4. bilinear resize to the original size, then PAMR guided by the prepared image;
+4. bilinear resize to the original size, then the head's refinement (`Head.refine`, PEARL's propagation) and
+   PAMR, each guided by the prepared image resized bilinearly to that size;
 5. logit scale, softmax over the queries, each class its best query, SCLIP's area threshold, the probability
    threshold (class 0 below it), argmax; the class scores renormalised if the method does so.
 """
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from naclip.heads import HeadInput
+from naclip.heads import HeadInput, RefineInput
 from naclip.preprocess import load_image, prepare
 from naclip.segmenter import Prediction, Segmenter, drop_small_classes, window_padding
 from naclip.sliding import window_boxes
@@ -48,8 +49,11 @@ def predict_plain(segmenter: Segmenter, image: str | os.PathLike | Image.Image |
     prepared = prepare(array, s.short_side, s.long_side)  # (3, h, w) float32: the protocol's resize, normalised
     logits = window_average(segmenter, prepared.to(segmenter.device, segmenter.dtype), queries)  # (Q, h, w)
     logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)  # (1, Q, H, W)
+    guide = F.interpolate(prepared[None].to(logits), size=size, mode="bilinear", align_corners=False)  # (1, 3, H, W)
+    refine = segmenter.head(s).refine
+    if refine is not None:  # the head's own step on the logits at the original size
+        logits = refine(RefineInput(logits, guide, queries), s)
     if s.pamr_steps > 0:  # guided by the prepared image (full precision) at the original size
-        guide = F.interpolate(prepared[None].to(logits), size=size, mode="bilinear", align_corners=False)
         logits = pamr_plain(guide, logits, s.pamr_dilations, s.pamr_steps)
     probs = torch.softmax(logits[0] * s.logit_scale, dim=0)  # (Q, H, W)
     scores = torch.stack([probs[first:stop].amax(0) for first, stop in classes.spans])  # (C, H, W): best synonym

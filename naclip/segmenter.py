@@ -21,7 +21,7 @@ from torch import Tensor
 from naclip.backbone import load_clip
 from naclip.benchmarks import get_benchmark
 from naclip.encoder import DenseEncoder, Taps
-from naclip.heads import Head, HeadInput
+from naclip.heads import Head, HeadInput, RefineInput
 from naclip.io import content_digest
 from naclip.labels import best_class
 from naclip.methods.registry import get_method
@@ -275,7 +275,7 @@ class Segmenter:
             windows.append(part)
             trunks.append(self.encoder.run_trunk(part, taps))
             features.append({name: spec.features(module, part) for name, (spec, module) in self.models.items()})
-        guides: dict[tuple[int, ...], Tensor] = {}  # PAMR affinities depend only on the image
+        guides: dict[object, Tensor] = {}  # what depends only on the image (see _guide), shared by the settings
         workspace = Workspace()  # large buffers, reused by each setting in turn
         results = []
         for setting in settings:
@@ -299,7 +299,9 @@ class Segmenter:
                 batch,
                 workspace,
             )
-            results.append(self._finish(logits, tensor, tuple(size), setting, spans, guides, workspace, probs))
+            results.append(
+                self._finish(logits, tensor, tuple(size), setting, queries, spans, guides, workspace, probs)
+            )
         return results
 
     def variant(self, overrides: Mapping[str, Any]) -> Settings:
@@ -351,25 +353,29 @@ class Segmenter:
         image: Tensor,
         size: tuple[int, int],
         settings: Settings,
+        queries: Tensor,
         spans: tuple[tuple[int, int], ...],
         guides: dict,
         workspace: Workspace,
         keep_probs: bool,
     ) -> Prediction:
-        """Resize to the original size, PAMR, softmax, synonym max, area and probability thresholds.
+        """Resize to the original size, the head's refinement, PAMR, softmax, synonym max, area and probability
+        thresholds.
 
         `logits` (Q, h, w) may be stored (h, w, Q), as `stitch` leaves them: PAMR reads any layout;
-        the resize and the softmax get them channels-first, as the authors' code has them.
+        the resize, the refinement and the softmax get them channels-first, as the authors' code has them.
         """
         logits = logits[None]  # (1, Q, h, w)
         if tuple(logits.shape[-2:]) != size:  # bilinear to the same size is the identity
             logits = workspace.resized("resized logits", self._channels_first(logits, workspace), size)
+        refine = self.head(settings).refine
+        if refine is not None:
+            guide = self._guide(image, size, logits, guides)
+            logits = refine(RefineInput(self._channels_first(logits, workspace), guide, queries), settings)
         if settings.pamr_steps > 0:
             dilations = settings.pamr_dilations
-            if dilations not in guides:  # the guide is the prepared image in full precision, as the authors'
-                guide = image[None].to(logits.device, logits.dtype)
-                guide = F.interpolate(guide, size=size, mode="bilinear", align_corners=False)
-                guides[dilations] = affinity(guide, dilations)
+            if dilations not in guides:
+                guides[dilations] = affinity(self._guide(image, size, logits, guides), dilations)
             logits = propagate(logits, guides[dilations], dilations, settings.pamr_steps, workspace)
         logits = self._channels_first(logits, workspace)[0].mul_(settings.logit_scale)  # (Q, H, W), this call's own
         probs = torch.softmax(logits, 0, out=logits)  # in place: the same values, twice as fast as into another buffer
@@ -390,6 +396,16 @@ class Segmenter:
         if settings.renormalise:
             probs = probs / probs.sum(0, keepdim=True)
         return Prediction(labels, probs.cpu().numpy().astype(np.float32))
+
+    @staticmethod
+    def _guide(image: Tensor, size: tuple[int, int], logits: Tensor, guides: dict) -> Tensor:
+        """The prepared image (3, h, w) resized bilinearly to `size` in the logits' precision, (1, 3, H, W): what
+        PAMR and a head's refinement are guided by (the full-precision image, as the authors'); made once per
+        image, kept in `guides`."""
+        if "image" not in guides:
+            guide = image[None].to(logits.device, logits.dtype)
+            guides["image"] = F.interpolate(guide, size=size, mode="bilinear", align_corners=False)
+        return guides["image"]
 
     @staticmethod
     def _channels_first(logits: Tensor, workspace: Workspace) -> Tensor:
