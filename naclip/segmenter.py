@@ -299,9 +299,7 @@ class Segmenter:
                 batch,
                 workspace,
             )
-            results.append(
-                self._finish(logits, tensor, tuple(size), setting, queries, spans, guides, workspace, probs)
-            )
+            results.append(self._finish(logits, tensor, tuple(size), setting, queries, spans, guides, workspace, probs))
         return results
 
     def variant(self, overrides: Mapping[str, Any]) -> Settings:

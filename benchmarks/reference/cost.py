@@ -1,8 +1,9 @@
 """Seconds per image of method presets on this machine's CPU, on one image, runs interleaved.
 
-    python -m benchmarks.reference.cost --repeats 5             # naclip-nopamr, naclip, resclip, scclip
+    python -m benchmarks.reference.cost --repeats 5             # naclip-nopamr, naclip, resclip, scclip, pearl
     python -m benchmarks.reference.resclip --repeats 5          # naclip-nopamr and resclip
     python -m benchmarks.reference.scclip --repeats 5           # naclip-nopamr and scclip
+    python -m benchmarks.reference.pearl --repeats 5            # naclip-nopamr, pearl-notlp and pearl
 
 A random 336 x 448 image (already prepared), VOC21's 21 class names (one prompt per name, 80 templates),
 random ViT-B-16 weights, float32; each method with its own default settings, with 224/112 windows and on
@@ -23,7 +24,7 @@ import torch
 from benchmarks.reference.common import CLASSES
 from naclip import Segmenter
 
-EVERY = ("naclip-nopamr", "naclip", "resclip", "scclip")
+EVERY = ("naclip-nopamr", "naclip", "resclip", "scclip", "pearl")
 SIZE = (336, 448)
 WHOLE_IMAGE = {"scclip": {"scclip_fix_positions": True}}  # the whole image's 21 x 28 grid is not square
 
