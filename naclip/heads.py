@@ -31,6 +31,8 @@ all of them go through `inputs.trunk.kept`.
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -103,6 +105,45 @@ def register_head(
 
 def get_head(name: str) -> Head:
     return HEADS.get(name)
+
+
+def stacked_params(base: type[Params], extra: type[Params]) -> type[Params]:
+    """A `Params` dataclass with the fields of `base` and of `extra` (a plug-in's), each class's `check` run.
+
+    Made once per pair, and kept in this module under its name so that settings holding it pickle.
+    """
+    name = f"{base.__name__}And{extra.__name__}"
+    made = getattr(sys.modules[__name__], name, None)
+    if made is not None:
+        return made
+
+    def check(self: Params) -> None:
+        base.check(self)
+        extra.check(self)
+
+    doc = f"{base.__name__}'s fields and a plug-in's ({extra.__name__})."
+    made = dataclasses.make_dataclass(
+        name, [], bases=(base, extra), frozen=True, namespace={"check": check, "__doc__": doc, "__module__": __name__}
+    )
+    setattr(sys.modules[__name__], name, made)
+    return made
+
+
+def stacked_head(base: Head, plugin: str, extra: type[Params], refine: RefineFn) -> Head:
+    """`base` with a plug-in's parameters `extra` and its `refine` step (after `base`'s own, if any), registered
+    as ``<base>+<plugin>``: how a refinement such as PEARL's propagation goes on any method."""
+    if issubclass(base.params, extra):
+        raise ValueError(f"head {base.name!r} already has the parameters of {extra.__name__}")
+    first = base.refine
+
+    def both(inputs: RefineInput, settings: Settings) -> Tensor:
+        return refine(dataclasses.replace(inputs, logits=first(inputs, settings)), settings)
+
+    name = f"{base.name}+{plugin}"
+    stacked = dataclasses.replace(
+        base, name=name, params=stacked_params(base.params, extra), refine=refine if first is None else both
+    )
+    return HEADS.register(name, stacked)
 
 
 @dataclass(frozen=True)

@@ -97,3 +97,39 @@ def test_a_plugin_turned_off_gives_the_base_method_back():
     np.testing.assert_array_equal(predictions[0].labels, predictions[1].labels)
     np.testing.assert_allclose(predictions[0].probs, predictions[1].probs, atol=1e-5)
     assert np.abs(predictions[2].probs - predictions[0].probs).max() > 1e-3  # and on, it changes the scores
+
+
+def test_tlp_stacks_on_any_head_with_its_own_parameters(built):
+    built.extend(["sclip+tlp", "scclip+tlp", "sclip+resclip+tlp"])
+    sclip = get_method("sclip+tlp")
+    assert "published in PEARL's paper" in sclip.combination and not sclip.unpublished
+    settings = sclip.settings("voc21", tlp_grid=40)
+    assert (settings.attention, settings.logit_scale, settings.tlp_grid, settings.tlp_steps) == ("csa", 65.0, 40, 25)
+    assert get_method("scclip+tlp").unpublished and get_method("scclip+tlp").settings().scclip_beta == 0.4
+    stacked = get_method("sclip+resclip+tlp")  # labelled by the least published of its steps
+    assert stacked.unpublished and "as its authors' code runs it" in stacked.combination
+    with pytest.raises(ValueError, match="'pearl' already propagates its logits with TLP"):
+        combine("pearl+tlp")
+
+
+def test_tlp_on_a_method_refines_its_logits_in_both_pipelines(built):
+    """sclip+tlp with TLP off is SCLIP; on, it changes the scores, and the fast path still equals the plain one."""
+    from naclip.reference import predict_plain
+
+    built.append("sclip+tlp")
+    tiny = dict(model="naclip-tiny", pretrained=None, device="cpu", short_side=120, slide_crop=100, slide_stride=40)
+    classes = ["background, sky", "cat", "dog, puppy", "person"]
+    segmenters = [
+        Segmenter(method="sclip", **tiny),
+        Segmenter(method="sclip+tlp", tlp_enabled=False, **tiny),
+        Segmenter(method="sclip+tlp", tlp_grid=20, **tiny),
+    ]
+    for seg in segmenters:
+        seg.set_classes(classes)
+    base, off, on = (seg.predict(VOC_IMAGE) for seg in segmenters)
+    np.testing.assert_array_equal(base.labels, off.labels)
+    np.testing.assert_allclose(base.probs, off.probs, atol=1e-6)
+    assert np.abs(on.probs - base.probs).max() > 1e-3
+    plain = predict_plain(segmenters[2], VOC_IMAGE)
+    np.testing.assert_array_equal(on.labels, plain.labels)
+    np.testing.assert_allclose(on.probs, plain.probs, atol=1e-5)

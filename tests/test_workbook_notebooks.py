@@ -94,8 +94,7 @@ def test_study_outputs_are_marked_from_what_loaded(smoke, study):
     assert record["profile"] == "smoke" and record["random_weights"] == random
     manifest = read_manifest(folder)
     assert manifest["random_weights"] == random
-    model = "ViT-B-16" if study == "plugins" else "naclip-tiny"  # ResCLIP reads blocks the tiny model lacks
-    assert manifest["weights"] == ([f"{model} / random weights"] if random else [])
+    assert manifest["weights"] == (["naclip-tiny / random weights"] if random else [])
     assert {t["name"] for t in manifest["tables"]} == set(tables)
     for name, (columns, rows) in tables.items():
         frame = pd.read_csv(folder / f"{name}.csv")
@@ -119,11 +118,12 @@ def test_study_outputs_are_marked_from_what_loaded(smoke, study):
 def test_the_plugin_study_labels_each_combination(smoke):
     _, results = smoke
     effect = pd.read_csv(results / "plugins" / "smoke" / "plugin_effect.csv").set_index("base")
-    assert effect.loc["sclip", "combination"].startswith("resclip on sclip as its authors' code runs it")
-    assert effect.loc["naclip-nopamr", "combination"].startswith("unpublished combination")
+    assert effect.loc["sclip", "combination"].startswith("tlp on sclip published in PEARL's paper")
+    assert effect.loc["naclip-nopamr", "combination"].startswith("tlp on naclip-nopamr published in PEARL's paper")
     frame = pd.read_csv(results / "plugins" / "smoke" / "results.csv").set_index("method")
-    assert effect.loc["sclip", "with_plugin"] == frame.loc["sclip+resclip", "mIoU"]
-    assert effect.loc["sclip", "change"] == frame.loc["sclip+resclip", "mIoU"] - frame.loc["sclip", "mIoU"]
+    assert effect.loc["sclip", "with_plugin"] == frame.loc["sclip+tlp", "mIoU"]
+    assert effect.loc["sclip", "change"] == frame.loc["sclip+tlp", "mIoU"] - frame.loc["sclip", "mIoU"]
+    assert frame.loc["sclip+tlp", "tlp_grid"] == 80
 
 
 def test_the_main_study_is_each_method_beside_its_published_row(smoke):

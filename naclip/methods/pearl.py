@@ -17,6 +17,7 @@ and what is not: docs/methods/pearl.md.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from naclip.heads import HeadInput, RefineInput, register_head
-from naclip.methods.registry import Method, Protocol, register_method
+from naclip.heads import HeadInput, RefineInput, register_head, stacked_head
+from naclip.methods.registry import Method, Plugin, Protocol, register_method, register_plugin
 from naclip.settings import Params, Settings, option, positive
 
 CENTRE_EPS = 1e-6  # w / (sum w + 1e-6), attn.py:44
@@ -333,4 +334,26 @@ def pearl_notlp() -> Method:
         source=SOURCE,
         note="TLP off: eval.py's default and the README's `run.sh pearl off`.",
         docs="docs/methods/pearl.md",
+    )
+
+
+def _with_tlp(base: Method, in_code: bool) -> Method:
+    """`base` with TLP run on its logits at the original size (before any PAMR)."""
+    if issubclass(base.head_spec.params, TlpParams):
+        raise ValueError(f"method {base.name!r} already propagates its logits with TLP")
+    head = stacked_head(base.head_spec, "tlp", TlpParams, tlp_refine)
+    return dataclasses.replace(base, head=head.name)
+
+
+@register_plugin
+def tlp_plugin() -> Plugin:
+    """PEARL's propagation on another method's logits (``sclip+tlp``): the base's head and protocol, TLP's
+    defaults (grid 80, 25 steps). PEARL's paper reports it on SCLIP, NACLIP and SFP; their settings for those
+    runs are not in its code (`run.sh` runs PEARL's own attention only), so none is run as published code."""
+    paper = "PEARL's paper (CVPR 2026)"
+    return Plugin(
+        "tlp",
+        "PEARL's text-aware Laplacian propagation",
+        _with_tlp,
+        published={"sclip": paper, "naclip-nopamr": paper, "sfp": paper},
     )
