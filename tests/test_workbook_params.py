@@ -26,6 +26,7 @@ STUDIES = [
     "attention_maps",
     "kernel",
     "demo",
+    "field",
 ]
 
 
