@@ -237,12 +237,15 @@ class Segmenter:
         return self._queries
 
     # -- prediction ---------------------------------------------------------------------------
-    def predict(self, image: str | os.PathLike | Image.Image | np.ndarray) -> Prediction:
-        """Segment one original-size image (path, PIL image or (H, W, 3) uint8 RGB array) per the protocol."""
+    def predict(self, image: str | os.PathLike | Image.Image | np.ndarray, probs: bool = True) -> Prediction:
+        """Segment one original-size image (path, PIL image or (H, W, 3) uint8 RGB array) per the protocol.
+
+        `probs=False` returns the labels only, in memory bounded whatever the number of classes.
+        """
         array = load_image(image)
         name = str(image) if isinstance(image, (str, os.PathLike)) else "image"
         check_size(name, array.shape[:2], self.settings.short_side, self.settings.long_side, self.min_side)
-        return self.predict_prepared(self.prepare(array), array.shape[:2])
+        return self.predict_variants(self.prepare(array), array.shape[:2], [{}], probs)[0]
 
     def prepare(self, image: np.ndarray) -> Tensor:
         """The protocol's resize and normalisation with this segmenter's sizes."""
@@ -258,7 +261,8 @@ class Segmenter:
     ) -> list[Prediction]:
         """One prediction per variant (overrides of the method settings); the trunk runs once for all.
 
-        `probs=False` returns labels only (probs None), which saves C x H x W floats per variant.
+        `probs=False` returns labels only (probs None), which saves C x H x W floats per variant; the query
+        logits are then scored `SCORE_BYTES` at a time (`_labels`), so that large vocabularies fit in memory.
         Nothing is recorded for autograd, whatever a head does.
         """
         settings = [self.variant(overrides) for overrides in variants]
