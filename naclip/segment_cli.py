@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             image = load_image(path)
             check_size(path, image.shape[:2], settings.short_side, settings.long_side, segmenter.min_side)
             with naming_failures(path, image.shape[:2]):
-                result = segmenter.predict(image)
+                result = segmenter.predict(image, probs=args.save_probs)
             atomic_write(f"{stem}_labels.png", label_png(result.labels, len(names)))
             _save_image(overlay(image, result.labels, names, alpha=args.alpha, mark=mark), Path(f"{stem}_overlay.png"))
             if args.save_probs:

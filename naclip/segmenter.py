@@ -7,7 +7,7 @@ other on every method preset.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from naclip.backbone import load_clip
-from naclip.benchmarks import get_benchmark
+from naclip.benchmarks import check_class_names, get_benchmark
 from naclip.encoder import DenseEncoder, Taps
 from naclip.heads import Head, HeadInput, RefineInput
 from naclip.io import content_digest
@@ -34,6 +34,7 @@ from naclip.text import ClassSet, QueryCache, parse_classes, read_class_file, wa
 from naclip.workspace import Workspace
 
 UPSAMPLE_BYTES = 24 << 20  # upsampled window logits at a time (see Segmenter._window_logits)
+SCORE_BYTES = 512 << 20  # query logits of one image held at once when only labels are asked (Segmenter._labels)
 
 
 @dataclass
@@ -93,6 +94,7 @@ class Segmenter:
             if overrides:
                 settings = settings.replace(**overrides)
         self.settings, self.benchmark = settings, None
+        self.protocol, self.class_names_kind = "authors", "synonyms"  # as `for_benchmark` chose them
         self.device = resolve_device(settings.device)
         default = torch.float16 if self.device.type == "cuda" else torch.float32
         self.dtype = getattr(torch, settings.dtype) if settings.dtype else default
@@ -127,23 +129,32 @@ class Segmenter:
         benchmark: str | None,
         method: str = "naclip",
         classes: str | os.PathLike | Sequence[str] | None = None,
+        protocol: str = "authors",
+        class_names: str = "synonyms",
         **overrides: Any,
     ) -> Segmenter:
-        """`method` as its authors ran it on `benchmark` (its settings and class file there), `overrides` on top.
+        """`method` on `benchmark` under `protocol` (its settings and class file there), `overrides` on top.
 
         `benchmark`: a key of `naclip.benchmarks.BENCHMARKS` (an alias, or an embedded sample's name, takes
-        that benchmark's protocol), or None for the method's default protocol. `classes` (class lines or a
-        class file) replaces the class file: the method's own on that benchmark, else the benchmark's.
+        that benchmark's protocol), or None for the method's default protocol. `protocol`: ``authors`` (as the
+        method's authors ran it) or ``shared`` (`naclip.benchmarks.SHARED`: the same protocol fields for every
+        method). `classes` (class lines or a class file) replaces the class file: the method's own on that
+        benchmark under its authors' protocol, else the benchmark's. `class_names`: ``synonyms`` (the class
+        lines as they are) or ``plain`` (one name per class, `ClassSet.plain`).
         """
         chosen = get_method(method)
         known = get_benchmark(benchmark) if benchmark is not None else None
         key = known.key if known is not None else None
-        segmenter = cls(chosen.settings(key, **_as_text(overrides)))
-        segmenter.benchmark = benchmark
+        segmenter = cls(chosen.settings(key, protocol, **_as_text(overrides)))
+        segmenter.benchmark, segmenter.protocol = benchmark, protocol
         if classes is None and known is not None:
-            classes = chosen.class_file(key) or known.class_path
+            classes = chosen.class_file(key, protocol) or known.class_path
         if classes is not None:
+            if check_class_names(class_names) == "plain":
+                lines = read_class_file(classes) if isinstance(classes, (str, os.PathLike)) else parse_classes(classes)
+                classes = lines.plain(background=known is not None and known.background)
             segmenter.set_classes(classes)
+        segmenter.class_names_kind = class_names
         return segmenter
 
     @property
@@ -226,12 +237,15 @@ class Segmenter:
         return self._queries
 
     # -- prediction ---------------------------------------------------------------------------
-    def predict(self, image: str | os.PathLike | Image.Image | np.ndarray) -> Prediction:
-        """Segment one original-size image (path, PIL image or (H, W, 3) uint8 RGB array) per the protocol."""
+    def predict(self, image: str | os.PathLike | Image.Image | np.ndarray, probs: bool = True) -> Prediction:
+        """Segment one original-size image (path, PIL image or (H, W, 3) uint8 RGB array) per the protocol.
+
+        `probs=False` returns the labels only, in memory bounded whatever the number of classes.
+        """
         array = load_image(image)
         name = str(image) if isinstance(image, (str, os.PathLike)) else "image"
         check_size(name, array.shape[:2], self.settings.short_side, self.settings.long_side, self.min_side)
-        return self.predict_prepared(self.prepare(array), array.shape[:2])
+        return self.predict_variants(self.prepare(array), array.shape[:2], [{}], probs)[0]
 
     def prepare(self, image: np.ndarray) -> Tensor:
         """The protocol's resize and normalisation with this segmenter's sizes."""
@@ -247,7 +261,8 @@ class Segmenter:
     ) -> list[Prediction]:
         """One prediction per variant (overrides of the method settings); the trunk runs once for all.
 
-        `probs=False` returns labels only (probs None), which saves C x H x W floats per variant.
+        `probs=False` returns labels only (probs None), which saves C x H x W floats per variant; the query
+        logits are then scored `SCORE_BYTES` at a time (`_labels`), so that large vocabularies fit in memory.
         Nothing is recorded for autograd, whatever a head does.
         """
         settings = [self.variant(overrides) for overrides in variants]
@@ -277,29 +292,42 @@ class Segmenter:
             features.append({name: spec.features(module, part) for name, (spec, module) in self.models.items()})
         guides: dict[object, Tensor] = {}  # what depends only on the image (see _guide), shared by the settings
         workspace = Workspace()  # large buffers, reused by each setting in turn
+        grid = self.encoder.grid(*windows[0].shape[-2:])
+        pixels = max(size[0] * size[1], image.shape[-2] * image.shape[-1])
+        chunk = max(1, SCORE_BYTES // (pixels * queries.element_size()))  # queries whose logits fit SCORE_BYTES
         results = []
         for setting in settings:
-            logits = stitch(
-                lambda part, s=setting: self._window_logits(
-                    HeadInput(
-                        self.encoder,
-                        trunks[part.start // batch],
-                        self.encoder.grid(*windows[part.start // batch].shape[-2:]),
-                        windows[part.start // batch],
-                        queries,
-                        features[part.start // batch],
+            head = self.head(setting)
+            unit = [  # per batch of windows: (n, h*w, D) unit patch features, the head run once per setting
+                F.normalize(
+                    head.fn(HeadInput(self.encoder, trunk, grid, part, queries, models), setting).to(self.score_dtype),
+                    dim=-1,
+                )
+                for trunk, part, models in zip(trunks, windows, features)
+            ]
+
+            def logits(chosen: Tensor, unit: list[Tensor] = unit) -> Tensor:
+                """(Q, h, w) window-averaged logits of the `chosen` queries (Q, D) on the prepared image."""
+                return stitch(
+                    lambda span: self._window_logits(
+                        unit[span.start // batch], grid, chosen, window, padding, workspace
                     ),
-                    window,
-                    padding,
-                    s,
+                    boxes,
+                    tuple(image.shape[-2:]),
+                    batch,
                     workspace,
-                ),
-                boxes,
-                tuple(image.shape[-2:]),
-                batch,
-                workspace,
-            )
-            results.append(self._finish(logits, tensor, tuple(size), setting, queries, spans, guides, workspace, probs))
+                )
+
+            if probs or setting.area_threshold > 0 or head.refine is not None or chunk >= len(queries):
+                results.append(
+                    self._finish(
+                        logits(queries), tensor, tuple(size), setting, queries, spans, guides, workspace, probs
+                    )
+                )
+            else:  # a head's refinement sees every query at once: no chunks then
+                results.append(
+                    self._labels(logits, queries, chunk, tensor, tuple(size), setting, spans, guides, workspace)
+                )
         return results
 
     def variant(self, overrides: Mapping[str, Any]) -> Settings:
@@ -320,30 +348,94 @@ class Segmenter:
 
     def _window_logits(
         self,
-        inputs: HeadInput,
+        features: Tensor,
+        grid: tuple[int, int],
+        queries: Tensor,
         window: tuple[int, int],
         padding: tuple[int, ...],
-        settings: Settings,
         workspace: Workspace,
     ) -> Iterator[Tensor]:
-        """Per window of `inputs`, (Q, h, w) cosine similarities of its patches to the queries, upsampled to the
-        window (cut back to it where the protocol pads).
+        """Per window of unit patch `features` (n, h*w, D), (Q, h, w) cosine similarities of its patches to the
+        `queries` (Q, D), upsampled to the window (cut back to it where the protocol pads).
 
         Upsampled a few windows at a time (the same values as all at once) into one buffer of
         `workspace`; each window is read before the next chunk overwrites it.
         """
         left, right, top, bottom = padding
         padded = (window[0] + top + bottom, window[1] + left + right)
-        grid = inputs.grid
-        features = self.head(settings).fn(inputs, settings)
-        features = F.normalize(features.to(self.score_dtype), dim=-1)
-        logits = features @ inputs.queries.T  # (n, h*w, Q)
-        logits = logits.transpose(1, 2).reshape(len(inputs.windows), -1, *grid)  # (n, Q, h, w), stored channels-last
+        logits = features @ queries.T  # (n, h*w, Q)
+        logits = logits.transpose(1, 2).reshape(len(features), -1, *grid)  # (n, Q, h, w), stored channels-last
         per_window = logits.shape[1] * padded[0] * padded[1] * logits.element_size()
         chunk = max(1, min(UPSAMPLE_BYTES // per_window, self.settings.window_batch))
         for part in logits.split(chunk):
             upsampled = workspace.resized("upsampled windows", part, padded, rows=chunk)  # (k, Q, H, W)
             yield from upsampled[..., top : top + window[0], left : left + window[1]]
+
+    def _refined(
+        self,
+        logits: Tensor,
+        image: Tensor,
+        size: tuple[int, int],
+        settings: Settings,
+        guides: dict,
+        workspace: Workspace,
+        queries: Tensor | None = None,
+    ) -> Tensor:
+        """(Q, h, w) logits (stored in any layout) resized to the original `size`, refined by the head's own step
+        (given all the `queries`) and by PAMR: (Q, H, W) channels-first, in a buffer of `workspace` that this
+        call's caller owns."""
+        logits = logits[None]  # (1, Q, h, w)
+        if tuple(logits.shape[-2:]) != size:  # bilinear to the same size is the identity
+            logits = workspace.resized("resized logits", self._channels_first(logits, workspace), size)
+        refine = self.head(settings).refine
+        if refine is not None:
+            guide = self._guide(image, size, logits, guides)
+            logits = refine(RefineInput(self._channels_first(logits, workspace), guide, queries), settings)
+        if settings.pamr_steps > 0:
+            dilations = settings.pamr_dilations
+            if dilations not in guides:
+                guides[dilations] = affinity(self._guide(image, size, logits, guides), dilations)
+            logits = propagate(logits, guides[dilations], dilations, settings.pamr_steps, workspace)
+        return self._channels_first(logits, workspace)[0]
+
+    def _labels(
+        self,
+        logits: Callable[[Tensor], Tensor],
+        queries: Tensor,
+        chunk: int,
+        image: Tensor,
+        size: tuple[int, int],
+        settings: Settings,
+        spans: tuple[tuple[int, int], ...],
+        guides: dict,
+        workspace: Workspace,
+    ) -> Prediction:
+        """The labels of `_finish` (no area threshold, no scores kept), `chunk` of the (Q, D) `queries` at a time.
+
+        `logits(part)` gives the (q, h, w) logits of a slice of the queries. Each chunk is resized and refined
+        (PAMR acts on each query alone) and reduced to its best query and its log-sum-exp, so that the buffers
+        hold `chunk` queries, not all of them: the best query's class is the label (classes score their best
+        query), its probability exp(best - logsumexp) meets the threshold. Large vocabularies (847 classes at
+        2048 x 512) stay within memory this way.
+        """
+        owner = torch.tensor([c for c, (a, b) in enumerate(spans) for _ in range(a, b)], device=queries.device)
+        best = winner = total = None
+        for start in range(0, len(queries), chunk):
+            part = self._refined(logits(queries[start : start + chunk]), image, size, settings, guides, workspace)
+            part = part.mul_(settings.logit_scale)  # (q, H, W)
+            value, index = part.max(0)
+            spread = part.logsumexp(0)
+            if best is None:
+                best, winner, total = value, index, spread
+                continue
+            winner = torch.where(value > best, index + start, winner)  # ties keep the earlier query, as argmax
+            best, total = torch.maximum(best, value), torch.logaddexp(total, spread)
+        top = (best - total).exp()  # the best query's probability
+        if torch.isnan(top).any():  # a numerical failure (an overflowing logit scale, a head's own): never class 0
+            raise FloatingPointError("the class scores hold NaN")
+        labels = owner[winner]
+        labels[top < settings.prob_threshold] = 0
+        return Prediction(labels.cpu().numpy().astype(np.int64), None)
 
     def _finish(
         self,
@@ -363,19 +455,8 @@ class Segmenter:
         `logits` (Q, h, w) may be stored (h, w, Q), as `stitch` leaves them: PAMR reads any layout;
         the resize, the refinement and the softmax get them channels-first, as the authors' code has them.
         """
-        logits = logits[None]  # (1, Q, h, w)
-        if tuple(logits.shape[-2:]) != size:  # bilinear to the same size is the identity
-            logits = workspace.resized("resized logits", self._channels_first(logits, workspace), size)
-        refine = self.head(settings).refine
-        if refine is not None:
-            guide = self._guide(image, size, logits, guides)
-            logits = refine(RefineInput(self._channels_first(logits, workspace), guide, queries), settings)
-        if settings.pamr_steps > 0:
-            dilations = settings.pamr_dilations
-            if dilations not in guides:
-                guides[dilations] = affinity(self._guide(image, size, logits, guides), dilations)
-            logits = propagate(logits, guides[dilations], dilations, settings.pamr_steps, workspace)
-        logits = self._channels_first(logits, workspace)[0].mul_(settings.logit_scale)  # (Q, H, W), this call's own
+        logits = self._refined(logits, image, size, settings, guides, workspace, queries)
+        logits = logits.mul_(settings.logit_scale)  # (Q, H, W), this call's own
         probs = torch.softmax(logits, 0, out=logits)  # in place: the same values, twice as fast as into another buffer
         scores = None  # class scores (C, H, W), when they are needed beyond the labels
         if len(spans) != len(probs) and (keep_probs or settings.area_threshold > 0):

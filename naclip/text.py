@@ -34,11 +34,28 @@ class ClassSet:
 
     @property
     def names(self) -> list[str]:
-        """The first synonym of each class: its display name."""
-        first = {}
+        """Each class's display name: its first synonym, except where classes share one.
+
+        Where classes share a first synonym (ADE20K-847's three lines starting with "bag"), a class of one
+        name keeps it and each other takes its first synonym that is no class's first synonym ("bag,
+        handbag, ..." becomes "handbag"), so that every class has a name of its own.
+        """
+        synonyms: list[list[str]] = [[] for _ in self.lines]
         for query, index in zip(self.queries, self.query_class):
-            first.setdefault(index, query)
-        return [first[i] for i in range(len(self.lines))]
+            synonyms[index].append(query)
+        firsts = [names[0] for names in synonyms]
+        shared = {name for name in firsts if firsts.count(name) > 1}
+        return [
+            next((name for name in names[1:] if name not in firsts), names[0])
+            if names[0] in shared and len(names) > 1
+            else names[0]
+            for names in synonyms
+        ]
+
+    def plain(self, background: bool = False) -> list[str]:
+        """One name per class (its display name), class 0 spelled ``background`` when it is the background."""
+        names = self.names
+        return ["background", *names[1:]] if background else names
 
     def __post_init__(self) -> None:
         if list(self.query_class) != sorted(self.query_class) or set(self.query_class) != set(range(len(self.lines))):

@@ -22,6 +22,7 @@ from PIL import Image
 from naclip.workbook.index import INDEX_HTML
 from naclip.workbook.layout import MARKER_FILE, ROOT_ENV, Workbook
 from naclip.workbook.outputs import MARKER, RANDOM_BANNER, read_manifest
+from naclip.workbook.published import REPORTS
 from naclip.workbook.regenerate import regenerate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +69,19 @@ EXPECTED = {
     ),
     "kernel": ({"kernel": ({"sigma", "row", "col", "distance", "omega"}, 3 * 14 * 14)}, ["kernel"]),
     "demo": ({"classes": ({"class", "pixel_share", "mean_probability"}, 7)}, ["overlay", "probabilities"]),
+    "field": (
+        {
+            "results": ({"benchmark", "method", "protocol", "mIoU", "s_per_image", "gflops", "peak_memory_mib"}, 4),
+            "per_class": ({"benchmark", "method", "protocol", "class_name", "IoU"}, 20 * 4),
+            # per method: a row per protocol, then its printed rows (naclip-nopamr: paper, PEARL's re-run; sclip:
+            # paper, README, PEARL's re-run)
+            "field": ({"method", "row", "voc20", "avg (printed)", "avg (recomputed)", "avg differs", "source"}, 9),
+            "costs": ({"method", "protocol", "s_per_image", "images_per_s", "peak_memory_mib", "gflops"}, 4),
+            "protocol_fields": ({"protocol", "benchmark", "short_side", "logit_scale", "pamr_steps"}, 2),
+            "published": ({"method", "kind", "by", "source", "avg (recomputed)"}, len(REPORTS)),
+        },
+        [],
+    ),
 }
 
 

@@ -27,6 +27,7 @@ STUDIES = [
     "attention_maps",
     "kernel",
     "demo",
+    "field",
 ]
 
 

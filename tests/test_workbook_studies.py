@@ -27,10 +27,16 @@ def test_published_holds_every_row_keyed_by_preset_and_its_averages_match():
         "maskclip",
         "resclip",
         "scclip",
+        "sfp",
+        "dihclip",
+        "pearl",
+        "proxyclip",
+        "trident",
     ]
     for row in ROWS:
         assert len(row.values) == len(BENCHMARKS)
-        assert np.mean(row.values) == pytest.approx(row.average, abs=0.06), row.method
+        if not np.isnan(row.values).any():  # SFP's paper average comes without its per-benchmark numbers
+            assert np.mean(row.values) == pytest.approx(row.average, abs=0.06), row.method
     assert table[(table.method == "naclip") & (table.benchmark == "voc21")].mIoU.item() == 64.07
     assert table[(table.method == "clearclip") & (table.benchmark == "cityscapes")].mIoU.item() == 30.0
     assert table[(table.method == "maskclip") & (table.benchmark == "avg")].mIoU.item() == 27.9

@@ -58,6 +58,8 @@ _LAYOUTS = {
     "coco_stuff": (layouts.COCO_STUFF, _COCO),
     "cityscapes": (layouts.CITYSCAPES, "cityscapes"),
     "ade20k": (layouts.ADE20K, "ade/ADEChallengeData2016"),
+    "ade847": (layouts.ADE847, "ADE20K_2021_17_01"),
+    "context459": (layouts.CONTEXT459, _CTX),
 }
 _SAMPLES = [("voc21", "voc", _VOC_SAMPLE), ("voc20", "voc", _VOC_SAMPLE), ("ade20k", "ade", _ADE_SAMPLE)]
 PRESETS: dict[str, Preset] = {
@@ -110,6 +112,7 @@ def open_benchmark(name: str, data_root: str | Path | None = None) -> SegDataset
         items=preset.layout.list_items(root),
         class_file=preset.benchmark.class_path,
         reduce_zero_label=preset.benchmark.reduce_zero_label,
+        ignore_index=preset.benchmark.ignore_index,
         background=preset.benchmark.background,
         protocol=preset.protocol,
         root=root,

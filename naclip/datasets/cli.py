@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from naclip.benchmarks import CLASSES_DIR
+from naclip.benchmarks import CLASSES_DIR, PROTOCOLS, SHARED, SHARED_CLASS_FILES
 from naclip.datasets import coco
 from naclip.datasets.base import BadSample, check_sample, image_size
 from naclip.datasets.benchmarks import DATA_ENV, PRESETS, open_benchmark
@@ -25,6 +25,13 @@ def register(subparsers: argparse._SubParsersAction, argv: Sequence[str] = ()) -
         "list", help="the benchmarks, a method's protocol on each (--method) and the expected sub-folders"
     )
     listing.add_argument("--method", default="naclip", help=f"one of {', '.join(METHODS)} (default: naclip)")
+    listing.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="authors",
+        help="authors: the method's own protocol (default); shared: the one every method runs under, with the "
+        "reason for each value",
+    )
     listing.set_defaults(func=run_list)
 
     check = commands.add_parser(
@@ -59,25 +66,32 @@ def register(subparsers: argparse._SubParsersAction, argv: Sequence[str] = ()) -
 def run_list(args: argparse.Namespace) -> int:
     method = get_method(args.method)
     print(method.describe())
+    if args.protocol == "shared":
+        print("shared protocol: the same values for every method (its own parameters stay its authors'):")
+        for name, spec in SHARED.items():
+            exceptions = "".join(f", {key} {value}" for key, value in spec.per_benchmark)
+            print(f"  {name} = {spec.value}{exceptions}: {spec.reason}")
+        print(f"  class files: {SHARED_CLASS_FILES}")
     header = (
         f"{'benchmark':<14} {'classes':<26} {'short':>5} {'windows':>8} {'logit':>5} {'prob_thd':>8} {'0->ignore':>9}"
     )
     print(f"{header}  folder")
     for preset in PRESETS.values():
-        settings = method.settings(preset.protocol)
+        settings = method.settings(preset.protocol, args.protocol)
         windows = f"{settings.slide_crop}/{settings.slide_stride}" if settings.slide_crop else "whole"
-        own = method.class_file(preset.protocol)
+        own = method.class_file(preset.protocol, args.protocol)
         classes = str(own.relative_to(CLASSES_DIR)) if own else preset.benchmark.class_file
         folder = "(embedded)" if preset.sample else f"$NACLIP_DATA/{preset.folder}"
         print(
             f"{preset.key:<14} {classes:<26} {settings.short_side:>5} {windows:>8} {settings.logit_scale:>5g} "
             f"{settings.prob_threshold:>8} {str(preset.benchmark.reduce_zero_label):>9}  {folder}"
         )
-    fixed = method.settings()
+    fixed = method.settings(None, args.protocol)
     own = ", ".join(f"{key} {value}" for key, value in fixed.params.to_dict().items()) or "none"
     print(
         f"everywhere: PAMR steps {fixed.pamr_steps}, area threshold {fixed.area_threshold} (VOC21: "
-        f"{method.settings('voc21').area_threshold}), windows padded: {fixed.pad_windows}; head {method.head}, "
+        f"{method.settings('voc21', args.protocol).area_threshold}), windows padded: {fixed.pad_windows}; "
+        f"head {method.head}, "
         f"its own parameters: {own}"
     )
     return 0

@@ -81,3 +81,12 @@ COCO_OBJECT = Layout("images/val2017", "annotations/val2017", mask_suffix="_inst
 COCO_STUFF = Layout("images/val2017", "annotations/val2017", mask_suffix="_labelTrainIds.png")
 CITYSCAPES = Layout("leftImg8bit/val", "gtFine/val", "_leftImg8bit.png", "_gtFine_labelTrainIds.png")
 ADE20K = Layout("images/validation", "annotations/validation")
+# The large-vocabulary pair as CAT-Seg's prepare_ade20k_847.py / prepare_pascal_context_459.py write them
+# (ProxyCLIP's and Trident's cfg_ade847.py, cfg_context459.py and custom_datasets.py:174-297 read these).
+ADE847 = Layout("images_detectron2/validation", "annotations_detectron2/validation", mask_suffix=".tif")
+CONTEXT459 = Layout(
+    "JPEGImages",
+    "annotations_detectron2/pc459_val",
+    mask_suffix=".tif",
+    split_file="ImageSets/SegmentationContext/val.txt",
+)

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from naclip.benchmarks import CLASS_NAMES, PROTOCOLS
 from naclip.datasets import DATA_ENV, PRESETS
 from naclip.datasets.folder import add_folder_arguments, folder_from_args
 from naclip.evaluation.outputs import PER_CLASS_CSV, PROVENANCE_JSON, SUMMARY_CSV, per_class_table
@@ -43,6 +44,19 @@ def register(subparsers: argparse._SubParsersAction, argv: Sequence[str] = ()) -
         action="append",
         metavar="KEY=VALUE[,KEY=VALUE]",
         help="a method variant sharing the trunk pass, e.g. --variant sigma=3 --variant attention=kk (repeatable)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="authors",
+        help="authors: each method as its authors ran it (default); shared: the same protocol fields and class "
+        "files for every method (naclip data list --protocol shared)",
+    )
+    parser.add_argument(
+        "--class-names",
+        choices=CLASS_NAMES,
+        default="synonyms",
+        help="synonyms: the class file's lines (default); plain: one name per class, the background as 'background'",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--quiet", action="store_true", help="no per-class table at the end (the summary only)")
@@ -91,15 +105,33 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.no_progress,
         method=args.method,
+        protocol=args.protocol,
+        class_names=args.class_names,
         **settings_overrides(args),
     )
     provenance = frame.attrs["provenance"]
     if os.environ.get("RANK", "0") != "0":
         return 0
-    columns = ["benchmark", "variant", "mIoU", "aAcc", "mAcc", "n_images", "n_skipped", "images_per_s"]
+    columns = [
+        "benchmark",
+        "variant",
+        "mIoU",
+        "aAcc",
+        "mAcc",
+        "n_images",
+        "n_skipped",
+        "images_per_s",
+        "s_per_image",
+        "peak_memory_mib",
+        "gflops",
+    ]
     if not args.quiet:
         print(per_class_table(frame.attrs["per_class"]), end="\n\n")
     print(frame[columns].to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+    print(
+        f"protocol: {args.protocol}, class names: {args.class_names}; peak memory: {frame['peak_memory_kind'].iloc[0]}"
+        "; gflops: one prediction of the first image scored (torch's FlopCounterMode)"
+    )
     print(f"wrote {out / SUMMARY_CSV}, {out / PER_CLASS_CSV}, {out / PROVENANCE_JSON}")
     if provenance["random_weights"]:
         print("note: RANDOM weights were used (--pretrained none); these numbers are meaningless.")

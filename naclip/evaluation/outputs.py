@@ -36,6 +36,9 @@ class Run:
     key: str = ""  # of the records (`records.run_key`)
     records: Path | None = None  # their folder, removed once the results are written
     unpaired_masks: list[str] = field(default_factory=list)
+    gflops: float = float("nan")  # one prediction of the first image scored (every variant); NaN: none scored
+    peak_memory_mib: float = float("nan")
+    peak_memory_kind: str = ""
 
 
 def save_prediction(labels: np.ndarray, path: Path, num_classes: int) -> str:
@@ -92,6 +95,10 @@ def tables(run: Run, world: int) -> tuple[list[dict], list[dict]]:
                 "n_resumed": run.resumed,
                 "seconds": run.seconds,
                 "images_per_s": new / run.seconds if new and run.seconds > 0 else float("nan"),
+                "s_per_image": run.seconds / new if new else float("nan"),
+                "gflops": run.gflops,
+                "peak_memory_mib": run.peak_memory_mib,
+                "peak_memory_kind": run.peak_memory_kind,
                 "num_classes": run.dataset.num_classes,
                 **{key: text(value) for key, value in config.items()},
                 "world_size": world,

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from naclip.benchmarks import check_class_names, check_protocol
+from naclip.cost import counted_gflops, peak_memory
 from naclip.datasets import BadSample, SegDataset, open_benchmark
 from naclip.datasets.folder import NO_IMAGE, unpaired_masks
 from naclip.evaluation import outputs
@@ -116,6 +118,8 @@ class Options:
     skip_bad: bool = False
     workers: int = 0
     progress: bool = True
+    protocol: str = "authors"  # the methods' own protocols, or the shared one (naclip.benchmarks.SHARED)
+    class_names: str = "synonyms"  # the class file's lines, or one plain name per class
 
 
 def make_variants(variants: Sequence[Mapping[str, Any]] | None, method: str = "naclip") -> list[Variant]:
@@ -166,11 +170,21 @@ def run_dataset(
     options: Options,
 ) -> Run:
     """Score every image of `dataset` under each variant; this rank takes its share, ranks sum up."""
-    device = str(group.device(get_method(method).settings(dataset.protocol, **overrides).device))
+    device = str(group.device(get_method(method).settings(dataset.protocol, options.protocol, **overrides).device))
     segmenter = Segmenter.for_benchmark(
-        dataset.protocol, method, classes=dataset.class_file, **{**overrides, "device": device}
+        dataset.protocol,
+        method,
+        classes=dataset.class_file,
+        protocol=options.protocol,
+        class_names=options.class_names,
+        **{**overrides, "device": device},
     )
-    base = {**segmenter.config, "random_weights": segmenter.random_weights}
+    base = {
+        **segmenter.config,
+        "protocol": options.protocol,
+        "class_names": options.class_names,
+        "random_weights": segmenter.random_weights,
+    }
     configs = [{**base, **segmenter.variant(variant.overrides).to_dict(("method",))} for variant in variants]
     state = ResumeState(options.partial_root, dataset.name, run_content(dataset, segmenter, variants), group.rank)
 
@@ -197,12 +211,14 @@ def run_dataset(
     start = time.perf_counter()
     try:
         shown = dataclasses.replace(options, progress=options.progress and group.main)
-        new_bad = score(segmenter, dataset, variants, todo, matrices, state, files, shown)
+        with peak_memory(segmenter.device) as memory:
+            new_bad, gflops = score(segmenter, dataset, variants, todo, matrices, state, files, shown)
     except KeyboardInterrupt:
         raise Interrupted(_kept(dataset, state)) from None
     finally:
         state.close()
     seconds = max(group.gather(time.perf_counter() - start))
+    counted = [value for value in group.gather(gflops) if value is not None]  # the first rank that scored one
     stacked = group.sum(np.stack([matrix.matrix for matrix in matrices]))
     new_scored = int(group.sum(np.array([len(todo) - len(new_bad)]))[0])
     for part in group.gather(new_bad):
@@ -218,6 +234,9 @@ def run_dataset(
         skipped=skipped,
         key=state.key,
         records=state.directory,
+        gflops=counted[0] if counted else float("nan"),
+        peak_memory_mib=max(group.gather(memory.mib)),
+        peak_memory_kind=memory.kind,
     )
     check_scored(run)
     return run
@@ -232,14 +251,16 @@ def score(
     state: ResumeState,
     files: Callable[[int], list[Path]],
     options: Options,
-) -> dict[int, str]:
+) -> tuple[dict[int, str], float | None]:
     """The scoring loop: predict each image of `todo`, write its PNGs, add it to `matrices`, record it.
 
     The PNGs are written before the record, so a recorded image always has them. Returns the images
-    skipped as bad (with `skip_bad`; otherwise the first bad image raises BadSample).
+    skipped as bad (with `skip_bad`; otherwise the first bad image raises BadSample), and the GFLOPs of
+    the first image's prediction (every variant of it), counted while it is made (None: no image scored).
     """
     settings = segmenter.settings
     bad: dict[int, str] = {}
+    gflops = None
     bar = tqdm(total=len(todo), desc=dataset.name, unit="img", disable=not options.progress)
     try:
         loaded_images = load_prepared(
@@ -253,9 +274,17 @@ def score(
                 state.record_bad(loaded.index, loaded.error)
                 continue
             with naming_failures(dataset.items[loaded.index].image, loaded.size):
-                predictions = segmenter.predict_variants(
-                    loaded.tensor, loaded.size, [variant.overrides for variant in variants], probs=False
-                )
+
+                def predict(loaded: Any = loaded) -> list:
+                    return segmenter.predict_variants(
+                        loaded.tensor, loaded.size, [variant.overrides for variant in variants], probs=False
+                    )
+
+                if gflops is None:  # counted once per run, on the first image; the text is embedded before
+                    segmenter._query_features()
+                    predictions, gflops = counted_gflops(predict)
+                else:
+                    predictions = predict()
             written = {
                 path: outputs.save_prediction(prediction.labels, path, dataset.num_classes)
                 for path, prediction in zip(files(loaded.index), predictions)
@@ -265,7 +294,7 @@ def score(
             bar.update()
     finally:
         bar.close()
-    return bad
+    return bad, gflops
 
 
 def _kept(dataset: SegDataset, state: ResumeState) -> str:
@@ -359,6 +388,8 @@ def evaluate(
     workers: int | None = None,
     progress: bool = True,
     method: str = "naclip",
+    protocol: str = "authors",
+    class_names: str = "synonyms",
     **overrides: Any,
 ) -> pd.DataFrame:
     """Evaluate on benchmarks; returns one tidy row per (benchmark, variant).
@@ -373,8 +404,12 @@ def evaluate(
     The returned frame holds mIoU, aAcc, mAcc (percent), n_images, n_skipped, n_resumed, seconds,
     images_per_s (NaN when every image was resumed) and every configuration key;
     `frame.attrs["per_class"]` holds per-class IoU/Acc (percent) and pixel counts,
-    `frame.attrs["provenance"]` the provenance. With `out`, these are written to out/summary.csv,
-    out/per_class.csv, out/provenance.json, and per-image results are kept under out/partial/ while
+    `frame.attrs["provenance"]` the provenance. `protocol` is ``authors`` (each method's own) or ``shared``
+    (`naclip.benchmarks.SHARED`, the same protocol fields and class files for every method); `class_names` is
+    ``synonyms`` (the class file's lines) or ``plain`` (one name per class). The cost columns: s_per_image,
+    peak_memory_mib (CUDA's allocator or the process's resident set) and gflops (one prediction of the
+    first image scored, counted by torch's FlopCounterMode while it is made). With `out`, these are written to
+    out/summary.csv, out/per_class.csv, out/provenance.json, and per-image results are kept under out/partial/ while
     running so that an interrupted run resumes (`resume=False` starts over); `out` and
     `save_predictions` are locked against other runs while this one writes them.
     `save_predictions` writes each label map as <dir>[/<benchmark>][/<variant>]/<image name>.png (the
@@ -387,7 +422,8 @@ def evaluate(
         raise ValueError("no benchmark given")
     named = make_variants(variants, method)
     chosen = get_method(method)
-    chosen.settings(**overrides)  # refuse bad settings before any data is read
+    chosen.settings(None, check_protocol(protocol), **overrides)  # refuse bad settings before any data is read
+    check_class_names(class_names)
     made = [first_missing(path) for path in (out, save_predictions) if path is not None]  # removed if nothing ran
     group = join(overrides.get("device", "auto"))
     summary, per_class, runs = [], [], []
@@ -410,13 +446,15 @@ def evaluate(
             skip_bad=skip_bad,
             workers=workers,
             progress=progress,
+            protocol=protocol,
+            class_names=class_names,
         )
         datasets = [spec if isinstance(spec, SegDataset) else open_benchmark(spec, data_root) for spec in specs]
         for dataset in datasets:
             check_apart(dataset, folders)
         with _locked(folders, group):
             for dataset in datasets:
-                dataset = dataset.with_class_file(chosen.class_file(dataset.protocol))
+                dataset = dataset.with_class_file(chosen.class_file(dataset.protocol, protocol))
                 unpaired = unpaired_masks(dataset)
                 if group.main:
                     _report_unpaired(dataset.name, unpaired)
@@ -435,6 +473,8 @@ def evaluate(
                 runs,
                 device=str(group.device(overrides.get("device", "auto"))),
                 method=method,
+                protocol=protocol,
+                class_names=class_names,
                 authors_protocol=chosen.authors_protocol,
                 world_size=group.world,
             )

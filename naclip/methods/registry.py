@@ -8,7 +8,9 @@ A method is one decorated function returning a `Method` (as timm registers model
 
 `Method.settings(benchmark, **overrides)` gives the `Settings` the authors used on that benchmark
 (their default protocol when `benchmark` is None or unknown to them), with `overrides` applied on
-top. A method defined outside the package registers the same way when its module is imported, or
+top; `protocol="shared"` replaces every protocol field with `naclip.benchmarks.SHARED`'s values and
+keeps only what makes the method (its head's parameters, as its authors set them on that benchmark).
+A method defined outside the package registers the same way when its module is imported, or
 through the `naclip.methods` entry point group (see `naclip.methods`).
 
 A plug-in is a method's piece that applies on top of other methods (ResCLIP's RCS and SFR on
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from naclip.benchmarks import BENCHMARKS, CLASSES_DIR
+from naclip.benchmarks import BENCHMARKS, CLASSES_DIR, check_protocol, shared_settings
 from naclip.heads import Head, get_head
 from naclip.registry import Registry, unknown
 from naclip.settings import METHOD_PARAMS, SETTINGS_FIELDS, Settings, option_fields, owners_of
@@ -88,17 +90,21 @@ class Method:
         """The protocol on `benchmark` (a key of `naclip.benchmarks.BENCHMARKS`); an empty one for other data."""
         return self.benchmarks.get(benchmark or "", Protocol())
 
-    def settings(self, benchmark: str | None = None, **overrides: Any) -> Settings:
-        """The settings of this method on `benchmark` (None: its default protocol), then `overrides`."""
+    def settings(self, benchmark: str | None = None, protocol: str = "authors", **overrides: Any) -> Settings:
+        """The settings of this method on `benchmark` (None: its default protocol), then `overrides`.
+
+        `protocol="shared"`: the shared protocol's fields (`naclip.benchmarks.SHARED`) over the authors' ones.
+        """
+        shared = shared_settings(benchmark) if check_protocol(protocol) == "shared" else {}
         return (
             Settings(method=self.name)
-            .replace(**{**self.defaults, **self.protocol(benchmark).settings})
+            .replace(**{**self.defaults, **self.protocol(benchmark).settings, **shared})
             .replace(**overrides)
         )
 
-    def class_file(self, benchmark: str | None) -> Path | None:
-        """The method's own class file on `benchmark`; None where it uses the benchmark's."""
-        name = self.protocol(benchmark).class_file
+    def class_file(self, benchmark: str | None, protocol: str = "authors") -> Path | None:
+        """The method's own class file on `benchmark`; None where it uses the benchmark's (always, when shared)."""
+        name = self.protocol(benchmark).class_file if check_protocol(protocol) == "authors" else None
         return CLASSES_DIR / name if name else None
 
     def describe(self) -> str:

@@ -1,99 +1,103 @@
 """The published mIoU numbers (CLIP ViT-B/16 / openai, full validation sets) the studies are compared with.
 
-One row per published method, keyed by the name of the method preset that reruns it (`naclip.methods`).
-Each row was made under its authors' own protocol.
+They live in one data file, `naclip/resources/published.yaml`, keyed by the name of the method preset that
+reruns them (`naclip.methods`), each report with its source: the method's paper, its README, another paper's
+re-run of its code, or another paper's table quoting it. `ROWS` are the primary reports (one per method, made
+under its authors' own protocol), the rows the main study compares with; `REPORTS` every report.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from naclip.benchmarks import BENCHMARKS as ALL
+from naclip.benchmarks import RESOURCES, TABLE
 
-# Benchmark keys in the papers' column order, with their labels, and the validation images a published number
-# covers.
-BENCHMARKS = {key: benchmark.label for key, benchmark in ALL.items()}
-IMAGES = {key: benchmark.images for key, benchmark in ALL.items()}
+DATA_FILE = RESOURCES / "published.yaml"
+# The field's eight benchmark keys in the papers' column order, with their labels, and the validation images a
+# published number covers.
+BENCHMARKS = {key: ALL.get(key).label for key in TABLE}
+IMAGES = {key: ALL.get(key).images for key in TABLE}
 BACKBONE = ("ViT-B-16", "openai")
+KINDS = ("paper", "readme", "rerun", "cited")
+AVERAGE_TOLERANCE = 0.1  # a printed average further than this from its row's mean is flagged
 
 
 @dataclass(frozen=True)
-class Published:
-    """One published row: mIoU (%) per benchmark in `BENCHMARKS` order, and the average over the eight."""
+class Report:
+    """One printed row of mIoU (%) for a method: per benchmark in `BENCHMARKS` order (NaN: not printed), and the
+    average as printed (NaN: none), with who printed it and where."""
 
     method: str  # the method preset's name
     title: str
     pamr: bool  # PAMR as the final post-processing
+    kind: str  # one of KINDS
+    by: str
     source: str
     values: tuple[float, ...]
     average: float
+    primary: bool = False
     note: str = ""
 
+    @property
+    def recomputed(self) -> float:
+        """The mean of the eight per-benchmark numbers; NaN unless all eight were printed."""
+        if any(math.isnan(v) for v in self.values):
+            return math.nan
+        return sum(self.values) / len(self.values)
 
-ROWS: tuple[Published, ...] = (
-    Published(
-        "naclip",
-        "NACLIP + PAMR (authors' code, v2)",
-        True,
-        "NACLIP README",
-        (64.07, 34.99, 36.19, 83.03, 38.35, 25.69, 38.27, 19.05),
-        42.46,
-    ),
-    Published(
-        "naclip-nopamr",
-        "NACLIP, no post-processing",
-        False,
-        "NACLIP paper, Table 1",
-        (58.9, 32.2, 33.2, 79.7, 35.2, 23.3, 35.5, 17.4),
-        39.4,
-    ),
-    Published(
-        "sclip",
-        "SCLIP (its own protocol, no PAMR)",
-        False,
-        "NACLIP paper, Table 1 (from SCLIP's paper)",
-        (59.1, 30.4, 30.5, 80.4, 34.1, 22.4, 32.2, 16.1),
-        38.2,
-        "SCLIP's README reports a slightly different run: 59.63 / 31.74 / 33.52 / 81.54 / 34.46 / 22.77 / "
-        "32.34 / 16.45",
-    ),
-    Published(
-        "clearclip",
-        "ClearCLIP (its own protocol)",
-        False,
-        "ResCLIP's table; the 5 no-background ones also ClearCLIP's README",
-        (51.8, 32.6, 33.0, 80.9, 35.9, 23.9, 30.0, 16.7),
-        38.1,
-    ),
-    Published(
-        "maskclip",
-        "MaskCLIP (SCLIP's re-run)",
-        False,
-        "ResCLIP's table (from SCLIP's paper)",
-        (38.8, 23.6, 20.6, 74.9, 26.4, 16.4, 12.6, 9.8),
-        27.9,
-        "the re-run's settings are not published",
-    ),
-    Published(
-        "resclip",
-        "ResCLIP on NACLIP (no final PAMR)",
-        False,
-        "ResCLIP README figure",
-        (61.1, 33.5, 35.0, 86.0, 36.8, 24.7, 35.9, 18.0),
-        41.4,
-        "its first pass uses PAMR internally; an independent reproduction got VOC20 82.3",
-    ),
-    Published(
-        "scclip",
-        "SC-CLIP",
-        False,
-        "secondary (a later paper's table); SC-CLIP's README has none",
-        (64.6, 36.8, 37.7, 84.3, 40.1, 26.6, 41.0, 20.1),
-        43.9,
-    ),
-)
+    @property
+    def average_differs(self) -> bool:
+        """Whether the printed average is more than `AVERAGE_TOLERANCE` from the recomputed one."""
+        return abs(self.average - self.recomputed) > AVERAGE_TOLERANCE + 1e-9  # NaN on either side: False
+
+
+Published = Report  # a row the studies compare with (kept name)
+
+
+def _number(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def load(path: str | Path = DATA_FILE) -> tuple[Report, ...]:
+    """Every report of the data file at `path`; ValueError naming the method for a malformed entry."""
+    reports = []
+    for method, entry in yaml.safe_load(Path(path).read_text()).items():
+        primaries = 0
+        for report in entry["reports"]:
+            values = tuple(_number(v) for v in report["values"])
+            if len(values) != len(BENCHMARKS) or report["kind"] not in KINDS or not str(report.get("source", "")):
+                raise ValueError(
+                    f"{path}: a report of {method!r} needs {len(BENCHMARKS)} values (null where not printed), a kind "
+                    f"among {', '.join(KINDS)} and a source"
+                )
+            primaries += bool(report.get("primary"))
+            reports.append(
+                Report(
+                    method,
+                    entry["title"],
+                    bool(entry["pamr"]),
+                    report["kind"],
+                    report["by"],
+                    report["source"],
+                    values,
+                    _number(report.get("average")),
+                    bool(report.get("primary")),
+                    entry.get("note", ""),
+                )
+            )
+        if primaries > 1:
+            raise ValueError(f"{path}: {method!r} has {primaries} primary reports; expected at most one")
+    return tuple(reports)
+
+
+REPORTS: tuple[Report, ...] = load()
+ROWS: tuple[Report, ...] = tuple(report for report in REPORTS if report.primary)
 
 
 def published() -> pd.DataFrame:
@@ -111,3 +115,24 @@ def published() -> pd.DataFrame:
         for benchmark, miou in [*zip(BENCHMARKS, row.values, strict=True), ("avg", row.average)]
     ]
     return pd.DataFrame(rows)
+
+
+def reports_table() -> pd.DataFrame:
+    """Every report as a row: its numbers per benchmark, the printed and the recomputed average, and a flag where
+    the two differ by more than `AVERAGE_TOLERANCE`."""
+    return pd.DataFrame(
+        [
+            {
+                "method": r.method,
+                "kind": r.kind,
+                "by": r.by,
+                "primary": r.primary,
+                **dict(zip(BENCHMARKS, r.values, strict=True)),
+                "avg (printed)": r.average,
+                "avg (recomputed)": r.recomputed,
+                "avg differs": r.average_differs,
+                "source": r.source,
+            }
+            for r in REPORTS
+        ]
+    )
