@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from naclip.benchmarks import BENCHMARKS
+from naclip.benchmarks import TABLE
 from naclip.cli import main
 from naclip.heads import HeadInput, LastBlockParams, RefineInput, get_head, last_block, register_head
 from naclip.methods import Method, get_method
@@ -288,7 +288,7 @@ def test_tlp_changes_the_prediction_and_can_be_switched_off():
 
 # -- presets and commands ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["pearl", "pearl-notlp"])
-@pytest.mark.parametrize("benchmark", BENCHMARKS.names())
+@pytest.mark.parametrize("benchmark", TABLE)
 def test_the_presets_follow_the_authors_configs(name, benchmark):
     method = get_method(name)
     s = method.settings(benchmark)
