@@ -34,6 +34,9 @@ Stubbed or patched at run time (no file of a checkout is changed):
 
 Run: python -m benchmarks.reference_check --sclip /path/to/SCLIP --clearclip /path/to/ClearCLIP
      [--naclip /path/to/NACLIP] [--fast] [--markdown] [--variants] [--speed] [--benchmarks ...] [--images ...]
+     [--control KEY=VALUE ...]
+A method module's `weights(checkpoint, scratch)`, where it has one, gives the weights both sides run
+for that method (the shared ones with the direction its own head's features share projected out).
 Cost on 2 CPU cores: the authors' text encoding runs all 77 positions of 80 prompts per query (a few
 seconds per query), so a full run takes an hour or more; --fast skips that and runs two benchmarks
 per method on two images. Their synonym max builds a (classes, queries, H, W) tensor: SCLIP's VOC21
@@ -97,7 +100,15 @@ def main() -> None:
     parser.add_argument(
         "--speed", action="store_true", help="also time each side's second prediction of each image (end to end)"
     )
+    parser.add_argument(
+        "--control",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="settings changed on naclip's side only (a control: the check should then fail)",
+    )
     args = parser.parse_args()
+    control = dict(item.split("=", 1) for item in args.control)
 
     checkouts = {name: getattr(args, name) for name in MODULES if getattr(args, name)}
     methods = args.methods or [m for m in FAMILY if FAMILY[m] in checkouts]
@@ -115,9 +126,18 @@ def main() -> None:
         for method in methods:
             module = MODULES[FAMILY[method]]
             defaults = getattr(module, "FAST_BENCHMARKS" if args.fast else "BENCHMARKS", {})
+            weights = module.weights(checkpoint, scratch) if hasattr(module, "weights") else checkpoint
             for benchmark in args.benchmarks or defaults.get(method, DEFAULT_BENCHMARKS):
                 rows += compare(
-                    method, benchmark, loaded[FAMILY[method]], checkpoint, images, scratch, args.fast, args.speed
+                    method,
+                    benchmark,
+                    loaded[FAMILY[method]],
+                    weights,
+                    images,
+                    scratch,
+                    args.fast,
+                    args.speed,
+                    control,
                 )
         if args.variants and "naclip" in loaded:
             rows += MODULES["naclip"].variant_rows(loaded["naclip"], checkpoint, images, scratch)
@@ -144,11 +164,13 @@ def compare(
     scratch: Path,
     fast: bool,
     speed: bool = False,
+    control: dict[str, str] | None = None,
 ) -> list[dict]:
     """One row per image: the authors' segmentor and naclip's preset for (method, benchmark).
 
     With `speed`, each side predicts each image a second time, timed: file to label map and
     probabilities (decoding, resizing, windows, post-processing), text embeddings already made.
+    `control`: settings changed on naclip's side only, to show that the check tells them apart.
     """
     start = time.perf_counter()
     ours = Segmenter.for_benchmark(
@@ -159,6 +181,7 @@ def compare(
         device="cpu",
         dtype="float32",
         cache_dir=str(scratch / "cache"),
+        **(control or {}),
     )
     queries = list(ours.classes.queries)
     if fast:  # one template per query on both sides: ours computed here, given to the authors' model
