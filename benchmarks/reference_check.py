@@ -144,7 +144,7 @@ def main() -> None:
     frame = pd.DataFrame(rows)
     print()
     print(to_markdown(frame) if args.markdown else frame.to_string(index=False))
-    worst_agreement, worst_diff = frame["label_agreement_%"].min(), frame["max_prob_diff"].max()
+    worst_agreement, worst_diff = frame["label_agreement_%"].min(), frame["max_prob_diff"].max()  # NaN rows: both NaN
     passed = worst_agreement >= LABEL_TARGET and worst_diff <= PROB_TARGET
     if args.speed:
         print_speed(frame)
@@ -195,7 +195,12 @@ def compare(
     rows = []
     for path in images:
         their_prediction = theirs.predict(path)
-        our_result = ours.predict(path)
+        try:
+            our_result = ours.predict(path)
+        except FloatingPointError:  # NaN scores (SFP's zero fill): naclip refuses the image; theirs must be NaN too
+            rows.append(nan_row(method, benchmark, path, their_prediction))
+            print(pd.DataFrame(rows[-1:]).to_string(header=len(rows) == 1, index=False), flush=True)
+            continue
         timing = {}
         if speed:  # the second call: one-off costs (the compiled PAMR kernels' load, caches) left out
             their_s, our_s = (best_of(lambda p=path, side=side: side.predict(p), 1, 0) for side in (theirs, ours))
@@ -222,6 +227,23 @@ def compare(
         print(pd.DataFrame(rows[-1:]).to_string(header=len(rows) == 1, index=False), flush=True)
     print(f"  {method}/{benchmark}: {time.perf_counter() - start:.0f} s", flush=True)
     return rows
+
+
+def nan_row(method: str, benchmark: str, path: Path, theirs: tuple[np.ndarray, np.ndarray]) -> dict:
+    """The row of an image whose scores naclip found NaN (it raises, giving no labels): agreement where the
+    authors' scores hold NaN too (`their_nan_%` > 0), an infinite difference where they do not."""
+    labels, probs = theirs
+    nan_share = 100 * float(np.isnan(probs).any(0).mean())
+    return {
+        "method": method,
+        "benchmark": benchmark,
+        "image": path.name,
+        "size": "x".join(map(str, labels.shape)),
+        "label_agreement_%": float("nan") if nan_share else 0.0,
+        "max_prob_diff": float("nan") if nan_share else float("inf"),
+        "their_nan_%": nan_share,
+        "ours": "NaN: refused",
+    }
 
 
 def print_speed(frame: pd.DataFrame) -> None:
