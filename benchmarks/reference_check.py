@@ -34,6 +34,9 @@ Stubbed or patched at run time (no file of a checkout is changed):
 
 Run: python -m benchmarks.reference_check --sclip /path/to/SCLIP --clearclip /path/to/ClearCLIP
      [--naclip /path/to/NACLIP] [--fast] [--markdown] [--variants] [--speed] [--benchmarks ...] [--images ...]
+     [--control KEY=VALUE ...]
+A method module's `weights(checkpoint, scratch)`, where it has one, gives the weights both sides run
+for that method (the shared ones with the direction its own head's features share projected out).
 Cost on 2 CPU cores: the authors' text encoding runs all 77 positions of 80 prompts per query (a few
 seconds per query), so a full run takes an hour or more; --fast skips that and runs two benchmarks
 per method on two images. Their synonym max builds a (classes, queries, H, W) tensor: SCLIP's VOC21
@@ -97,7 +100,15 @@ def main() -> None:
     parser.add_argument(
         "--speed", action="store_true", help="also time each side's second prediction of each image (end to end)"
     )
+    parser.add_argument(
+        "--control",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="settings changed on naclip's side only (a control: the check should then fail)",
+    )
     args = parser.parse_args()
+    control = dict(item.split("=", 1) for item in args.control)
 
     checkouts = {name: getattr(args, name) for name in MODULES if getattr(args, name)}
     methods = args.methods or [m for m in FAMILY if FAMILY[m] in checkouts]
@@ -115,16 +126,25 @@ def main() -> None:
         for method in methods:
             module = MODULES[FAMILY[method]]
             defaults = getattr(module, "FAST_BENCHMARKS" if args.fast else "BENCHMARKS", {})
+            weights = module.weights(checkpoint, scratch) if hasattr(module, "weights") else checkpoint
             for benchmark in args.benchmarks or defaults.get(method, DEFAULT_BENCHMARKS):
                 rows += compare(
-                    method, benchmark, loaded[FAMILY[method]], checkpoint, images, scratch, args.fast, args.speed
+                    method,
+                    benchmark,
+                    loaded[FAMILY[method]],
+                    weights,
+                    images,
+                    scratch,
+                    args.fast,
+                    args.speed,
+                    control,
                 )
         if args.variants and "naclip" in loaded:
             rows += MODULES["naclip"].variant_rows(loaded["naclip"], checkpoint, images, scratch)
     frame = pd.DataFrame(rows)
     print()
     print(to_markdown(frame) if args.markdown else frame.to_string(index=False))
-    worst_agreement, worst_diff = frame["label_agreement_%"].min(), frame["max_prob_diff"].max()
+    worst_agreement, worst_diff = frame["label_agreement_%"].min(), frame["max_prob_diff"].max()  # NaN rows: both NaN
     passed = worst_agreement >= LABEL_TARGET and worst_diff <= PROB_TARGET
     if args.speed:
         print_speed(frame)
@@ -144,11 +164,13 @@ def compare(
     scratch: Path,
     fast: bool,
     speed: bool = False,
+    control: dict[str, str] | None = None,
 ) -> list[dict]:
     """One row per image: the authors' segmentor and naclip's preset for (method, benchmark).
 
     With `speed`, each side predicts each image a second time, timed: file to label map and
     probabilities (decoding, resizing, windows, post-processing), text embeddings already made.
+    `control`: settings changed on naclip's side only, to show that the check tells them apart.
     """
     start = time.perf_counter()
     ours = Segmenter.for_benchmark(
@@ -159,6 +181,7 @@ def compare(
         device="cpu",
         dtype="float32",
         cache_dir=str(scratch / "cache"),
+        **(control or {}),
     )
     queries = list(ours.classes.queries)
     if fast:  # one template per query on both sides: ours computed here, given to the authors' model
@@ -172,7 +195,12 @@ def compare(
     rows = []
     for path in images:
         their_prediction = theirs.predict(path)
-        our_result = ours.predict(path)
+        try:
+            our_result = ours.predict(path)
+        except FloatingPointError:  # NaN scores (SFP's zero fill): naclip refuses the image; theirs must be NaN too
+            rows.append(nan_row(method, benchmark, path, their_prediction))
+            print(pd.DataFrame(rows[-1:]).to_string(header=len(rows) == 1, index=False), flush=True)
+            continue
         timing = {}
         if speed:  # the second call: one-off costs (the compiled PAMR kernels' load, caches) left out
             their_s, our_s = (best_of(lambda p=path, side=side: side.predict(p), 1, 0) for side in (theirs, ours))
@@ -199,6 +227,23 @@ def compare(
         print(pd.DataFrame(rows[-1:]).to_string(header=len(rows) == 1, index=False), flush=True)
     print(f"  {method}/{benchmark}: {time.perf_counter() - start:.0f} s", flush=True)
     return rows
+
+
+def nan_row(method: str, benchmark: str, path: Path, theirs: tuple[np.ndarray, np.ndarray]) -> dict:
+    """The row of an image whose scores naclip found NaN (it raises, giving no labels): agreement where the
+    authors' scores hold NaN too (`their_nan_%` > 0), an infinite difference where they do not."""
+    labels, probs = theirs
+    nan_share = 100 * float(np.isnan(probs).any(0).mean())
+    return {
+        "method": method,
+        "benchmark": benchmark,
+        "image": path.name,
+        "size": "x".join(map(str, labels.shape)),
+        "label_agreement_%": float("nan") if nan_share else 0.0,
+        "max_prob_diff": float("nan") if nan_share else float("inf"),
+        "their_nan_%": nan_share,
+        "ours": "NaN: refused",
+    }
 
 
 def print_speed(frame: pd.DataFrame) -> None:

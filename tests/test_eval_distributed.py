@@ -69,6 +69,8 @@ def test_two_processes_resuming_an_interrupted_run_equal_one(tmp_path, monkeypat
 SUCCESSORS = {
     "resclip": {"resclip-rcs-layers": "0,1"},
     "scclip": {"scclip-pre-layer": "1", "scclip-post-layer": "0", "scclip-fusion-layers": "0,1"},
+    "sfp": {"sfp-outlier-layer": "1", "sfp-pre-layer": "1", "sfp-post-layer": "0", "sfp-fusion-layers": "0,1"},
+    "dihclip": {"dihclip-pre-layer": "1", "dihclip-post-layer": "0", "dihclip-fusion-layers": "0,1"},
 }
 
 

@@ -26,13 +26,21 @@ SEED = 5  # random weights under which SCLIP's two thresholds on VOC-21 both cha
 # and the plain pipeline one by one.
 WINDOWS = dict(slide_crop=100, slide_stride=40, window_batch=4)
 # Layer parameters for naclip-tiny (3 blocks: trunk blocks 0 and 1), by parameter name; a method gets those
-# that are its own. SC-CLIP places anomaly patches on non-square grids only with fixed positions.
+# that are its own. SC-CLIP and SFP place anomaly patches on non-square grids only with fixed positions.
 TINY_LAYERS = dict(
     resclip_rcs_layers=(0, 1),
     scclip_pre_layer=1,
     scclip_post_layer=0,
     scclip_fusion_layers=(0, 1),
     scclip_fix_positions=True,
+    sfp_outlier_layer=1,
+    sfp_pre_layer=1,
+    sfp_post_layer=0,
+    sfp_fusion_layers=(0, 1),
+    sfp_fix_positions=True,
+    dihclip_pre_layer=1,
+    dihclip_post_layer=0,
+    dihclip_fusion_layers=(0, 1),
 )
 PROBS_TOLERANCE = 1e-5  # the plain PAMR sums neighbours in another order (~3e-6 apart); the rest agreed bit for bit
 

@@ -19,6 +19,10 @@ import torch
 import torch.nn.functional as F
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
+from naclip import Segmenter
+from naclip.heads import HeadInput
+from naclip.methods import get_method
+
 SAMPLES = Path(__file__).resolve().parents[2] / "naclip" / "resources" / "samples"
 CLASSES = SAMPLES.parent / "classes"
 MMSEG_MEAN = (122.771, 116.746, 104.094)  # SegDataPreProcessor of all three segmentors
@@ -285,6 +289,37 @@ def _image_direction(clip: torch.nn.Module) -> torch.Tensor:
     finally:
         handle.remove()
     return F.normalize(captured[0].reshape(-1, captured[0].shape[-1]).mean(0), dim=0)
+
+
+@torch.no_grad()
+def head_direction_weights(checkpoint: Path, scratch: Path, method: str, **overrides: Any) -> Path:
+    """The shared random weights with the direction that `method`'s own patch features share also projected
+    out of `visual.proj`, values exact in float16; saved beside the checkpoint.
+
+    Taken after `ln_post` on the centre 224 window of a sample photo, through naclip's head of `method`
+    (with `overrides`); both sides then run the same weights. Heads that add [CLS] and sums of blocks to every
+    patch give features whose common direction otherwise wins every pixel on random weights.
+    """
+    seg = Segmenter(
+        method=method, model="ViT-B-16", pretrained=str(checkpoint), device="cpu", dtype="float32", **overrides
+    )
+    inputs, _ = mmcv_inputs(SAMPLES / "voc/JPEGImages/sample_0000.jpg", 224)
+    window = F.interpolate(inputs, size=(224, 224), mode="bilinear")
+    head = get_method(method).head_spec
+    trunk = seg.encoder.run_trunk(window, head.taps(seg.settings))
+    captured: list[torch.Tensor] = []
+    hook = seg.encoder.visual.ln_post.register_forward_hook(lambda module, args, out: captured.append(out))
+    try:
+        head.fn(HeadInput(seg.encoder, trunk, (14, 14), window, torch.empty(0)), seg.settings)
+    finally:
+        hook.remove()
+    shared = F.normalize(captured[0].reshape(-1, captured[0].shape[-1]).mean(0), dim=0)
+    state = torch.load(checkpoint)
+    proj = state["visual.proj"]
+    state["visual.proj"] = (proj - torch.outer(shared, shared @ proj)).half().float()
+    path = scratch / f"{checkpoint.stem}-{method}.pt"
+    torch.save(state, path)
+    return path
 
 
 # -- comparison ----------------------------------------------------------------------------------

@@ -5,19 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks.reference.common import (
-    SAMPLES,
     Authors,
     Checkout,
     construct,
     framework_stubs,
-    mmcv_inputs,
+    head_direction_weights,
     read_config,
 )
-from naclip import Segmenter
-from naclip.heads import HeadInput, get_head
 
 CHECKOUT = "scclip"  # the command-line flag naming the checkout
 METHODS = ("scclip",)
@@ -48,34 +44,15 @@ def segmentor(
     return construct(checkout, "SCCLIPForSegmentation", kwargs, short_side, queries)
 
 
-@torch.no_grad()
 def weights(checkpoint: Path, scratch: Path) -> Path:
     """The shared random weights with the direction that SC-CLIP's own patch features share also
-    projected out of `visual.proj`, values exact in float16.
+    projected out of `visual.proj` (`common.head_direction_weights`).
 
     The shared weights remove the direction of the vanilla image tokens; SC-CLIP's features add
     0.3 x [CLS] to every patch and the sum of seven blocks, whose common direction then wins every
-    pixel on random weights (one class per image). Taken after `ln_post` on the centre 224 window
-    of a sample photo, through naclip's SC-CLIP head; both sides then run the same weights.
+    pixel on random weights (one class per image).
     """
-    seg = Segmenter(method="scclip", model="ViT-B-16", pretrained=str(checkpoint), device="cpu", dtype="float32")
-    inputs, _ = mmcv_inputs(SAMPLES / "voc/JPEGImages/sample_0000.jpg", 224)
-    window = F.interpolate(inputs, size=(224, 224), mode="bilinear")
-    head = get_head("scclip")
-    trunk = seg.encoder.run_trunk(window, head.taps(seg.settings))
-    captured: list[torch.Tensor] = []
-    hook = seg.encoder.visual.ln_post.register_forward_hook(lambda module, args, out: captured.append(out))
-    try:
-        head.fn(HeadInput(seg.encoder, trunk, (14, 14), window, torch.empty(0)), seg.settings)
-    finally:
-        hook.remove()
-    shared = F.normalize(captured[0].reshape(-1, captured[0].shape[-1]).mean(0), dim=0)
-    state = torch.load(checkpoint)
-    proj = state["visual.proj"]
-    state["visual.proj"] = (proj - torch.outer(shared, shared @ proj)).half().float()
-    path = scratch / f"{checkpoint.stem}-scclip.pt"
-    torch.save(state, path)
-    return path
+    return head_direction_weights(checkpoint, scratch, "scclip")
 
 
 if __name__ == "__main__":

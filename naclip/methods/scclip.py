@@ -126,10 +126,16 @@ def lof_outliers(points: Tensor, neighbours: int, contamination: float) -> Tenso
     return scores > threshold.to(scores.dtype)  # compared in the scores' precision, as theirs
 
 
-def authors_positions(outliers: Tensor, grid: tuple[int, int]) -> Tensor:
+def authors_positions(
+    outliers: Tensor,
+    grid: tuple[int, int],
+    origin: str = "SC-CLIP places anomaly patch i at (i // rows, i % rows) (clip/model.py:275)",
+    fix: str = "scclip_fix_positions",
+) -> Tensor:
     """Flagged patches (n, rows*cols) moved where the authors put patch i: row i // rows, column i % rows.
 
-    The identity on square grids. ValueError where their code indexes off the grid.
+    The identity on square grids. ValueError where their code indexes off the grid; the message says
+    which code does (`origin`) and the option that places patches at their own position (`fix`).
     """
     rows, cols = grid
     index = torch.arange(rows * cols, device=outliers.device)
@@ -137,8 +143,8 @@ def authors_positions(outliers: Tensor, grid: tuple[int, int]) -> Tensor:
     inside = (row < rows) & (col < cols)
     if (outliers & ~inside).any():
         raise ValueError(
-            f"SC-CLIP places anomaly patch i at (i // rows, i % rows) (clip/model.py:275), off this {rows} x {cols} "
-            "patch grid, where the authors' code fails; set scclip_fix_positions=true to place it at its own position"
+            f"{origin}, off this {rows} x {cols} patch grid, where the authors' code fails; set {fix}=true to place "
+            "it at its own position"
         )
     moved = torch.zeros_like(outliers)
     moved[:, row[inside] * cols + col[inside]] = outliers[:, inside]
