@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from naclip.benchmarks import BENCHMARKS
+from naclip.benchmarks import TABLE
 from naclip.cli import main
 from naclip.encoder import Taps
 from naclip.heads import HeadInput, get_head
@@ -184,7 +184,7 @@ def test_head_refuses_missing_blocks():
 
 
 # -- the preset -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("benchmark", BENCHMARKS.names())
+@pytest.mark.parametrize("benchmark", TABLE)
 def test_preset_follows_the_authors_configs(benchmark):
     method = get_method("dihclip")
     s = method.settings(benchmark)

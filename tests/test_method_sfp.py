@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from naclip.benchmarks import BENCHMARKS, CLASSES_DIR
+from naclip.benchmarks import CLASSES_DIR, TABLE
 from naclip.cli import main
 from naclip.encoder import Taps
 from naclip.heads import HeadInput, get_head
@@ -221,7 +221,7 @@ def test_head_refuses_missing_blocks_and_off_grid_outliers():
 
 
 # -- the preset -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("benchmark", BENCHMARKS.names())
+@pytest.mark.parametrize("benchmark", TABLE)
 def test_preset_follows_the_authors_configs(benchmark):
     method = get_method("sfp")
     s = method.settings(benchmark)

@@ -1,13 +1,14 @@
 """Seconds per image of method presets on this machine's CPU, on one image, runs interleaved.
 
-    python -m benchmarks.reference.cost --repeats 5             # naclip-nopamr, naclip, resclip, scclip, pearl
+    python -m benchmarks.reference.cost --repeats 5             # naclip-nopamr, naclip, resclip, scclip, pearl, sfp, dihclip
     python -m benchmarks.reference.resclip --repeats 5          # naclip-nopamr and resclip
     python -m benchmarks.reference.scclip --repeats 5           # naclip-nopamr and scclip
     python -m benchmarks.reference.pearl --repeats 5            # naclip-nopamr, pearl-notlp and pearl
 
 A random 336 x 448 image (already prepared), VOC21's 21 class names (one prompt per name, 80 templates),
 random ViT-B-16 weights, float32; each method with its own default settings, with 224/112 windows and on
-the whole image. On the whole image (a 21 x 28 patch grid) SC-CLIP runs with `scclip_fix_positions=true`:
+the whole image. On the whole image (a 21 x 28 patch grid) SC-CLIP runs with `scclip_fix_positions=true`
+(SFP with `sfp_fix_positions=true` and `sfp_fix_repair=true`):
 the authors' placement of anomaly patches, (i // rows, i % rows), falls off a non-square grid (the cost is
 the same). Medians over the repeats; ratios to the first method.
 """
@@ -24,9 +25,14 @@ import torch
 from benchmarks.reference.common import CLASSES
 from naclip import Segmenter
 
-EVERY = ("naclip-nopamr", "naclip", "resclip", "scclip", "pearl")
+EVERY = ("naclip-nopamr", "naclip", "resclip", "scclip", "pearl", "sfp", "dihclip")
 SIZE = (336, 448)
-WHOLE_IMAGE = {"scclip": {"scclip_fix_positions": True}}  # the whole image's 21 x 28 grid is not square
+# The whole image's 21 x 28 grid is not square: the authors' placement of flagged patches falls off it. SFP also
+# keeps a flagged patch none of whose neighbours is unflagged (its authors' zero fill may make the scores NaN).
+WHOLE_IMAGE = {
+    "scclip": {"scclip_fix_positions": True},
+    "sfp": {"sfp_fix_positions": True, "sfp_fix_repair": True},
+}
 
 
 def cost(methods: Sequence[str], repeats: int) -> dict[str, dict[str, float]]:
