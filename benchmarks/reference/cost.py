@@ -1,6 +1,6 @@
 """Seconds per image of method presets on this machine's CPU, on one image, runs interleaved.
 
-    python -m benchmarks.reference.cost --repeats 5             # naclip-nopamr, naclip, resclip, scclip, pearl, sfp, dihclip
+    python -m benchmarks.reference.cost --repeats 5     # naclip-nopamr, naclip, resclip, scclip, pearl, sfp, dihclip
     python -m benchmarks.reference.resclip --repeats 5          # naclip-nopamr and resclip
     python -m benchmarks.reference.scclip --repeats 5           # naclip-nopamr and scclip
     python -m benchmarks.reference.pearl --repeats 5            # naclip-nopamr, pearl-notlp and pearl
