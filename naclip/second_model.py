@@ -111,15 +111,15 @@ def load_second_model(
 ) -> nn.Module:
     """`model` built and loaded with `weights` (a file, a tag, or None: random with `seed`), frozen, on `device`,
     in `dtype` unless the model fixes its own."""
+    state = None if weights is None else _state_dict(model, weights)  # first: a failed download fails fast
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = model.build()
-    if weights is None:
+    if state is None:
         random_weights_warning(
             f"second model {model.name!r} has RANDOM weights: every result is meaningless (tests only)"
         )
     else:
-        state = _state_dict(model, weights)
         module.load_state_dict(state if model.convert is None else model.convert(state, module))
     return module.eval().requires_grad_(False).to(device=device, dtype=model.dtype or dtype)
 
