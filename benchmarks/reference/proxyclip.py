@@ -66,12 +66,19 @@ def _dino_module(checkout: Checkout, path: Path) -> types.ModuleType:
 
 
 def dino_checkpoint(directory: Path) -> Path:
-    """The shared random DINO ViT-B/8 state dict (timm's initialisation, seed 0) in `directory`, made once."""
+    """The shared random DINO ViT-B/8 state dict (timm's initialisation, seed 0) in `directory`, made once.
+
+    Its position embeddings are drawn with std 1 (timm's: 0.02): with timm's, the patches of a flat window are
+    all alike (mean cosine 0.96 on a VOC sky), every proxy-attention score is negative and both sides give NaN;
+    position then sets patches apart, as in a trained DINO.
+    """
     path = directory / DINO_FILE
     if not path.is_file():
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             module = vfm("dino_vitb8").build()
+            with torch.no_grad():
+                module.pos_embed.normal_()
         torch.save(module.state_dict(), path)
     return path
 
