@@ -5,15 +5,16 @@ A head is one decorated function with what it needs declared beside it::
     @register_head("mine", params=MineParams, taps=lambda settings: Taps(attention=frozenset({5})))
     def mine(inputs: HeadInput, settings: Settings) -> Tensor:
         ...  # inputs.trunk.attention[5]: (n, heads, T, T); settings.params: a MineParams
-        return features  # (n, h*w, embed_dim)
+        return features  # (n, h*w, embed_dim) on CLIP's patch grid, or (n, h', w', embed_dim) on a grid of its own
 
 - `params`: the `Params` dataclass of the method's own parameters (flags, variants, provenance);
 - `taps`: the earlier blocks' tokens or attention weights it reads (kept only when asked);
 - `attention`: optionally, what its last layer applies, for inspection (`Segmenter.patch_attention`,
   the attention-map study): `fn(inputs, settings)` returning (n, heads or 1, T, T) over all tokens
   ([CLS] first) or (n, heads or 1, h*w, h*w) between patches, computed by the function the head uses;
-- `models`: second frozen models (`naclip.second_model.SecondModel`) whose features it reads from
-  `inputs.models[name]`;
+- `models`: second frozen models (`naclip.second_model.SecondModel`, `naclip.vfm`) whose features it reads
+  from `inputs.models[name]`: a tuple, or `fn(settings)` giving them when a parameter picks them (only
+  those are loaded);
 - `refine`: optionally, a step on the stitched logits at the original size, `fn(inputs: RefineInput,
   settings) -> logits` (PEARL's propagation): `inputs.logits` (1, Q, H, W) are the cosine similarities
   of every query, windows stitched and resized bilinearly to the original (H, W), before the logit scale
@@ -22,6 +23,9 @@ A head is one decorated function with what it needs declared beside it::
   L2-normalised text embeddings. It returns refined logits (1, Q, H, W), a new tensor or its input.
   It runs once per prediction and setting, before PAMR (when `pamr_steps` > 0): the head's own
   refinement is part of what the method predicts, PAMR a shared post-processing of it.
+
+A head's features lie on CLIP's patch grid, (n, h*w, embed_dim), or on a grid of its own (a second
+model's), (n, h', w', embed_dim); either way their scores are upsampled bilinearly to the window.
 
 The default head, ``last_block``, runs the replaced last block (`LastBlockParams`: attention
 variant, architecture, sigma) through the encoder's public last-block API (`naclip.encoder`). The
@@ -35,6 +39,7 @@ import dataclasses
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor
 
@@ -58,7 +63,7 @@ class HeadInput:
     grid: tuple[int, int]  # (h, w) patch grid of each window
     windows: Tensor  # (n, 3, H, W) the normalised window images the trunk saw (padded if the protocol pads)
     queries: Tensor  # (Q, embed_dim) L2-normalised text embeddings, in the scoring dtype
-    models: dict[str, Tensor] = field(default_factory=dict)  # second model -> its features (n, D, h', w')
+    models: dict[str, Any] = field(default_factory=dict)  # second model -> its features, e.g. (n, D, h', w')
 
 
 @dataclass
@@ -77,8 +82,12 @@ class Head:
     params: type[Params]
     taps: Callable[[Settings], Taps]
     attention: AttentionFn | None = None  # the last layer's attention weights, for inspection
-    models: tuple[SecondModel, ...] = ()
+    models: tuple[SecondModel, ...] | Callable[[Settings], tuple[SecondModel, ...]] = ()
     refine: RefineFn | None = None  # a step on the logits at the original size, before PAMR
+
+    def second_models(self, settings: Settings) -> tuple[SecondModel, ...]:
+        """The second models the head reads under `settings`."""
+        return tuple(self.models(settings) if callable(self.models) else self.models)
 
 
 HEADS: Registry[Head] = Registry("head")
@@ -89,15 +98,16 @@ def register_head(
     params: type[Params] = Params,
     taps: Callable[[Settings], Taps] = lambda settings: Taps(),
     attention: AttentionFn | None = None,
-    models: tuple[SecondModel, ...] = (),
+    models: tuple[SecondModel, ...] | Callable[[Settings], tuple[SecondModel, ...]] = (),
     refine: RefineFn | None = None,
 ) -> Callable[[HeadFn], HeadFn]:
-    """Register `fn(inputs, settings) -> (n, h*w, embed_dim)` features under `name`, with its parameters, the
-    taps it needs, optionally its last layer's attention weights, its second models and a refinement of the
-    logits at the original size (see the module)."""
+    """Register `fn(inputs, settings) -> (n, h*w, embed_dim)` features (or (n, h', w', embed_dim) on a grid of
+    its own) under `name`, with its parameters, the taps it needs, optionally its last layer's attention weights,
+    its second models and a refinement of the logits at the original size (see the module)."""
 
     def decorate(fn: HeadFn) -> HeadFn:
-        HEADS.register(name, Head(name, fn, params, taps, attention, tuple(models), refine))
+        chosen = models if callable(models) else tuple(models)
+        HEADS.register(name, Head(name, fn, params, taps, attention, chosen, refine))
         return fn
 
     return decorate

@@ -14,6 +14,7 @@ from naclip.methods import (  # noqa: F401  (registers the methods)
     dihclip,
     naclip,
     pearl,
+    proxyclip,
     resclip,
     scclip,
     sclip,
