@@ -359,8 +359,9 @@ class Segmenter:
         padding: tuple[int, ...],
         workspace: Workspace,
     ) -> Iterator[Tensor]:
-        """Per window of unit patch `features` (n, h*w, D) on `grid` (CLIP's or the head's own), (Q, h, w) cosine similarities of its patches to the
-        `queries` (Q, D), upsampled to the window (cut back to it where the protocol pads).
+        """Per window of unit patch `features` (n, h*w, D) on `grid` (CLIP's or the head's own), (Q, h, w) cosine
+        similarities of its patches to the `queries` (Q, D), upsampled to the window (cut back to it where the
+        protocol pads).
 
         Upsampled a few windows at a time (the same values as all at once) into one buffer of
         `workspace`; each window is read before the next chunk overwrites it.
