@@ -13,7 +13,12 @@ A head is one decorated function with what it needs declared beside it::
   the attention-map study): `fn(inputs, settings)` returning (n, heads or 1, T, T) over all tokens
   ([CLS] first) or (n, heads or 1, h*w, h*w) between patches, computed by the function the head uses;
 - `models`: second frozen models (`naclip.second_model.SecondModel`) whose features it reads from
-  `inputs.models[name]`.
+  `inputs.models[name]`;
+- `whole_image`: the head sees the whole image at once instead of one batch of windows: it gets an
+  `ImageInput` (the prepared image, the loaded models, the original image when it declares `original`)
+  and returns cosine logits (Q, H, W) at the original size, on whatever grid it computed them (a second
+  model's, stitched windows' features); the segmenter then applies the shared post-processing and the
+  head's `refine` (labels and class scores in, labels and class scores out), if any.
 
 The default head, ``last_block``, runs the replaced last block (`LastBlockParams`: attention
 variant, architecture, sigma) through the encoder's public last-block API (`naclip.encoder`). The
@@ -25,8 +30,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from torch import Tensor
+import numpy as np
+from torch import Tensor, nn
 
 from naclip.attention import ATTENTIONS, get_attention
 from naclip.encoder import ARCHITECTURES, DenseEncoder, Taps, Trunk
@@ -36,6 +43,8 @@ from naclip.settings import Params, Settings, option
 
 HeadFn = Callable[["HeadInput", Settings], Tensor]
 AttentionFn = Callable[["HeadInput", Settings], Tensor]
+# refine(inputs, settings, labels (H, W) int64, scores (C, H, W)) -> (labels, scores), after the thresholds
+RefineFn = Callable[["ImageInput", Settings, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 @dataclass
@@ -50,6 +59,19 @@ class HeadInput:
     models: dict[str, Tensor] = field(default_factory=dict)  # second model -> its features (n, D, h', w')
 
 
+@dataclass
+class ImageInput:
+    """Everything a whole-image head (`register_head(..., whole_image=True)`) may use for one image."""
+
+    encoder: DenseEncoder
+    image: Tensor  # (3, h, w) the prepared image (protocol resize, CLIP normalisation), in the model's dtype
+    size: tuple[int, int]  # (H, W) the original size: the head returns its logits at this size
+    queries: Tensor  # (Q, embed_dim) L2-normalised text embeddings, in the scoring dtype
+    models: dict[str, tuple[SecondModel, nn.Module]]  # the loaded second models: the head runs them itself
+    original: np.ndarray | None = None  # (H, W, 3) uint8 RGB original image, given to heads that declare `original`
+    kept: dict[Any, Any] = field(default_factory=dict)  # values shared by the settings of one prediction (a sweep)
+
+
 @dataclass(frozen=True)
 class Head:
     name: str
@@ -58,6 +80,9 @@ class Head:
     taps: Callable[[Settings], Taps]
     attention: AttentionFn | None = None  # the last layer's attention weights, for inspection
     models: tuple[SecondModel, ...] = ()
+    whole_image: bool = False  # fn(ImageInput, settings) -> (Q, H, W) logits at the original size
+    original: bool = False  # the head reads the original image file (ImageInput.original)
+    refine: RefineFn | None = None  # the head's post-processing after the thresholds (whole-image heads)
 
 
 HEADS: Registry[Head] = Registry("head")
@@ -69,12 +94,21 @@ def register_head(
     taps: Callable[[Settings], Taps] = lambda settings: Taps(),
     attention: AttentionFn | None = None,
     models: tuple[SecondModel, ...] = (),
+    whole_image: bool = False,
+    original: bool = False,
+    refine: RefineFn | None = None,
 ) -> Callable[[HeadFn], HeadFn]:
     """Register `fn(inputs, settings) -> (n, h*w, embed_dim)` features under `name`, with its parameters, the
-    taps it needs, optionally its last layer's attention weights and its second models (see the module)."""
+    taps it needs, optionally its last layer's attention weights and its second models (see the module).
+
+    With `whole_image`, `fn(ImageInput, settings)` returns (Q, H, W) logits at the original size instead;
+    `original` asks for the original image, `refine` post-processes its labels and class scores.
+    """
+    if (original or refine is not None) and not whole_image:
+        raise ValueError(f"head {name!r}: original and refine are for whole-image heads (whole_image=True)")
 
     def decorate(fn: HeadFn) -> HeadFn:
-        HEADS.register(name, Head(name, fn, params, taps, attention, tuple(models)))
+        HEADS.register(name, Head(name, fn, params, taps, attention, tuple(models), whole_image, original, refine))
         return fn
 
     return decorate

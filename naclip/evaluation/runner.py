@@ -243,7 +243,13 @@ def score(
     bar = tqdm(total=len(todo), desc=dataset.name, unit="img", disable=not options.progress)
     try:
         loaded_images = load_prepared(
-            dataset, todo, settings.short_side, settings.long_side, options.workers, segmenter.min_side
+            dataset,
+            todo,
+            settings.short_side,
+            settings.long_side,
+            options.workers,
+            segmenter.min_side,
+            segmenter.needs_original,
         )
         for loaded in loaded_images:
             if loaded.error is not None:
@@ -254,7 +260,11 @@ def score(
                 continue
             with naming_failures(dataset.items[loaded.index].image, loaded.size):
                 predictions = segmenter.predict_variants(
-                    loaded.tensor, loaded.size, [variant.overrides for variant in variants], probs=False
+                    loaded.tensor,
+                    loaded.size,
+                    [variant.overrides for variant in variants],
+                    probs=False,
+                    original=loaded.original,
                 )
             written = {
                 path: outputs.save_prediction(prediction.labels, path, dataset.num_classes)
