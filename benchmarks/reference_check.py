@@ -28,6 +28,9 @@ Stubbed or patched at run time (no file of a checkout is changed):
   `create_model`'s `precision` is 'fp32' instead of 'fp16'; `torch.Tensor.half` is the identity while
   `predict` runs (its `inputs.half()`). `model_type='ClearCLIP'` (the paper's method, `demo.py:28`)
   replaces the committed `base_config.py`'s 'vanilla'.
+* ProxyCLIP: as ClearCLIP, plus `nn.Module.half` the identity, `torch.hub.load` answered by DINO's own
+  ViT-B/8 with the random weights naclip loads too, `mae` and `openpyxl` stubbed
+  (`benchmarks/reference/proxyclip.py`). A module's `naclip_overrides(scratch)` adds settings to naclip's side.
 * `--fast` only: both sides embed each query with the first of the 80 templates (the authors'
   template list is cut to one while their model is built); `text_diff` compares the two, then the
   authors' model gets naclip's embeddings, so both score against the same vectors.
@@ -151,6 +154,8 @@ def compare(
     probabilities (decoding, resizing, windows, post-processing), text embeddings already made.
     """
     start = time.perf_counter()
+    module = MODULES[FAMILY[method]]
+    overrides = module.naclip_overrides(scratch) if hasattr(module, "naclip_overrides") else {}
     ours = Segmenter.for_benchmark(
         benchmark,
         method=method,
@@ -159,12 +164,13 @@ def compare(
         device="cpu",
         dtype="float32",
         cache_dir=str(scratch / "cache"),
+        **overrides,  # a module's own: the second models' shared random weights
     )
     queries = list(ours.classes.queries)
     if fast:  # one template per query on both sides: ours computed here, given to the authors' model
         ours.text_cache.memory.update(zip(queries, encode_queries(ours.clip, ours.tokenizer, queries, TEMPLATES[:1])))
     our_text = ours._query_features()[0]  # noqa: SLF001
-    theirs = MODULES[FAMILY[method]].segmentor(checkout, method, benchmark, checkpoint, our_text if fast else None)
+    theirs = module.segmentor(checkout, method, benchmark, checkpoint, our_text if fast else None)
     same_queries = [q.strip() for q in theirs.queries] == queries
     if fast and not same_queries:
         raise SystemExit(f"{method}/{benchmark}: the class files parse to different queries; cannot share text")

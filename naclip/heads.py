@@ -5,20 +5,24 @@ A head is one decorated function with what it needs declared beside it::
     @register_head("mine", params=MineParams, taps=lambda settings: Taps(attention=frozenset({5})))
     def mine(inputs: HeadInput, settings: Settings) -> Tensor:
         ...  # inputs.trunk.attention[5]: (n, heads, T, T); settings.params: a MineParams
-        return features  # (n, h*w, embed_dim)
+        return features  # (n, h*w, embed_dim) on CLIP's patch grid, or (n, h', w', embed_dim) on a grid of its own
 
 - `params`: the `Params` dataclass of the method's own parameters (flags, variants, provenance);
 - `taps`: the earlier blocks' tokens or attention weights it reads (kept only when asked);
 - `attention`: optionally, what its last layer applies, for inspection (`Segmenter.patch_attention`,
   the attention-map study): `fn(inputs, settings)` returning (n, heads or 1, T, T) over all tokens
   ([CLS] first) or (n, heads or 1, h*w, h*w) between patches, computed by the function the head uses;
-- `models`: second frozen models (`naclip.second_model.SecondModel`) whose features it reads from
-  `inputs.models[name]`;
+- `models`: second frozen models (`naclip.second_model.SecondModel`, `naclip.vfm`) whose features it reads
+  from `inputs.models[name]`: a tuple, or `fn(settings)` giving them when a parameter picks them (only
+  those are loaded);
 - `whole_image`: the head sees the whole image at once instead of one batch of windows: it gets an
   `ImageInput` (the prepared image, the loaded models, the original image when it declares `original`)
   and returns cosine logits (Q, H, W) at the original size, on whatever grid it computed them (a second
   model's, stitched windows' features); the segmenter then applies the shared post-processing and the
   head's `refine` (labels and class scores in, labels and class scores out), if any.
+
+A head's features lie on CLIP's patch grid, (n, h*w, embed_dim), or on a grid of its own (a second
+model's), (n, h', w', embed_dim); either way their scores are upsampled bilinearly to the window.
 
 The default head, ``last_block``, runs the replaced last block (`LastBlockParams`: attention
 variant, architecture, sigma) through the encoder's public last-block API (`naclip.encoder`). The
@@ -56,7 +60,7 @@ class HeadInput:
     grid: tuple[int, int]  # (h, w) patch grid of each window
     windows: Tensor  # (n, 3, H, W) the normalised window images the trunk saw (padded if the protocol pads)
     queries: Tensor  # (Q, embed_dim) L2-normalised text embeddings, in the scoring dtype
-    models: dict[str, Tensor] = field(default_factory=dict)  # second model -> its features (n, D, h', w')
+    models: dict[str, Any] = field(default_factory=dict)  # second model -> its features, e.g. (n, D, h', w')
 
 
 @dataclass
@@ -79,10 +83,14 @@ class Head:
     params: type[Params]
     taps: Callable[[Settings], Taps]
     attention: AttentionFn | None = None  # the last layer's attention weights, for inspection
-    models: tuple[SecondModel, ...] = ()
+    models: tuple[SecondModel, ...] | Callable[[Settings], tuple[SecondModel, ...]] = ()
     whole_image: bool = False  # fn(ImageInput, settings) -> (Q, H, W) logits at the original size
     original: bool = False  # the head reads the original image file (ImageInput.original)
     refine: RefineFn | None = None  # the head's post-processing after the thresholds (whole-image heads)
+
+    def second_models(self, settings: Settings) -> tuple[SecondModel, ...]:
+        """The second models the head reads under `settings`."""
+        return tuple(self.models(settings) if callable(self.models) else self.models)
 
 
 HEADS: Registry[Head] = Registry("head")
@@ -93,13 +101,14 @@ def register_head(
     params: type[Params] = Params,
     taps: Callable[[Settings], Taps] = lambda settings: Taps(),
     attention: AttentionFn | None = None,
-    models: tuple[SecondModel, ...] = (),
+    models: tuple[SecondModel, ...] | Callable[[Settings], tuple[SecondModel, ...]] = (),
     whole_image: bool = False,
     original: bool = False,
     refine: RefineFn | None = None,
 ) -> Callable[[HeadFn], HeadFn]:
-    """Register `fn(inputs, settings) -> (n, h*w, embed_dim)` features under `name`, with its parameters, the
-    taps it needs, optionally its last layer's attention weights and its second models (see the module).
+    """Register `fn(inputs, settings) -> (n, h*w, embed_dim)` features (or (n, h', w', embed_dim) on a grid of
+    its own) under `name`, with its parameters, the taps it needs, optionally its last layer's attention weights
+    and its second models (see the module).
 
     With `whole_image`, `fn(ImageInput, settings)` returns (Q, H, W) logits at the original size instead;
     `original` asks for the original image, `refine` post-processes its labels and class scores.
@@ -108,7 +117,8 @@ def register_head(
         raise ValueError(f"head {name!r}: original and refine are for whole-image heads (whole_image=True)")
 
     def decorate(fn: HeadFn) -> HeadFn:
-        HEADS.register(name, Head(name, fn, params, taps, attention, tuple(models), whole_image, original, refine))
+        chosen = models if callable(models) else tuple(models)
+        HEADS.register(name, Head(name, fn, params, taps, attention, chosen, whole_image, original, refine))
         return fn
 
     return decorate

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from naclip.heads import HeadInput
 from naclip.preprocess import load_image, prepare
-from naclip.segmenter import Prediction, Segmenter, drop_small_classes, window_padding
+from naclip.segmenter import Prediction, Segmenter, drop_small_classes, head_features, window_padding
 from naclip.sliding import window_boxes
 
 DIRECTIONS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))  # PAMR's 8 neighbours
@@ -72,7 +72,7 @@ def window_average(segmenter: Segmenter, image: Tensor, queries: Tensor) -> Tens
     height, width = image.shape[-2:]
     boxes = window_boxes(height, width, s.slide_crop, s.slide_stride) if s.slide_crop > 0 else [(0, height, 0, width)]
     y1, y2, x1, x2 = boxes[0]  # every window has this size
-    padding = window_padding(y2 - y1, x2 - x1, segmenter.encoder.patch_size) if s.pad_windows else (0, 0, 0, 0)
+    padding = window_padding(y2 - y1, x2 - x1, segmenter.pad_multiple) if s.pad_windows else (0, 0, 0, 0)
     left, _, top, _ = padding
     sums = torch.zeros(len(queries), height, width, dtype=queries.dtype, device=image.device)  # (Q, h, w)
     count = torch.zeros(1, height, width, dtype=queries.dtype, device=image.device)  # (1, h, w) windows per pixel
@@ -86,13 +86,14 @@ def window_average(segmenter: Segmenter, image: Tensor, queries: Tensor) -> Tens
 
 def window_logits(segmenter: Segmenter, windows: Tensor, queries: Tensor) -> Tensor:
     """(n, Q, H, W) cosine similarities of the patch features of windows (n, 3, H, W) to queries (Q, D), upsampled
-    bilinearly from the patch grid to the window."""
+    bilinearly from the patch grid (CLIP's, or the head's own) to the window."""
     settings = segmenter.settings
     head = segmenter.head(settings)
     grid = segmenter.encoder.grid(*windows.shape[-2:])  # (h, w) whole patches
     trunk = segmenter.encoder.run_trunk(windows, head.taps(settings))  # every block but the last, and the head's taps
     models = {name: spec.features(module, windows) for name, (spec, module) in segmenter.models.items()}
-    features = head.fn(HeadInput(segmenter.encoder, trunk, grid, windows, queries, models), settings)  # (n, h*w, D)
+    inputs = HeadInput(segmenter.encoder, trunk, grid, windows, queries, models)
+    features, grid = head_features(head, inputs, settings)  # (n, h*w, D) on CLIP's grid or the head's own
     features = F.normalize(features.to(queries.dtype), dim=-1)
     logits = (features @ queries.T).transpose(1, 2).reshape(len(windows), len(queries), *grid)  # (n, Q, h, w)
     return F.interpolate(logits, size=windows.shape[-2:], mode="bilinear", align_corners=False)

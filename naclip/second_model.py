@@ -32,9 +32,12 @@ class SecondModel:
     """A frozen vision model a head uses beside CLIP: how to build, load, feed and run it.
 
     `forward(module, images)` takes images (B, 3, H, W) normalised with `mean`/`std` (0..255 scale)
-    at the size `input_size(H, W)` gives (default: the window's own) and returns patch features
-    (B, D, h, w). `download(tag)` returns the state dict of a named checkpoint (network and cache);
-    None: only files and random weights.
+    at the size `input_size(H, W)` gives (default: the window's own) and returns its features: patch
+    features (B, D, h, w), or a richer object its heads know (`naclip.vfm.BackboneFeatures`).
+    The CLIP-normalised windows are un-normalised with `unnormalise` (mean, std on the 0..255 scale;
+    default: the protocol's own). `download(tag)` returns the state dict of a named checkpoint (network
+    and cache); None: only files and random weights. `convert(state, module)` maps a checkpoint's state
+    dict to the module's layout (None: loaded as is). `dtype` fixes its precision (None: the segmenter's).
     """
 
     name: str
@@ -46,25 +49,27 @@ class SecondModel:
     default: str | None = None
     download: Callable[[str], Mapping[str, Tensor]] | None = None
     input_size: Callable[[int, int], tuple[int, int]] | None = None
+    unnormalise: tuple[tuple[float, float, float], tuple[float, float, float]] = (PIXEL_MEAN, PIXEL_STD)
+    convert: Callable[[Mapping[str, Tensor], nn.Module], Mapping[str, Tensor]] | None = None
+    dtype: torch.dtype | None = None
 
-    def prepare(self, windows: Tensor) -> Tensor:
-        """CLIP-normalised windows (B, 3, H, W) renormalised for this model, resized to its input size."""
-        clip_mean, clip_std = (
-            torch.tensor(v, device=windows.device, dtype=torch.float32) for v in (PIXEL_MEAN, PIXEL_STD)
+    def prepare(self, windows: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """CLIP-normalised windows (B, 3, H, W) renormalised for this model (in float32), cast to `dtype`, then
+        resized to its input size (the order of the authors' code, who cast before resizing)."""
+        clip_mean, clip_std, mean, std = (
+            torch.tensor(v, device=windows.device, dtype=torch.float32)[:, None, None]
+            for v in (*self.unnormalise, self.mean, self.std)
         )
-        mean, std = (torch.tensor(v, device=windows.device, dtype=torch.float32) for v in (self.mean, self.std))
-        pixels = windows.float() * clip_std[:, None, None] + clip_mean[:, None, None]  # back to 0..255
-        images = (pixels - mean[:, None, None]) / std[:, None, None]
+        images = ((windows.float() * clip_std + clip_mean - mean) / std).to(dtype)  # via 0..255
         if self.input_size is not None:
             size = self.input_size(*images.shape[-2:])
             if size != tuple(images.shape[-2:]):
                 images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         return images
 
-    def features(self, module: nn.Module, windows: Tensor) -> Tensor:
-        """Patch features (B, D, h, w) of CLIP-normalised windows (B, 3, H, W), in the module's precision."""
-        dtype = next(module.parameters()).dtype
-        return self.forward(module, self.prepare(windows).to(dtype))
+    def features(self, module: nn.Module, windows: Tensor) -> Any:
+        """The features (see `forward`) of CLIP-normalised windows (B, 3, H, W), in the module's precision."""
+        return self.forward(module, self.prepare(windows, next(module.parameters()).dtype))
 
 
 def requested_weights(
@@ -104,7 +109,8 @@ def weights_key(weights: str | None) -> str:
 def load_second_model(
     model: SecondModel, weights: str | None, device: torch.device, dtype: torch.dtype, seed: int
 ) -> nn.Module:
-    """`model` built and loaded with `weights` (a file, a tag, or None: random with `seed`), frozen, on `device`."""
+    """`model` built and loaded with `weights` (a file, a tag, or None: random with `seed`), frozen, on `device`,
+    in `dtype` unless the model fixes its own."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = model.build()
@@ -113,8 +119,9 @@ def load_second_model(
             f"second model {model.name!r} has RANDOM weights: every result is meaningless (tests only)"
         )
     else:
-        module.load_state_dict(_state_dict(model, weights))
-    return module.eval().requires_grad_(False).to(device=device, dtype=dtype)
+        state = _state_dict(model, weights)
+        module.load_state_dict(state if model.convert is None else model.convert(state, module))
+    return module.eval().requires_grad_(False).to(device=device, dtype=model.dtype or dtype)
 
 
 def _state_dict(model: SecondModel, weights: str) -> Mapping[str, Tensor]:

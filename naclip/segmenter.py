@@ -62,12 +62,13 @@ def _as_text(overrides: dict[str, Any]) -> dict[str, Any]:
     return overrides
 
 
-def window_padding(height: int, width: int, patch: tuple[int, int]) -> tuple[int, int, int, int]:
-    """(left, right, top, bottom) zero padding that brings a window to a multiple of the patch, centred.
+def window_padding(height: int, width: int, multiple: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) zero padding that brings a window to a multiple of (rows, columns), centred:
+    the patch (ClearCLIP) or a protocol's own (`Settings.pad_multiple`, ProxyCLIP's 56).
 
     ClearCLIP's `compute_padsize`: the odd pixel goes right / bottom.
     """
-    pad_h, pad_w = -height % patch[0], -width % patch[1]
+    pad_h, pad_w = -height % multiple[0], -width % multiple[1]
     return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
 
 
@@ -108,7 +109,7 @@ class Segmenter:
                 f"slide_crop={settings.slide_crop} is smaller than the {patch}-pixel patch of {settings.model}; "
                 f"expected 0 (whole image) or at least {patch}"
             )
-        models = self.head(settings).models
+        models = self.head(settings).second_models(settings)
         self.second_weights = requested_weights(settings.vfm_pretrained, models, settings.pretrained is None)
         self.models = {  # name -> (spec, frozen module)
             model.name: (
@@ -166,6 +167,12 @@ class Segmenter:
     def score_dtype(self) -> torch.dtype:
         """What features and queries are scored in: the model's precision, at least float32."""
         return torch.promote_types(self.dtype, torch.float32)
+
+    @property
+    def pad_multiple(self) -> tuple[int, int]:
+        """What windows are zero-padded to a multiple of (where the protocol pads): `pad_multiple`, else the patch."""
+        multiple = self.settings.pad_multiple
+        return (multiple, multiple) if multiple else tuple(self.encoder.patch_size)
 
     @property
     def min_side(self) -> int:
@@ -276,7 +283,7 @@ class Segmenter:
             boxes = [(0, image.shape[-2], 0, image.shape[-1])]
         y1, y2, x1, x2 = boxes[0]
         window = (y2 - y1, x2 - x1)  # every window has this size
-        padding = window_padding(*window, self.encoder.patch_size) if self.settings.pad_windows else (0, 0, 0, 0)
+        padding = window_padding(*window, self.pad_multiple) if self.settings.pad_windows else (0, 0, 0, 0)
         batch = self.settings.window_batch
         taps = Taps()
         for setting in settings:
@@ -359,7 +366,7 @@ class Segmenter:
         """
         check_variant(overrides, self.settings.method)
         settings = self.settings.replace(**overrides)
-        missing = [model.name for model in self.head(settings).models if model.name not in self.models]
+        missing = [model.name for model in self.head(settings).second_models(settings) if model.name not in self.models]
         if missing:
             raise ValueError(
                 f"a variant of method {settings.method!r} needs second models {missing} that this segmenter (method "
@@ -376,15 +383,14 @@ class Segmenter:
         workspace: Workspace,
     ) -> Iterator[Tensor]:
         """Per window of `inputs`, (Q, h, w) cosine similarities of its patches to the queries, upsampled to the
-        window (cut back to it where the protocol pads).
+        window (cut back to it where the protocol pads); the patches lie on CLIP's grid or the head's own.
 
         Upsampled a few windows at a time (the same values as all at once) into one buffer of
         `workspace`; each window is read before the next chunk overwrites it.
         """
         left, right, top, bottom = padding
         padded = (window[0] + top + bottom, window[1] + left + right)
-        grid = inputs.grid
-        features = self.head(settings).fn(inputs, settings)
+        features, grid = head_features(self.head(settings), inputs, settings)
         features = F.normalize(features.to(self.score_dtype), dim=-1)
         logits = features @ inputs.queries.T  # (n, h*w, Q)
         logits = logits.transpose(1, 2).reshape(len(inputs.windows), -1, *grid)  # (n, Q, h, w), stored channels-last
@@ -487,6 +493,15 @@ class Segmenter:
         if weights.shape[-1] == 1 + grid[0] * grid[1]:
             weights = weights[1:, 1:]  # [CLS] first: patches only
         return weights.reshape(-1, *grid).cpu().numpy()
+
+
+def head_features(head: Head, inputs: HeadInput, settings: Settings) -> tuple[Tensor, tuple[int, int]]:
+    """The head's patch features (n, h*w, D) and their grid (h, w): CLIP's, or the head's own when it returns
+    (n, h', w', D) (see `naclip.heads`)."""
+    features = head.fn(inputs, settings)
+    if features.dim() == 4:  # (n, h', w', D) on a grid of its own
+        return features.flatten(1, 2), tuple(features.shape[1:3])
+    return features, inputs.grid
 
 
 def drop_small_classes(probs: Tensor, labels: Tensor, share: float) -> Tensor:

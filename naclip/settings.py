@@ -136,6 +136,13 @@ class Settings(Checked):
     pad_windows: bool = option(
         False, "protocol", "zero-pad each window to a multiple of the patch size, centred (ClearCLIP)"
     )
+    pad_multiple: int = option(
+        0,
+        "protocol",
+        "padded windows: to a multiple of this many pixels instead of the patch size (0: the patch size)",
+        lambda v: v >= 0,
+        ">= 0",
+    )
     # method: post-processing, shared by every method
     logit_scale: float = option(40.0, "method", "softmax temperature applied to cosine similarities", positive, "> 0")
     prob_threshold: float = option(

@@ -8,7 +8,16 @@ through an entry point of the group ``naclip.methods`` naming that module
 import importlib.metadata
 import warnings
 
-from naclip.methods import baselines, clearclip, naclip, resclip, scclip, sclip, trident  # noqa: F401  (registers the methods)
+from naclip.methods import (  # noqa: F401  (registers the methods)
+    baselines,
+    clearclip,
+    naclip,
+    proxyclip,
+    resclip,
+    scclip,
+    sclip,
+    trident,
+)
 from naclip.methods.registry import METHODS, Method, Protocol, get_method, register_method, unregister_method
 
 ENTRY_POINTS = "naclip.methods"
