@@ -34,7 +34,6 @@ from naclip.sliding import crop_windows, stitch_features, window_boxes
 from naclip.vfm import sam_features, vfm
 
 SAM_STRIDE = 16  # the SAM input is rounded up to multiples of 16 and its grid read at 16 pixels (trident.py:135-154)
-SAM_MASK_SIDE = 256  # SAM's low-resolution mask prompt side (seg_utils/utils.py:141-145)
 DOWN_RATIO = 2  # the refinement finds regions at half resolution (seg_utils/utils.py:107)
 NEGATIVE_THRESHOLD = 0.6  # a negative similarity threshold becomes this without refine_neg_cos (transformer.py:655)
 MAX_THRESHOLD = 0.9  # the similarity threshold is capped here (transformer.py:657)
@@ -89,8 +88,7 @@ def clip_size(height: int, width: int, stride: int, crop: int) -> tuple[int, int
 
 
 def sam_image(original: np.ndarray, stride: int = SAM_STRIDE) -> np.ndarray:
-    """The original (H, W, 3) uint8 image resized (OpenCV, bilinear) up to multiples of `stride` (trident.py:135-140).
-    """
+    """The original (H, W, 3) uint8 image resized (OpenCV, bilinear) up to multiples of `stride` (trident.py:135-140)."""
     height, width = (-(-side // stride) * stride for side in original.shape[:2])
     if (height, width) == original.shape[:2]:
         return original
@@ -257,14 +255,15 @@ def class_regions(labels: Tensor, scores: Tensor, coarse: float, min_area: int) 
     return found
 
 
-def mask_prompt(scores: Tensor, size: tuple[int, int], coarse: float, coff: float) -> Tensor:
-    """(1, 256, 256) SAM mask prompt from one class's scores (h, w): resized to the image's long side 256, padded,
-    `coff` x the score where above `coarse`, else 0 (seg_utils/utils.py:140-146)."""
+def mask_prompt(scores: Tensor, size: tuple[int, int], coarse: float, coff: float, side: int = 256) -> Tensor:
+    """(1, side, side) SAM mask prompt from one class's scores (h, w): resized as an image of `size` (H, W) with
+    long side `side` (SAM's mask input, 256: their literal), zero-padded, `coff` x the score where above
+    `coarse`, else 0 (seg_utils/utils.py:140-146)."""
     from segment_anything.utils.transforms import ResizeLongestSide
 
-    height, width = ResizeLongestSide.get_preprocess_shape(*size, SAM_MASK_SIDE)
+    height, width = ResizeLongestSide.get_preprocess_shape(*size, side)
     prompt = F.interpolate(scores[None, None], size=(height, width), mode="bilinear", align_corners=False)[0]
-    prompt = F.pad(prompt, (0, SAM_MASK_SIDE - width, 0, SAM_MASK_SIDE - height))
+    prompt = F.pad(prompt, (0, side - width, 0, side - height))
     return torch.where(prompt > coarse, coff * prompt, torch.zeros_like(prompt)).float()
 
 
@@ -288,6 +287,7 @@ def sam_refinement(
         labels_down[scores_down.max(0).values < coarse] = num_classes  # no class: never split
     regions = class_regions(labels_down, scores_down, coarse, min_area)
     model, transform, device = predictor.model, predictor.transform, predictor.device
+    side = model.prompt_encoder.mask_input_size[0]
     model.prompt_encoder.float()  # the authors' prompt encoder and decoder run in float32 (trident.py:88-89)
     model.mask_decoder.float()
     predictor.features = predictor.features.float()
@@ -299,7 +299,7 @@ def sam_refinement(
             point_coords=points,
             point_labels=torch.ones(len(points), 1, device=device),
             boxes=boxes,
-            mask_input=mask_prompt(scores_down[c], (height, width), coarse, coff).to(device),
+            mask_input=mask_prompt(scores_down[c], (height, width), coarse, coff, side).to(device),
             multimask_output=False,
         )
         valid = (iou > iou_thresh)[:, 0].cpu()
