@@ -88,7 +88,8 @@ def clip_size(height: int, width: int, stride: int, crop: int) -> tuple[int, int
 
 
 def sam_image(original: np.ndarray, stride: int = SAM_STRIDE) -> np.ndarray:
-    """The original (H, W, 3) uint8 image resized (OpenCV, bilinear) up to multiples of `stride` (trident.py:135-140)."""
+    """The original (H, W, 3) uint8 image resized (OpenCV, bilinear) up to multiples of `stride`
+    (trident.py:135-140)."""
     height, width = (-(-side // stride) * stride for side in original.shape[:2])
     if (height, width) == original.shape[:2]:
         return original
