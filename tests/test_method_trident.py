@@ -15,6 +15,7 @@ from naclip import Segmenter
 from naclip.cli import main
 from naclip.methods import trident as tr
 from naclip.preprocess import load_image
+from naclip.reference import predict_plain
 from naclip.sliding import stitch_features
 from tests.conftest import VOC_IMAGE
 
@@ -322,6 +323,9 @@ def test_refinement_halves_and_sweeps(tiny_models):
     assert (plain.labels != refined.labels).any() or not np.allclose(plain.probs, refined.probs)
     with pytest.raises(ValueError, match="reads the original image"):
         seg.predict_prepared(seg.prepare(image), (120, 200))
+    plain_pipeline = predict_plain(seg, image)  # naclip.reference runs whole-image heads and their refinement
+    np.testing.assert_array_equal(plain_pipeline.labels, refined.labels)
+    np.testing.assert_allclose(plain_pipeline.probs, refined.probs, rtol=0, atol=1e-6)
 
 
 def test_eval_and_segment_run_trident(tiny_models, tmp_path):
