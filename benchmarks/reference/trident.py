@@ -8,14 +8,16 @@ sam_vitb=FILE`), the authors' `torch.hub.load('facebookresearch/dino:main', 'din
 `vit_base(patch_size=16, num_classes=0)` with the DINO file loaded strictly, and their `sam_ckpt` is the SAM
 file. DINO's file is found as for ProxyCLIP (`CASS/dino/vision_transformer.py` beside the checkout, or
 $NACLIP_DINO_VIT). `sam_refinement=True`, as their `dist_test.sh` passes `--sam_refine` (`eval.py:63`).
-Stubbed: `openpyxl` (myutils' result spreadsheet). `nn.Module.half` and, while predicting, `Tensor.half` are the
-identity; `create_model`'s precision is 'fp32'.
+Stubbed: `openpyxl` (myutils' result spreadsheet). `nn.Module.half` is the identity and, while predicting,
+`Tensor.half` too on floating tensors (float32 on integer ones: their refinement interpolates the label map as
+half, exact for labels); `create_model`'s precision is 'fp32'.
 
     python -m benchmarks.reference_check --trident /path/to/Trident --fast
 """
 
 from __future__ import annotations
 
+import contextlib
 import types
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 
 from benchmarks.reference.common import Authors, Checkout, construct, framework_stubs, patched, read_config
-from benchmarks.reference.proxyclip import _answer, _dino_file, _dino_module, _half_is_identity
+from benchmarks.reference.proxyclip import _answer, _dino_file, _dino_module
 from naclip.vfm import vfm
 
 CHECKOUT = "trident"
@@ -89,4 +91,11 @@ def segmentor(
         patched(torch.hub, "load", hub_load),
         patched(torch.nn.Module, "half", lambda self: self),
     ]
-    return construct(checkout, "Trident", kwargs, short_side, queries, patches, _half_is_identity)
+    return construct(checkout, "Trident", kwargs, short_side, queries, patches, _half_is_float32)
+
+
+def _half_is_float32() -> contextlib.AbstractContextManager:
+    def half(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self if self.is_floating_point() else self.float()
+
+    return patched(torch.Tensor, "half", half)
