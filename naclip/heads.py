@@ -23,6 +23,11 @@ A head is one decorated function with what it needs declared beside it::
   L2-normalised text embeddings. It returns refined logits (1, Q, H, W), a new tensor or its input.
   It runs once per prediction and setting, before PAMR (when `pamr_steps` > 0): the head's own
   refinement is part of what the method predicts, PAMR a shared post-processing of it.
+- `whole_image`: the head sees the whole image at once instead of one batch of windows: it gets an
+  `ImageInput` (the prepared image, the loaded models, the original image when it declares `original`)
+  and returns cosine logits (Q, H, W) at the original size, on whatever grid it computed them (a second
+  model's, stitched windows' features); the segmenter then applies the shared post-processing and the
+  head's `relabel` (labels and class scores in, labels and class scores out, after the thresholds), if any.
 
 A head's features lie on CLIP's patch grid, (n, h*w, embed_dim), or on a grid of its own (a second
 model's), (n, h', w', embed_dim); either way their scores are upsampled bilinearly to the window.
@@ -41,7 +46,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import Tensor
+import numpy as np
+from torch import Tensor, nn
 
 from naclip.attention import ATTENTIONS, get_attention
 from naclip.encoder import ARCHITECTURES, DenseEncoder, Taps, Trunk
@@ -52,6 +58,8 @@ from naclip.settings import Params, Settings, option
 HeadFn = Callable[["HeadInput", Settings], Tensor]
 AttentionFn = Callable[["HeadInput", Settings], Tensor]
 RefineFn = Callable[["RefineInput", Settings], Tensor]
+# relabel(inputs, settings, labels (H, W) int64, scores (C, H, W)) -> (labels, scores), after the thresholds
+RelabelFn = Callable[["ImageInput", Settings, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 @dataclass
@@ -75,6 +83,19 @@ class RefineInput:
     queries: Tensor  # (Q, embed_dim) L2-normalised text embeddings, in the scoring dtype
 
 
+@dataclass
+class ImageInput:
+    """Everything a whole-image head (`register_head(..., whole_image=True)`) may use for one image."""
+
+    encoder: DenseEncoder
+    image: Tensor  # (3, h, w) the prepared image (protocol resize, CLIP normalisation), in the model's dtype
+    size: tuple[int, int]  # (H, W) the original size: the head returns its logits at this size
+    queries: Tensor  # (Q, embed_dim) L2-normalised text embeddings, in the scoring dtype
+    models: dict[str, tuple[SecondModel, nn.Module]]  # the loaded second models: the head runs them itself
+    original: np.ndarray | None = None  # (H, W, 3) uint8 RGB original image, given to heads that declare `original`
+    kept: dict[Any, Any] = field(default_factory=dict)  # values shared by the settings of one prediction (a sweep)
+
+
 @dataclass(frozen=True)
 class Head:
     name: str
@@ -84,6 +105,9 @@ class Head:
     attention: AttentionFn | None = None  # the last layer's attention weights, for inspection
     models: tuple[SecondModel, ...] | Callable[[Settings], tuple[SecondModel, ...]] = ()
     refine: RefineFn | None = None  # a step on the logits at the original size, before PAMR
+    whole_image: bool = False  # fn(ImageInput, settings) -> (Q, H, W) logits at the original size
+    original: bool = False  # the head reads the original image file (ImageInput.original)
+    relabel: RelabelFn | None = None  # the head's post-processing after the thresholds (whole-image heads)
 
     def second_models(self, settings: Settings) -> tuple[SecondModel, ...]:
         """The second models the head reads under `settings`."""
@@ -99,15 +123,24 @@ def register_head(
     taps: Callable[[Settings], Taps] = lambda settings: Taps(),
     attention: AttentionFn | None = None,
     models: tuple[SecondModel, ...] | Callable[[Settings], tuple[SecondModel, ...]] = (),
+    whole_image: bool = False,
+    original: bool = False,
     refine: RefineFn | None = None,
+    relabel: RelabelFn | None = None,
 ) -> Callable[[HeadFn], HeadFn]:
     """Register `fn(inputs, settings) -> (n, h*w, embed_dim)` features (or (n, h', w', embed_dim) on a grid of
-    its own) under `name`, with its parameters, the taps it needs, optionally its last layer's attention weights,
-    its second models and a refinement of the logits at the original size (see the module)."""
+    its own) under `name`, with its parameters, the taps it needs, optionally its last layer's attention weights
+    its second models and a refinement of the logits at the original size (see the module).
+
+    With `whole_image`, `fn(ImageInput, settings)` returns (Q, H, W) logits at the original size instead;
+    `original` asks for the original image, `relabel` post-processes its labels and class scores.
+    """
+    if (original or relabel is not None) and not whole_image:
+        raise ValueError(f"head {name!r}: original and relabel are for whole-image heads (whole_image=True)")
 
     def decorate(fn: HeadFn) -> HeadFn:
         chosen = models if callable(models) else tuple(models)
-        HEADS.register(name, Head(name, fn, params, taps, attention, chosen, refine))
+        HEADS.register(name, Head(name, fn, params, taps, attention, chosen, refine, whole_image, original, relabel))
         return fn
 
     return decorate

@@ -15,6 +15,9 @@ Only the segmenter's loaded models, settings, classes and head are reused; every
    PAMR, each guided by the prepared image resized bilinearly to that size;
 5. logit scale, softmax over the queries, each class its best query, SCLIP's area threshold, the probability
    threshold (class 0 below it), argmax; the class scores renormalised if the method does so.
+
+A whole-image head (Trident) gives its logits at the original size itself in place of steps 2-4; its
+refinement follows the thresholds of step 5.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from naclip.heads import HeadInput, RefineInput
+from naclip.heads import HeadInput, ImageInput, RefineInput
 from naclip.preprocess import load_image, prepare
 from naclip.segmenter import Prediction, Segmenter, drop_small_classes, head_features, window_padding
 from naclip.sliding import window_boxes
@@ -47,10 +50,17 @@ def predict_plain(segmenter: Segmenter, image: str | os.PathLike | Image.Image |
     array = load_image(image)  # (H, W, 3) uint8 RGB
     size = array.shape[:2]
     prepared = prepare(array, s.short_side, s.long_side)  # (3, h, w) float32: the protocol's resize, normalised
-    logits = window_average(segmenter, prepared.to(segmenter.device, segmenter.dtype), queries)  # (Q, h, w)
-    logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)  # (1, Q, H, W)
+    head = segmenter.head(s)
+    if head.whole_image:  # the head's own pass over the whole image gives logits at the original size
+        whole = ImageInput(
+            segmenter.encoder, prepared.to(segmenter.device, segmenter.dtype), size, queries, segmenter.models, array
+        )
+        logits = head.fn(whole, s).to(queries.dtype)[None]  # (1, Q, H, W)
+    else:
+        logits = window_average(segmenter, prepared.to(segmenter.device, segmenter.dtype), queries)  # (Q, h, w)
+        logits = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)  # (1, Q, H, W)
     guide = F.interpolate(prepared[None].to(logits), size=size, mode="bilinear", align_corners=False)  # (1, 3, H, W)
-    refine = segmenter.head(s).refine
+    refine = head.refine
     if refine is not None:  # the head's own step on the logits at the original size
         logits = refine(RefineInput(logits, guide, queries), s)
     if s.pamr_steps > 0:  # guided by the prepared image (full precision) at the original size
@@ -62,6 +72,8 @@ def predict_plain(segmenter: Segmenter, image: str | os.PathLike | Image.Image |
         scores = drop_small_classes(scores, labels, s.area_threshold)
         top, labels = scores.max(0)
     labels[top < s.prob_threshold] = 0  # unsure pixels go to class 0 (the background)
+    if head.relabel is not None:  # the head's own post-processing (Trident's SAM refinement)
+        labels, scores = head.relabel(whole, s, labels, scores)
     if s.renormalise:
         scores = scores / scores.sum(0, keepdim=True)
     return Prediction(labels.cpu().numpy().astype(np.int64), scores.cpu().numpy().astype(np.float32))

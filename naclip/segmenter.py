@@ -6,6 +6,7 @@ other on every method preset.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from torch import Tensor
 from naclip.backbone import load_clip
 from naclip.benchmarks import check_class_names, get_benchmark
 from naclip.encoder import DenseEncoder, Taps
-from naclip.heads import Head, HeadInput, RefineInput
+from naclip.heads import Head, HeadInput, ImageInput, RefineInput
 from naclip.io import content_digest
 from naclip.labels import best_class
 from naclip.methods.registry import get_method
@@ -252,30 +253,44 @@ class Segmenter:
         array = load_image(image)
         name = str(image) if isinstance(image, (str, os.PathLike)) else "image"
         check_size(name, array.shape[:2], self.settings.short_side, self.settings.long_side, self.min_side)
-        return self.predict_variants(self.prepare(array), array.shape[:2], [{}], probs)[0]
+        return self.predict_variants(self.prepare(array), array.shape[:2], [{}], probs, original=array)[0]
+
+    @property
+    def needs_original(self) -> bool:
+        """Whether the method reads the original image beside the prepared one (`predict_variants`' `original`)."""
+        return self.head(self.settings).original
 
     def prepare(self, image: np.ndarray) -> Tensor:
         """The protocol's resize and normalisation with this segmenter's sizes."""
         return prepare(image, self.settings.short_side, self.settings.long_side)
 
-    def predict_prepared(self, tensor: Tensor, size: tuple[int, int]) -> Prediction:
-        """Segment a `prepare`d image (3, h, w); `size` is the original (H, W) to predict at."""
-        return self.predict_variants(tensor, size, [{}])[0]
+    def predict_prepared(self, tensor: Tensor, size: tuple[int, int], original: np.ndarray | None = None) -> Prediction:
+        """Segment a `prepare`d image (3, h, w); `size` is the original (H, W) to predict at; `original` the
+        original (H, W, 3) uint8 RGB image, for methods that read it (`needs_original`)."""
+        return self.predict_variants(tensor, size, [{}], original=original)[0]
 
     @torch.no_grad()
     def predict_variants(
-        self, tensor: Tensor, size: tuple[int, int], variants: Sequence[Mapping[str, Any]], probs: bool = True
+        self,
+        tensor: Tensor,
+        size: tuple[int, int],
+        variants: Sequence[Mapping[str, Any]],
+        probs: bool = True,
+        original: np.ndarray | None = None,
     ) -> list[Prediction]:
         """One prediction per variant (overrides of the method settings); the trunk runs once for all.
 
         `probs=False` returns labels only (probs None), which saves C x H x W floats per variant; the query
         logits are then scored `SCORE_BYTES` at a time (`_labels`), so that large vocabularies fit in memory.
+        `original`: the original (H, W, 3) uint8 RGB image, which whole-image heads that declare it read.
         Nothing is recorded for autograd, whatever a head does.
         """
         settings = [self.variant(overrides) for overrides in variants]
         queries, spans = self._query_features()
         queries = queries.to(self.score_dtype)
         image = tensor.to(self.device, self.dtype)
+        if any(self.head(setting).whole_image for setting in settings):
+            return self._predict_whole(image, tuple(size), settings, queries, spans, probs, original)
         crop, stride = self.settings.slide_crop, self.settings.slide_stride
         if crop > 0:
             boxes = window_boxes(*image.shape[-2:], crop, stride)
@@ -332,6 +347,40 @@ class Segmenter:
                 results.append(
                     self._labels(logits, queries, chunk, tensor, tuple(size), setting, spans, guides, workspace)
                 )
+        return results
+
+    def _predict_whole(
+        self,
+        image: Tensor,
+        size: tuple[int, int],
+        settings: list[Settings],
+        queries: Tensor,
+        spans: tuple[tuple[int, int], ...],
+        probs: bool,
+        original: np.ndarray | None,
+    ) -> list[Prediction]:
+        """`predict_variants` for whole-image heads: each head's logits at the original size, then `_finish` with
+        the head's refinement. Values a head computes once per image are shared through `ImageInput.kept`."""
+        heads = [self.head(setting) for setting in settings]
+        if not all(head.whole_image for head in heads):
+            raise ValueError(
+                f"variants of methods {sorted({s.method for s in settings})} mix whole-image and window heads; "
+                "expected variants of one kind in one call"
+            )
+        if original is None and any(head.original for head in heads):
+            raise ValueError(
+                f"method {self.method!r} reads the original image: pass it (predict(image) does; "
+                "predict_variants(..., original=array) with the (H, W, 3) uint8 RGB image)"
+            )
+        if original is not None and tuple(original.shape[:2]) != size:
+            raise ValueError(f"the original image is {original.shape[:2]}, expected the size {size} to predict at")
+        kept: dict[Any, Any] = {}
+        results = []
+        for setting, head in zip(settings, heads):
+            inputs = ImageInput(self.encoder, image, size, queries, self.models, original, kept)
+            logits = head.fn(inputs, setting).to(self.score_dtype)  # (Q, H, W)
+            relabel = None if head.relabel is None else functools.partial(head.relabel, inputs, setting)
+            results.append(self._finish(logits, image, size, setting, queries, spans, {}, Workspace(), probs, relabel))
         return results
 
     def variant(self, overrides: Mapping[str, Any]) -> Settings:
@@ -453,9 +502,11 @@ class Segmenter:
         guides: dict,
         workspace: Workspace,
         keep_probs: bool,
+        relabel: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
     ) -> Prediction:
         """Resize to the original size, the head's refinement, PAMR, softmax, synonym max, area and probability
-        thresholds.
+        thresholds, then a
+        whole-image head's `relabel` of the labels and class scores.
 
         `logits` (Q, h, w) may be stored (h, w, Q), as `stitch` leaves them: PAMR reads any layout;
         the resize, the refinement and the softmax get them channels-first, as the authors' code has them.
@@ -474,6 +525,8 @@ class Segmenter:
         if torch.isnan(top).any():  # a numerical failure (an overflowing logit scale, a head's own): never class 0
             raise FloatingPointError("the class scores hold NaN")
         labels[top < settings.prob_threshold] = 0
+        if relabel is not None:
+            labels, probs = relabel(labels, probs)
         labels = labels.cpu().numpy().astype(np.int64)
         if not keep_probs:
             return Prediction(labels, None)

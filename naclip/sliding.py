@@ -95,3 +95,15 @@ def channels_first(planes: Tensor, out: Tensor) -> Tensor:
     for start in range(0, planes.shape[1], rows):
         out[:, start : start + rows] = planes[:, start : start + rows]
     return out
+
+
+def stitch_features(maps: Tensor, cells: list[Box], grid: tuple[int, int]) -> Tensor:
+    """(D, H, W) average of window feature maps (n, D, h, w) placed at `cells` (y1, y2, x1, x2 in grid cells) on a
+    `grid` (H, W): each cell the mean of the windows covering it. Features are stitched, not logits, for heads
+    that process the whole image's features after the windows (Trident's guidance before the projection)."""
+    total = maps.new_zeros((maps.shape[1], *grid))
+    count = maps.new_zeros((1, *grid))
+    for window, (y1, y2, x1, x2) in zip(maps, cells, strict=True):
+        total[:, y1:y2, x1:x2] += window
+        count[:, y1:y2, x1:x2] += 1
+    return total / count

@@ -197,11 +197,12 @@ def sam_features(module: nn.Module, images: Tensor) -> BackboneFeatures:
             ).reshape(scores.shape)
         return scores.softmax(-1)
 
-    attended = (attention() @ v).permute(0, 2, 1, 3).reshape(batch, height, width, channels)
+    weights = attention()  # computed once: kept for `BackboneFeatures.attention` (Trident reads it)
+    attended = (weights @ v).permute(0, 2, 1, 3).reshape(batch, height, width, channels)
     x = x + attn.proj(attended)
     x = x + block.mlp(block.norm2(x))  # (B, h, w, width)
     patches = encoder.neck(x.permute(0, 3, 1, 2))  # (B, 256, h, w)
-    return BackboneFeatures(patches, x.flatten(1, 2), 0, QKV(q, k, v), attention)
+    return BackboneFeatures(patches, x.flatten(1, 2), 0, QKV(q, k, v), lambda: weights)
 
 
 def sam_input_size(height: int, width: int) -> tuple[int, int]:

@@ -49,6 +49,13 @@ class _Sample:
     def __init__(self, meta: dict):
         self.metainfo, self.data = meta, {}
 
+    def __getattr__(self, name: str) -> Any:
+        """Metadata fields read as attributes (`data_samples[0].img_path`), as mmseg's data samples allow."""
+        try:
+            return self.__dict__["metainfo"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
     def set_data(self, data: dict) -> None:
         self.data.update(data)
 

@@ -37,6 +37,7 @@ class Loaded:
     size: tuple[int, int] | None = None
     mask: np.ndarray | None = None
     error: str | None = None
+    original: np.ndarray | None = None  # (H, W, 3) uint8 RGB, kept for methods that read it (`keep_original`)
 
 
 def _die_with_parent(worker: int, parent: int) -> None:
@@ -72,10 +73,17 @@ def _watch(parent: int) -> None:
 
 class _Prepared(Dataset):
     def __init__(
-        self, dataset: SegDataset, indices: Sequence[int], short_side: int, long_side: int, min_side: int
+        self,
+        dataset: SegDataset,
+        indices: Sequence[int],
+        short_side: int,
+        long_side: int,
+        min_side: int,
+        keep_original: bool = False,
     ) -> None:
         self.dataset, self.indices = dataset, list(indices)
         self.short_side, self.long_side, self.min_side = short_side, long_side, min_side
+        self.keep_original = keep_original
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -92,7 +100,8 @@ class _Prepared(Dataset):
             mask = check_sample(self.dataset, index, image.shape[:2])
         except BadSample as error:
             return Loaded(index, error=str(error))
-        return Loaded(index, prepare(image, self.short_side, self.long_side).numpy(), image.shape[:2], mask)
+        prepared = prepare(image, self.short_side, self.long_side).numpy()
+        return Loaded(index, prepared, image.shape[:2], mask, original=image if self.keep_original else None)
 
 
 def _single(sample: Loaded) -> Loaded:
@@ -107,14 +116,21 @@ def _as_tensors(samples: Iterator[Loaded]) -> Iterator[Loaded]:
 
 
 def load_prepared(
-    dataset: SegDataset, indices: Sequence[int], short_side: int, long_side: int, workers: int, min_side: int = 1
+    dataset: SegDataset,
+    indices: Sequence[int],
+    short_side: int,
+    long_side: int,
+    workers: int,
+    min_side: int = 1,
+    keep_original: bool = False,
 ) -> Iterator[Loaded]:
     """Yield the images of `indices` in order, decoded, checked and resized by `workers` background processes.
 
-    `min_side`: the smallest usable side after resizing (see `check_size`).
+    `min_side`: the smallest usable side after resizing (see `check_size`); `keep_original`: also hand out the
+    decoded original image (`Loaded.original`), for methods that read it.
     """
     loader = DataLoader(
-        _Prepared(dataset, indices, short_side, long_side, min_side),
+        _Prepared(dataset, indices, short_side, long_side, min_side, keep_original),
         batch_size=None,
         num_workers=workers,
         collate_fn=_single,

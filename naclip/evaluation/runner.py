@@ -264,7 +264,13 @@ def score(
     bar = tqdm(total=len(todo), desc=dataset.name, unit="img", disable=not options.progress)
     try:
         loaded_images = load_prepared(
-            dataset, todo, settings.short_side, settings.long_side, options.workers, segmenter.min_side
+            dataset,
+            todo,
+            settings.short_side,
+            settings.long_side,
+            options.workers,
+            segmenter.min_side,
+            segmenter.needs_original,
         )
         for loaded in loaded_images:
             if loaded.error is not None:
@@ -277,7 +283,11 @@ def score(
 
                 def predict(loaded: Any = loaded) -> list:
                     return segmenter.predict_variants(
-                        loaded.tensor, loaded.size, [variant.overrides for variant in variants], probs=False
+                        loaded.tensor,
+                        loaded.size,
+                        [variant.overrides for variant in variants],
+                        probs=False,
+                        original=loaded.original,
                     )
 
                 if gflops is None:  # counted once per run, on the first image; the text is embedded before

@@ -19,6 +19,7 @@ from naclip.methods import (  # noqa: F401  (registers the methods)
     scclip,
     sclip,
     sfp,
+    trident,
 )
 from naclip.methods.registry import METHODS, Method, Protocol, get_method, register_method, unregister_method
 
