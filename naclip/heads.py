@@ -14,7 +14,9 @@ A head is one decorated function with what it needs declared beside it::
   ([CLS] first) or (n, heads or 1, h*w, h*w) between patches, computed by the function the head uses;
 - `models`: second frozen models (`naclip.second_model.SecondModel`, `naclip.vfm`) whose features it reads
   from `inputs.models[name]`: a tuple, or `fn(settings)` giving them when a parameter picks them (only
-  those are loaded).
+  those are loaded);
+- `scores`: True when the head scores its windows itself and returns logits (n, h*w, Q) against
+  `inputs.queries` (queries adjusted per window, terms besides cosines) instead of features.
 
 A head's features lie on CLIP's patch grid, (n, h*w, embed_dim), or on a grid of its own (a second
 model's), (n, h', w', embed_dim); either way their scores are upsampled bilinearly to the window.
@@ -22,7 +24,8 @@ model's), (n, h', w', embed_dim); either way their scores are upsampled bilinear
 The default head, ``last_block``, runs the replaced last block (`LastBlockParams`: attention
 variant, architecture, sigma) through the encoder's public last-block API (`naclip.encoder`). The
 trunk runs once per image for every variant of a run; values a head computes once per trunk for
-all of them go through `inputs.trunk.kept`.
+all of them go through `inputs.trunk.kept`, and once per image for every window batch through
+`inputs.image.kept` (`inputs.image.pixels` is the whole working image, before windows).
 """
 
 from __future__ import annotations
@@ -44,6 +47,21 @@ AttentionFn = Callable[["HeadInput", Settings], Tensor]
 
 
 @dataclass
+class WholeImage:
+    """The whole working image of one prediction (resized and normalised, before windows), and the values heads
+    compute once from it for every window batch and setting (`kept`)."""
+
+    pixels: Tensor  # (1, 3, H, W) in the model's dtype
+    _kept: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    def kept(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """`compute()` the first time `key` is asked for on this image, the same object after that."""
+        if key not in self._kept:
+            self._kept[key] = compute()
+        return self._kept[key]
+
+
+@dataclass
 class HeadInput:
     """Everything a head may use for a batch of n windows."""
 
@@ -53,6 +71,7 @@ class HeadInput:
     windows: Tensor  # (n, 3, H, W) the normalised window images the trunk saw (padded if the protocol pads)
     queries: Tensor  # (Q, embed_dim) L2-normalised text embeddings, in the scoring dtype
     models: dict[str, Any] = field(default_factory=dict)  # second model -> its features, e.g. (n, D, h', w')
+    image: WholeImage | None = None  # the whole working image the windows are cut from
 
 
 @dataclass(frozen=True)
@@ -63,6 +82,7 @@ class Head:
     taps: Callable[[Settings], Taps]
     attention: AttentionFn | None = None  # the last layer's attention weights, for inspection
     models: tuple[SecondModel, ...] | Callable[[Settings], tuple[SecondModel, ...]] = ()
+    scores: bool = False  # fn returns logits (n, h*w, Q) against inputs.queries, not features
 
     def second_models(self, settings: Settings) -> tuple[SecondModel, ...]:
         """The second models the head reads under `settings`."""
@@ -78,13 +98,16 @@ def register_head(
     taps: Callable[[Settings], Taps] = lambda settings: Taps(),
     attention: AttentionFn | None = None,
     models: tuple[SecondModel, ...] | Callable[[Settings], tuple[SecondModel, ...]] = (),
+    scores: bool = False,
 ) -> Callable[[HeadFn], HeadFn]:
     """Register `fn(inputs, settings) -> (n, h*w, embed_dim)` features (or (n, h', w', embed_dim) on a grid of
-    its own) under `name`, with its parameters, the taps it needs, optionally its last layer's attention weights
-    and its second models (see the module)."""
+    its own; with `scores`, logits (n, h*w, Q) against `inputs.queries`) under `name`, with its parameters, the
+    taps it needs, optionally its last layer's attention weights and its second models (see the module)."""
 
     def decorate(fn: HeadFn) -> HeadFn:
-        HEADS.register(name, Head(name, fn, params, taps, attention, models if callable(models) else tuple(models)))
+        HEADS.register(
+            name, Head(name, fn, params, taps, attention, models if callable(models) else tuple(models), scores)
+        )
         return fn
 
     return decorate

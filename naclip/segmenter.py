@@ -21,7 +21,7 @@ from torch import Tensor
 from naclip.backbone import load_clip
 from naclip.benchmarks import get_benchmark
 from naclip.encoder import DenseEncoder, Taps
-from naclip.heads import Head, HeadInput
+from naclip.heads import Head, HeadInput, WholeImage
 from naclip.io import content_digest
 from naclip.labels import best_class
 from naclip.methods.registry import get_method
@@ -282,6 +282,7 @@ class Segmenter:
             windows.append(part)
             trunks.append(self.encoder.run_trunk(part, taps))
             features.append({name: spec.features(module, part) for name, (spec, module) in self.models.items()})
+        whole = WholeImage(image[None])  # what heads compute once per image
         guides: dict[tuple[int, ...], Tensor] = {}  # PAMR affinities depend only on the image
         workspace = Workspace()  # large buffers, reused by each setting in turn
         results = []
@@ -295,6 +296,7 @@ class Segmenter:
                         windows[part.start // batch],
                         queries,
                         features[part.start // batch],
+                        whole,
                     ),
                     window,
                     padding,
@@ -333,17 +335,21 @@ class Segmenter:
         settings: Settings,
         workspace: Workspace,
     ) -> Iterator[Tensor]:
-        """Per window of `inputs`, (Q, h, w) cosine similarities of its patches to the queries, upsampled to the
-        window (cut back to it where the protocol pads); the patches lie on CLIP's grid or the head's own.
+        """Per window of `inputs`, (Q, h, w) cosine similarities of its patches to the queries (or the head's own
+        scores), upsampled to the window (cut back to it where the protocol pads); the patches lie on CLIP's grid
+        or the head's own.
 
         Upsampled a few windows at a time (the same values as all at once) into one buffer of
         `workspace`; each window is read before the next chunk overwrites it.
         """
         left, right, top, bottom = padding
         padded = (window[0] + top + bottom, window[1] + left + right)
-        features, grid = head_features(self.head(settings), inputs, settings)
-        features = F.normalize(features.to(self.score_dtype), dim=-1)
-        logits = features @ inputs.queries.T  # (n, h*w, Q)
+        head = self.head(settings)
+        out, grid = head_features(head, inputs, settings)
+        if head.scores:
+            logits = out.to(self.score_dtype)  # (n, h*w, Q): the head's own scores
+        else:
+            logits = F.normalize(out.to(self.score_dtype), dim=-1) @ inputs.queries.T  # (n, h*w, Q)
         logits = logits.transpose(1, 2).reshape(len(inputs.windows), -1, *grid)  # (n, Q, h, w), stored channels-last
         per_window = logits.shape[1] * padded[0] * padded[1] * logits.element_size()
         chunk = max(1, min(UPSAMPLE_BYTES // per_window, self.settings.window_batch))
@@ -435,7 +441,8 @@ class Segmenter:
         else:
             queries = torch.zeros(0, self.clip.visual.output_dim, device=self.device, dtype=self.score_dtype)
         models = {name: spec.features(module, tensor) for name, (spec, module) in self.models.items()}
-        weights = head.attention(HeadInput(self.encoder, trunk, grid, tensor, queries, models), settings)[0]
+        inputs = HeadInput(self.encoder, trunk, grid, tensor, queries, models, WholeImage(tensor))
+        weights = head.attention(inputs, settings)[0]
         weights = weights.float().mean(0)
         if weights.shape[-1] == 1 + grid[0] * grid[1]:
             weights = weights[1:, 1:]  # [CLS] first: patches only
@@ -443,8 +450,8 @@ class Segmenter:
 
 
 def head_features(head: Head, inputs: HeadInput, settings: Settings) -> tuple[Tensor, tuple[int, int]]:
-    """The head's patch features (n, h*w, D) and their grid (h, w): CLIP's, or the head's own when it returns
-    (n, h', w', D) (see `naclip.heads`)."""
+    """The head's patch features (n, h*w, D) (a `scores` head's logits (n, h*w, Q)) and their grid (h, w):
+    CLIP's, or the head's own when it returns (n, h', w', D) (see `naclip.heads`)."""
     features = head.fn(inputs, settings)
     if features.dim() == 4:  # (n, h', w', D) on a grid of its own
         return features.flatten(1, 2), tuple(features.shape[1:3])

@@ -8,7 +8,7 @@ through an entry point of the group ``naclip.methods`` naming that module
 import importlib.metadata
 import warnings
 
-from naclip.methods import baselines, clearclip, naclip, proxyclip, resclip, scclip, sclip  # noqa: F401  (registers the methods)
+from naclip.methods import baselines, cass, clearclip, naclip, proxyclip, resclip, scclip, sclip  # noqa: F401  (registers the methods)
 from naclip.methods.registry import METHODS, Method, Protocol, get_method, register_method, unregister_method
 
 ENTRY_POINTS = "naclip.methods"
