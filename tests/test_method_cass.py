@@ -27,6 +27,7 @@ from naclip.methods.cass import (
     cass_attention,
     cass_head,
     dino_input,
+    dino_model,
     dino_pixels,
     eigen_scaled,
     head_pairs,
@@ -39,8 +40,10 @@ from naclip.methods.cass import (
     spectrum,
     vanilla_cls,
 )
+from naclip.preprocess import prepare
 from naclip.reference import predict_plain
-from naclip.settings import Settings
+from naclip.second_model import SecondModel
+from naclip.settings import Settings, variant_keys
 from naclip.vfm import dino_positions, vit_features
 from tests.conftest import VOC_IMAGE
 
@@ -170,6 +173,18 @@ def test_the_dino_pixels_invert_imagenet_with_the_0255_typo_and_truncate():
     assert pixels[1, 1].tolist() == [182, 173, 168]
 
 
+def test_the_fixed_dino_pixels_are_the_windows_own():
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    windows = prepare(pixels, 30, 2048)[None]  # CLIP-normalised as the protocol does it, no resize
+    np.testing.assert_array_equal(dino_pixels(windows, fix=True)[0], pixels)
+    theirs = dino_pixels(windows)[0].astype(float)  # 255 (s (p - m) / sigma + mean): a low-contrast image
+    for channel, (m, sigma, s, mean) in enumerate(
+        zip((122.771, 116.746, 104.094), (68.501, 66.632, 70.323), (0.229, 0.224, 0.255), (0.485, 0.456, 0.406))
+    ):
+        expected = 255 * (s * (pixels[..., channel] - m) / sigma + mean)
+        assert np.abs(theirs[..., channel] - expected).max() <= 1
+
+
 def test_the_dino_input_is_a_pil_bicubic_square_of_the_short_side_cut_to_8_pixels():
     windows = torch.randn(2, 3, 21, 30, generator=torch.Generator().manual_seed(1))
     ours = dino_input(windows)
@@ -264,8 +279,11 @@ def tiny_dino() -> torch.nn.Module:
 def tiny_cass():
     """`tiny_cass(benchmark, **overrides)`: CASS's head and presets with a tiny DINO, on naclip-tiny (CPU, random
     weights), registered as `test-cass` for this module; each segmenter built once."""
-    model = dataclasses.replace(DINO, build=tiny_dino)
-    register_head("test-cass", params=CassParams, attention=cass_attention, models=(model,), scores=True)(cass_head)
+
+    def models(settings: Settings) -> tuple[SecondModel]:
+        return (dataclasses.replace(dino_model(settings)[0], build=tiny_dino),)
+
+    register_head("test-cass", params=CassParams, attention=cass_attention, models=models, scores=True)(cass_head)
     register_method(lambda: dataclasses.replace(get_method("cass"), name="test-cass", head="test-cass"))
 
     @functools.cache
@@ -332,6 +350,13 @@ def test_a_window_that_is_the_whole_image_takes_its_own_cls(tiny_cass):
         windows.prepare(IMAGE), IMAGE.shape[:2], [{"cass_global": "image"}, {"cass_global": "window"}]
     )
     assert np.abs(image.probs - window.probs).max() > 1e-6
+
+
+def test_the_fixed_dino_input_is_a_setting_of_the_run(tiny_cass):
+    """It changes what DINO sees for every setting of a run: a backbone setting, not a variant."""
+    assert "cass_fix_dino_input" not in variant_keys("cass") and "cass_fix_pairing" in variant_keys("cass")
+    authors, fixed = tiny_cass(**WINDOWS), tiny_cass(cass_fix_dino_input=True, **WINDOWS)
+    assert np.abs(authors.predict(IMAGE).probs - fixed.predict(IMAGE).probs).max() > 1e-6
 
 
 def test_dino_runs_in_float32_on_the_round_trip(tiny_cass):

@@ -43,6 +43,8 @@ from naclip.attention import gaussian_bias
 from naclip.encoder import DenseEncoder, Trunk, attention_softmax
 from naclip.heads import HeadInput, register_head
 from naclip.methods.registry import Method, Protocol, register_method
+from naclip.preprocess import PIXEL_MEAN, PIXEL_STD
+from naclip.second_model import SecondModel
 from naclip.settings import Params, Settings, option, positive
 from naclip.vfm import vfm
 
@@ -98,6 +100,12 @@ class CassParams(Params):
         lambda v: 0 <= v < 2**63,
         f"0..{2**63 - 1}",
     )
+    cass_fix_dino_input: bool = option(
+        False,
+        "backbone",
+        "CASS: give DINO the window's own pixels (CLIP's normalisation inverted); false keeps the authors' inverse "
+        "of ImageNet's normalisation, with 0.255 for 0.225, on the CLIP-normalised window (cass_segmentor.py:78-81)",
+    )
     cass_fix_pairing: bool = option(
         False,
         "method",
@@ -107,24 +115,28 @@ class CassParams(Params):
 
 
 # -- the DINO input ------------------------------------------------------------------------------------------
-def dino_pixels(windows: Tensor) -> list[np.ndarray]:
+def dino_pixels(windows: Tensor, fix: bool = False) -> list[np.ndarray]:
     """The authors' uint8 images (h, w, 3) of CLIP-normalised windows (n, 3, h, w): ImageNet's normalisation
     inverted with 0.255 for 0.225 (torchvision's Normalize, then x 255 in float32), truncated to uint8
-    (`cass_segmentor.py:78-81,180-181`)."""
+    (`cass_segmentor.py:78-81,180-181`). `fix`: the window's own pixels, CLIP's normalisation inverted, rounded."""
+    if fix:
+        mean, std = (torch.tensor(v, dtype=torch.float32)[:, None, None] for v in (PIXEL_MEAN, PIXEL_STD))
+        pixels = (windows.float().cpu() * std + mean).round().clamp(0, 255).to(torch.uint8)  # (n, 3, h, w)
+        return list(pixels.permute(0, 2, 3, 1).numpy())
     mean = torch.tensor([-m / s for m, s in zip(INVERSE_MEAN, INVERSE_STD)], dtype=torch.float32)
     std = torch.tensor([1 / s for s in INVERSE_STD], dtype=torch.float32)
     inverted = (windows.float().cpu() - mean[:, None, None]) / std[:, None, None]  # (n, 3, h, w)
     return [(image.permute(1, 2, 0).numpy() * 255).astype(np.uint8) for image in inverted]
 
 
-def dino_input(windows: Tensor) -> Tensor:
+def dino_input(windows: Tensor, fix: bool = False) -> Tensor:
     """DINO's input (n, 3, m', m') from CLIP-normalised windows (n, 3, h, w): the uint8 round trip (`dino_pixels`),
     PIL's bicubic resize to m x m, m = min(h, w) (`clip/model.py:107-108`), ImageNet-normalised, cut to a multiple
     of 8 pixels (`dino_attention.py:78-86`)."""
     side = min(windows.shape[-2:])
     mean, std = (torch.tensor(v, dtype=torch.float32)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
     images = []
-    for pixels in dino_pixels(windows):
+    for pixels in dino_pixels(windows, fix):
         resized = np.asarray(Image.fromarray(pixels).resize((side, side), Image.BICUBIC))
         image = torch.from_numpy(resized.copy()).permute(2, 0, 1).float().div(255)  # torchvision's ToTensor
         images.append((image - mean) / std)
@@ -132,8 +144,15 @@ def dino_input(windows: Tensor) -> Tensor:
     return torch.stack(images)[..., :cut, :cut].to(windows.device)
 
 
-# DINO ViT-B/8 in float32 (dino_attention.py:34,58: never cast), its last block's q, k, v, fed the round trip.
+# DINO ViT-B/8 in float32 (dino_attention.py:34,58: never cast), its last block's q, k, v, fed the round trip;
+# the same model fed the window's own pixels under cass_fix_dino_input.
 DINO = dataclasses.replace(vfm("dino_vitb8", full=True, dtype=torch.float32), preprocess=dino_input)
+FIXED_DINO = dataclasses.replace(DINO, preprocess=functools.partial(dino_input, fix=True))
+
+
+def dino_model(settings: Settings) -> tuple[SecondModel]:
+    """The DINO the settings feed: the authors' input, or the window's own pixels (`cass_fix_dino_input`)."""
+    return (FIXED_DINO if settings.cass_fix_dino_input else DINO,)
 
 
 # -- spectral matching of heads ------------------------------------------------------------------------------
@@ -309,7 +328,7 @@ def adjusted_queries(
     return torch.where(moved[..., None], candidates, queries)
 
 
-@register_head("cass", params=CassParams, attention=cass_attention, models=(DINO,), scores=True)
+@register_head("cass", params=CassParams, attention=cass_attention, models=dino_model, scores=True)
 @torch.no_grad()
 def cass_head(inputs: HeadInput, settings: Settings) -> Tensor:
     """CASS's logits (n, h*w, Q) per window: (1 - gsw) f T'^T + gsw g (`forward_feature`, cass_segmentor.py:176-205)."""
