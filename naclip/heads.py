@@ -28,6 +28,8 @@ A head is one decorated function with what it needs declared beside it::
   and returns cosine logits (Q, H, W) at the original size, on whatever grid it computed them (a second
   model's, stitched windows' features); the segmenter then applies the shared post-processing and the
   head's `relabel` (labels and class scores in, labels and class scores out, after the thresholds), if any.
+- `scores`: True when the head scores its windows itself and returns logits (n, h*w, Q) against
+  `inputs.queries` (queries adjusted per window, terms besides cosines) instead of features.
 
 A head's features lie on CLIP's patch grid, (n, h*w, embed_dim), or on a grid of its own (a second
 model's), (n, h', w', embed_dim); either way their scores are upsampled bilinearly to the window.
@@ -35,7 +37,8 @@ model's), (n, h', w', embed_dim); either way their scores are upsampled bilinear
 The default head, ``last_block``, runs the replaced last block (`LastBlockParams`: attention
 variant, architecture, sigma) through the encoder's public last-block API (`naclip.encoder`). The
 trunk runs once per image for every variant of a run; values a head computes once per trunk for
-all of them go through `inputs.trunk.kept`.
+all of them go through `inputs.trunk.kept`, and once per image for every window batch through
+`inputs.image.kept` (`inputs.image.pixels` is the whole working image, before windows).
 """
 
 from __future__ import annotations
@@ -63,6 +66,21 @@ RelabelFn = Callable[["ImageInput", Settings, Tensor, Tensor], tuple[Tensor, Ten
 
 
 @dataclass
+class WholeImage:
+    """The whole working image of one prediction (resized and normalised, before windows), and the values heads
+    compute once from it for every window batch and setting (`kept`)."""
+
+    pixels: Tensor  # (1, 3, H, W) in the model's dtype
+    _kept: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    def kept(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """`compute()` the first time `key` is asked for on this image, the same object after that."""
+        if key not in self._kept:
+            self._kept[key] = compute()
+        return self._kept[key]
+
+
+@dataclass
 class HeadInput:
     """Everything a head may use for a batch of n windows."""
 
@@ -72,6 +90,7 @@ class HeadInput:
     windows: Tensor  # (n, 3, H, W) the normalised window images the trunk saw (padded if the protocol pads)
     queries: Tensor  # (Q, embed_dim) L2-normalised text embeddings, in the scoring dtype
     models: dict[str, Any] = field(default_factory=dict)  # second model -> its features, e.g. (n, D, h', w')
+    image: WholeImage | None = None  # the whole working image the windows are cut from
 
 
 @dataclass
@@ -108,6 +127,7 @@ class Head:
     whole_image: bool = False  # fn(ImageInput, settings) -> (Q, H, W) logits at the original size
     original: bool = False  # the head reads the original image file (ImageInput.original)
     relabel: RelabelFn | None = None  # the head's post-processing after the thresholds (whole-image heads)
+    scores: bool = False  # fn returns logits (n, h*w, Q) against inputs.queries, not features
 
     def second_models(self, settings: Settings) -> tuple[SecondModel, ...]:
         """The second models the head reads under `settings`."""
@@ -127,10 +147,12 @@ def register_head(
     original: bool = False,
     refine: RefineFn | None = None,
     relabel: RelabelFn | None = None,
+    scores: bool = False,
 ) -> Callable[[HeadFn], HeadFn]:
     """Register `fn(inputs, settings) -> (n, h*w, embed_dim)` features (or (n, h', w', embed_dim) on a grid of
-    its own) under `name`, with its parameters, the taps it needs, optionally its last layer's attention weights
-    its second models and a refinement of the logits at the original size (see the module).
+    its own; with `scores`, logits (n, h*w, Q) against `inputs.queries`) under `name`, with its parameters, the
+    taps it needs, optionally its last layer's attention weights, its second models and a refinement of the
+    logits at the original size (see the module).
 
     With `whole_image`, `fn(ImageInput, settings)` returns (Q, H, W) logits at the original size instead;
     `original` asks for the original image, `relabel` post-processes its labels and class scores.
@@ -140,7 +162,9 @@ def register_head(
 
     def decorate(fn: HeadFn) -> HeadFn:
         chosen = models if callable(models) else tuple(models)
-        HEADS.register(name, Head(name, fn, params, taps, attention, chosen, refine, whole_image, original, relabel))
+        HEADS.register(
+            name, Head(name, fn, params, taps, attention, chosen, refine, whole_image, original, relabel, scores)
+        )
         return fn
 
     return decorate

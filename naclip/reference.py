@@ -10,7 +10,8 @@ Only the segmenter's loaded models, settings, classes and head are reused; every
 2. cut it into windows as mmseg's `slide_inference` does (`naclip.sliding.window_boxes`; the whole image when
    `slide_crop` is 0), zero-padded to whole patches where the protocol pads them;
 3. per window: the trunk, any second models, the method's head -> patch features; their cosine similarity to
-   each query, upsampled bilinearly to the window; summed into place, divided by how many windows cover a pixel;
+   each query (or the head's own scores), upsampled bilinearly to the window; summed into place, divided by how
+   many windows cover a pixel;
 4. bilinear resize to the original size, then the head's refinement (`Head.refine`, PEARL's propagation) and
    PAMR, each guided by the prepared image resized bilinearly to that size;
 5. logit scale, softmax over the queries, each class its best query, SCLIP's area threshold, the probability
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from naclip.heads import HeadInput, ImageInput, RefineInput
+from naclip.heads import HeadInput, ImageInput, RefineInput, WholeImage
 from naclip.preprocess import load_image, prepare
 from naclip.segmenter import Prediction, Segmenter, drop_small_classes, head_features, window_padding
 from naclip.sliding import window_boxes
@@ -90,28 +91,33 @@ def window_average(segmenter: Segmenter, image: Tensor, queries: Tensor) -> Tens
     y1, y2, x1, x2 = boxes[0]  # every window has this size
     padding = window_padding(y2 - y1, x2 - x1, segmenter.pad_multiple) if s.pad_windows else (0, 0, 0, 0)
     left, _, top, _ = padding
+    whole = WholeImage(image[None])  # the whole image, for heads that read it
     sums = torch.zeros(len(queries), height, width, dtype=queries.dtype, device=image.device)  # (Q, h, w)
     count = torch.zeros(1, height, width, dtype=queries.dtype, device=image.device)  # (1, h, w) windows per pixel
     for y1, y2, x1, x2 in boxes:
         window = F.pad(image[None, :, y1:y2, x1:x2], padding)  # zeros in normalised space (the mean colour)
-        logits = window_logits(segmenter, window, queries)[0]  # (Q, wh + pads, ww + pads)
+        logits = window_logits(segmenter, window, queries, whole)[0]  # (Q, wh + pads, ww + pads)
         sums[:, y1:y2, x1:x2] += logits[:, top : top + y2 - y1, left : left + x2 - x1]  # the padding cut back
         count[:, y1:y2, x1:x2] += 1
     return sums / count
 
 
-def window_logits(segmenter: Segmenter, windows: Tensor, queries: Tensor) -> Tensor:
-    """(n, Q, H, W) cosine similarities of the patch features of windows (n, 3, H, W) to queries (Q, D), upsampled
-    bilinearly from the patch grid (CLIP's, or the head's own) to the window."""
+def window_logits(segmenter: Segmenter, windows: Tensor, queries: Tensor, whole: WholeImage) -> Tensor:
+    """(n, Q, H, W) cosine similarities of the patch features of windows (n, 3, H, W) to queries (Q, D) (or the
+    head's own scores), upsampled bilinearly from the patch grid (CLIP's, or the head's own) to the window;
+    `whole`: the image they are cut from."""
     settings = segmenter.settings
     head = segmenter.head(settings)
     grid = segmenter.encoder.grid(*windows.shape[-2:])  # (h, w) whole patches
     trunk = segmenter.encoder.run_trunk(windows, head.taps(settings))  # every block but the last, and the head's taps
     models = {name: spec.features(module, windows) for name, (spec, module) in segmenter.models.items()}
-    inputs = HeadInput(segmenter.encoder, trunk, grid, windows, queries, models)
-    features, grid = head_features(head, inputs, settings)  # (n, h*w, D) on CLIP's grid or the head's own
-    features = F.normalize(features.to(queries.dtype), dim=-1)
-    logits = (features @ queries.T).transpose(1, 2).reshape(len(windows), len(queries), *grid)  # (n, Q, h, w)
+    inputs = HeadInput(segmenter.encoder, trunk, grid, windows, queries, models, whole)
+    out, grid = head_features(head, inputs, settings)  # (n, h*w, D) on CLIP's grid or the head's own
+    if head.scores:
+        logits = out.to(queries.dtype)  # (n, h*w, Q): the head's own scores
+    else:
+        logits = F.normalize(out.to(queries.dtype), dim=-1) @ queries.T  # features scored
+    logits = logits.transpose(1, 2).reshape(len(windows), len(queries), *grid)  # (n, Q, h, w)
     return F.interpolate(logits, size=windows.shape[-2:], mode="bilinear", align_corners=False)
 
 

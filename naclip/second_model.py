@@ -38,6 +38,8 @@ class SecondModel:
     default: the protocol's own). `download(tag)` returns the state dict of a named checkpoint (network
     and cache); None: only files and random weights. `convert(state, module)` maps a checkpoint's state
     dict to the module's layout (None: loaded as is). `dtype` fixes its precision (None: the segmenter's).
+    `preprocess(windows)`, when given, makes the model's input from the CLIP-normalised windows itself
+    (another round trip than the renormalisation, e.g. through uint8 pixels and PIL).
     """
 
     name: str
@@ -52,10 +54,14 @@ class SecondModel:
     unnormalise: tuple[tuple[float, float, float], tuple[float, float, float]] = (PIXEL_MEAN, PIXEL_STD)
     convert: Callable[[Mapping[str, Tensor], nn.Module], Mapping[str, Tensor]] | None = None
     dtype: torch.dtype | None = None
+    preprocess: Callable[[Tensor], Tensor] | None = None
 
     def prepare(self, windows: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         """CLIP-normalised windows (B, 3, H, W) renormalised for this model (in float32), cast to `dtype`, then
-        resized to its input size (the order of the authors' code, who cast before resizing)."""
+        resized to its input size (the order of the authors' code, who cast before resizing); with
+        `preprocess`, its output cast to `dtype`."""
+        if self.preprocess is not None:
+            return self.preprocess(windows).to(dtype)
         clip_mean, clip_std, mean, std = (
             torch.tensor(v, device=windows.device, dtype=torch.float32)[:, None, None]
             for v in (*self.unnormalise, self.mean, self.std)

@@ -22,7 +22,7 @@ from torch import Tensor
 from naclip.backbone import load_clip
 from naclip.benchmarks import check_class_names, get_benchmark
 from naclip.encoder import DenseEncoder, Taps
-from naclip.heads import Head, HeadInput, ImageInput, RefineInput
+from naclip.heads import Head, HeadInput, ImageInput, RefineInput, WholeImage
 from naclip.io import content_digest
 from naclip.labels import best_class
 from naclip.methods.registry import get_method
@@ -312,6 +312,7 @@ class Segmenter:
             windows.append(part)
             trunks.append(self.encoder.run_trunk(part, taps))
             features.append({name: spec.features(module, part) for name, (spec, module) in self.models.items()})
+        whole = WholeImage(image[None])  # what heads compute once per image
         guides: dict[object, Tensor] = {}  # what depends only on the image (see _guide), shared by the settings
         workspace = Workspace()  # large buffers, reused by each setting in turn
         grid = self.encoder.grid(*windows[0].shape[-2:])
@@ -320,14 +321,14 @@ class Segmenter:
         results = []
         for setting in settings:
             head = self.head(setting)
-            unit = []  # per batch of windows: (n, h*w, D) unit patch features and their grid, the head run once
+            unit = []  # per batch of windows: (n, h*w, D) unit patch features (or the head's own scores), their grid
             for trunk, part, models in zip(trunks, windows, features):
-                found, found_grid = head_features(
-                    head, HeadInput(self.encoder, trunk, grid, part, queries, models), setting
-                )
-                unit.append((F.normalize(found.to(self.score_dtype), dim=-1), found_grid))
+                inputs = HeadInput(self.encoder, trunk, grid, part, queries, models, whole)
+                found, found_grid = head_features(head, inputs, setting)
+                found = found.to(self.score_dtype)
+                unit.append((found if head.scores else F.normalize(found, dim=-1), found_grid, head.scores))
 
-            def logits(chosen: Tensor, unit: list[tuple[Tensor, tuple[int, int]]] = unit) -> Tensor:
+            def logits(chosen: Tensor, unit: list[tuple[Tensor, tuple[int, int], bool]] = unit) -> Tensor:
                 """(Q, h, w) window-averaged logits of the `chosen` queries (Q, D) on the prepared image."""
                 return stitch(
                     lambda span: self._window_logits(*unit[span.start // batch], chosen, window, padding, workspace),
@@ -337,13 +338,13 @@ class Segmenter:
                     workspace,
                 )
 
-            if probs or setting.area_threshold > 0 or head.refine is not None or chunk >= len(queries):
+            if probs or setting.area_threshold > 0 or head.refine or head.scores or chunk >= len(queries):
                 results.append(
                     self._finish(
                         logits(queries), tensor, tuple(size), setting, queries, spans, guides, workspace, probs
                     )
                 )
-            else:  # a head's refinement sees every query at once: no chunks then
+            else:  # a head's refinement or own scores see every query at once: no chunks then
                 results.append(
                     self._labels(logits, queries, chunk, tensor, tuple(size), setting, spans, guides, workspace)
                 )
@@ -403,21 +404,22 @@ class Segmenter:
         self,
         features: Tensor,
         grid: tuple[int, int],
+        scores: bool,
         queries: Tensor,
         window: tuple[int, int],
         padding: tuple[int, ...],
         workspace: Workspace,
     ) -> Iterator[Tensor]:
         """Per window of unit patch `features` (n, h*w, D) on `grid` (CLIP's or the head's own), (Q, h, w) cosine
-        similarities of its patches to the `queries` (Q, D), upsampled to the window (cut back to it where the
-        protocol pads).
+        similarities of its patches to the `queries` (Q, D), or the head's own `scores` (n, h*w, Q) for all queries,
+        upsampled to the window (cut back to it where the protocol pads).
 
         Upsampled a few windows at a time (the same values as all at once) into one buffer of
         `workspace`; each window is read before the next chunk overwrites it.
         """
         left, right, top, bottom = padding
         padded = (window[0] + top + bottom, window[1] + left + right)
-        logits = features @ queries.T  # (n, h*w, Q)
+        logits = features if scores else features @ queries.T  # (n, h*w, Q)
         logits = logits.transpose(1, 2).reshape(len(features), -1, *grid)  # (n, Q, h, w), stored channels-last
         per_window = logits.shape[1] * padded[0] * padded[1] * logits.element_size()
         chunk = max(1, min(UPSAMPLE_BYTES // per_window, self.settings.window_batch))
@@ -582,7 +584,8 @@ class Segmenter:
         else:
             queries = torch.zeros(0, self.clip.visual.output_dim, device=self.device, dtype=self.score_dtype)
         models = {name: spec.features(module, tensor) for name, (spec, module) in self.models.items()}
-        weights = head.attention(HeadInput(self.encoder, trunk, grid, tensor, queries, models), settings)[0]
+        inputs = HeadInput(self.encoder, trunk, grid, tensor, queries, models, WholeImage(tensor))
+        weights = head.attention(inputs, settings)[0]
         weights = weights.float().mean(0)
         if weights.shape[-1] == 1 + grid[0] * grid[1]:
             weights = weights[1:, 1:]  # [CLS] first: patches only
@@ -590,8 +593,8 @@ class Segmenter:
 
 
 def head_features(head: Head, inputs: HeadInput, settings: Settings) -> tuple[Tensor, tuple[int, int]]:
-    """The head's patch features (n, h*w, D) and their grid (h, w): CLIP's, or the head's own when it returns
-    (n, h', w', D) (see `naclip.heads`)."""
+    """The head's patch features (n, h*w, D) (a `scores` head's logits (n, h*w, Q)) and their grid (h, w):
+    CLIP's, or the head's own when it returns (n, h', w', D) (see `naclip.heads`)."""
     features = head.fn(inputs, settings)
     if features.dim() == 4:  # (n, h', w', D) on a grid of its own
         return features.flatten(1, 2), tuple(features.shape[1:3])

@@ -10,6 +10,7 @@ import warnings
 
 from naclip.methods import (  # noqa: F401  (registers the methods)
     baselines,
+    cass,
     clearclip,
     dihclip,
     naclip,
