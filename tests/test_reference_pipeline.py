@@ -66,7 +66,10 @@ def segmenter(method: str, protocol: str) -> Segmenter:
     """`method` with its default protocol (its windows exceed the image: one window), or a benchmark's windows."""
     if protocol == "default":
         return build(method, None)
-    return build(method, windowed_benchmark(method), **WINDOWS)
+    windows = WINDOWS
+    if get_method(method).head_spec.whole_image:  # its authors' code asserts windows of whole patches (Trident)
+        windows = {**WINDOWS, "slide_crop": 96, "slide_stride": 48}
+    return build(method, windowed_benchmark(method), **windows)
 
 
 def assert_same(fast: Prediction, plain: Prediction) -> None:
