@@ -230,6 +230,7 @@ _MATCHED = (
     "slide_crop",
     "slide_stride",
     "pad_windows",
+    "pad_multiple",
 )
 
 
