@@ -17,7 +17,7 @@ import contextlib
 import importlib.util
 import os
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,29 +101,36 @@ def segmentor(
     kwargs, short_side = read_config(checkout.root, benchmark)
     kwargs.update(device=torch.device("cpu"))
     assert kwargs["vfm_model"] == "dino", kwargs
+    patches = open_clip_and_dino(checkout, checkpoint, dino_checkpoint(checkpoint.parent), 8)
+    return construct(checkout, "ProxyCLIPSegmentation", kwargs, short_side, queries, patches, _half_is_identity)
+
+
+def open_clip_and_dino(
+    checkout: Checkout, checkpoint: Path, dino: Path, patch: int
+) -> list[contextlib.AbstractContextManager]:
+    """What a checkout with the vendored open_clip and a hub DINO (ProxyCLIP, Trident) is run under: CLIP's
+    download answered with `checkpoint`, `create_model` in fp32, `torch.hub.load` of DINO ViT-B/`patch` answered
+    by DINO's own `vit_base` with the state dict at `dino`, `nn.Module.half` the identity."""
     create_model = checkout.module.create_model
-    dino = dino_checkpoint(checkpoint.parent)
 
     def float32_model(*args: Any, **options: Any) -> torch.nn.Module:
         return create_model(*args, **{**options, "precision": "fp32"})
 
     def hub_load(repo: str, name: str, *args: Any, **options: Any) -> torch.nn.Module:
-        assert (repo, name) == ("facebookresearch/dino:main", "dino_vitb8"), (repo, name)
-        module = checkout.dino.vit_base(patch_size=8, num_classes=0)
+        assert (repo, name) == ("facebookresearch/dino:main", f"dino_vitb{patch}"), (repo, name)
+        module = checkout.dino.vit_base(patch_size=patch, num_classes=0)
         module.load_state_dict(torch.load(dino, map_location="cpu", weights_only=True))
         return module
 
-    patches = [
-        patched(checkout.modules["open_clip.openai"], "download_pretrained_from_url", _answer(checkpoint)),
+    def answer(url: str, *args: Any, **kwargs: Any) -> str:
+        return str(checkpoint)
+
+    return [
+        patched(checkout.modules["open_clip.openai"], "download_pretrained_from_url", answer),
         patched(checkout.module, "create_model", float32_model),
         patched(torch.hub, "load", hub_load),
         patched(torch.nn.Module, "half", lambda self: self),
     ]
-    return construct(checkout, "ProxyCLIPSegmentation", kwargs, short_side, queries, patches, _half_is_identity)
-
-
-def _answer(checkpoint: Path) -> Callable[..., str]:
-    return lambda url, *args, **kwargs: str(checkpoint)
 
 
 @contextlib.contextmanager

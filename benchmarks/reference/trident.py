@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from benchmarks.reference.common import Authors, Checkout, construct, framework_stubs, patched, read_config
-from benchmarks.reference.proxyclip import _answer, _dino_file, _dino_module
+from benchmarks.reference.proxyclip import _dino_file, _dino_module, open_clip_and_dino
 from naclip.vfm import vfm
 
 CHECKOUT = "trident"
@@ -74,23 +74,7 @@ def segmentor(
     kwargs, short_side = read_config(checkout.root, benchmark)
     dino, sam = (random_weights(checkpoint.parent, name) for name in FILES)
     kwargs.update(device=torch.device("cpu"), sam_refinement=True, sam_ckpt=str(sam))
-    create_model = checkout.module.create_model
-
-    def float32_model(*args: Any, **options: Any) -> torch.nn.Module:
-        return create_model(*args, **{**options, "precision": "fp32"})
-
-    def hub_load(repo: str, name: str, *args: Any, **options: Any) -> torch.nn.Module:
-        assert (repo, name) == ("facebookresearch/dino:main", "dino_vitb16"), (repo, name)
-        module = checkout.dino.vit_base(patch_size=16, num_classes=0)
-        module.load_state_dict(torch.load(dino, map_location="cpu", weights_only=True))
-        return module
-
-    patches = [
-        patched(checkout.modules["open_clip.openai"], "download_pretrained_from_url", _answer(checkpoint)),
-        patched(checkout.module, "create_model", float32_model),
-        patched(torch.hub, "load", hub_load),
-        patched(torch.nn.Module, "half", lambda self: self),
-    ]
+    patches = open_clip_and_dino(checkout, checkpoint, dino, 16)
     return construct(checkout, "Trident", kwargs, short_side, queries, patches, _half_is_float32)
 
 
